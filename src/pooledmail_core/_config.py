@@ -1,10 +1,21 @@
-"""Frozen, validated configuration: `Host`, `PoolConfig` and `TLSMode`."""
+"""Frozen, validated configuration: `Host`, `PoolConfig` and `TLSMode`.
+
+Every value is checked when the object is built, so a wrong setting fails at start-up with a
+`ConfigError` naming the option and the rule, never later in the middle of a send. Error messages
+never quote a value that may be private (usernames, passwords, tokens).
+"""
 
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["TLSMode"]
+from ._errors import ConfigError
+
+__all__ = ["Host", "PoolConfig", "TLSMode"]
 
 
 class TLSMode(enum.Enum):
@@ -18,3 +29,448 @@ class TLSMode(enum.Enum):
     """Opportunistic: upgrade when offered, carry on in plaintext when not. An explicit opt-in."""
     NONE = "none"
     """Plaintext. AUTH is refused unless the host sets `allow_plaintext_auth`."""
+
+
+# Characters that would let a value smuggle a second command into an SMTP line (RFC 5321 §2.3.8).
+_LINE_BREAKERS = frozenset("\r\n\x00")
+
+
+def _check_int(option: str, value: object, *, minimum: int | None = None) -> int:
+    # bool is an int subclass; `max_size=True` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(option, "must be an integer")
+    if minimum is not None and value < minimum:
+        raise ConfigError(option, f"must be at least {minimum}")
+    return value
+
+
+def _check_seconds(option: str, value: object, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(option, "must be a number of seconds")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ConfigError(option, "must be finite")
+    if allow_zero and seconds < 0:
+        raise ConfigError(option, "must not be negative")
+    if not allow_zero and seconds <= 0:
+        raise ConfigError(option, "must be greater than 0")
+    return seconds
+
+
+def _check_fraction(option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(option, "must be a number between 0 and 1")
+    fraction = float(value)
+    # `not (0 <= x <= 1)` also refuses NaN, which every comparison fails.
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(option, "must be between 0 and 1")
+    return fraction
+
+
+def _check_optional_seconds(option: str, value: object) -> float | None:
+    if value is None:
+        return None
+    return _check_seconds(option, value, allow_zero=False)
+
+
+def _check_bool(option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(option, "must be True or False")
+    return value
+
+
+def _check_line_safe(option: str, value: object, *, allow_space: bool) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(option, "must be a string")
+    if not value:
+        raise ConfigError(option, "must not be empty")
+    if any(ch in _LINE_BREAKERS for ch in value):
+        raise ConfigError(option, "must not contain CR, LF or NUL")
+    if not allow_space and any(ch.isspace() for ch in value):
+        raise ConfigError(option, "must not contain whitespace")
+    return value
+
+
+def _check_tls(value: object) -> TLSMode:
+    if isinstance(value, TLSMode):
+        return value
+    if isinstance(value, str):
+        try:
+            return TLSMode(value.strip().lower())
+        except ValueError:
+            pass
+    choices = ", ".join(repr(mode.value) for mode in TLSMode)
+    raise ConfigError("tls", f"must be one of {choices}")
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True, init=False, repr=False)
+class Host:
+    """One SMTP server the pool may connect to.
+
+    `priority` orders failover groups (lower is preferred); `weight` shares connections inside a
+    group; `max_connections` caps the connections to this host (providers answer 421 beyond it).
+    `key` is "hostname:port" ("[addr]:port" for an IPv6 literal); the repr never shows the
+    password or the token.
+    """
+
+    hostname: str
+    port: int
+    tls: TLSMode
+    username: str | None
+    password: str | None
+    oauth2_token: str | None
+    priority: int
+    weight: int
+    max_connections: int | None
+    allow_plaintext_auth: bool
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int = 587,
+        *,
+        tls: TLSMode | str = TLSMode.STARTTLS,
+        username: str | None = None,
+        password: str | None = None,
+        oauth2_token: str | None = None,
+        priority: int = 0,
+        weight: int = 1,
+        max_connections: int | None = None,
+        allow_plaintext_auth: bool = False,
+    ) -> None:
+        hostname = _check_line_safe("hostname", hostname, allow_space=False)
+        port = _check_int("port", port, minimum=1)
+        if port > 65535:
+            raise ConfigError("port", "must be at most 65535")
+        mode = _check_tls(tls)
+        if username is not None:
+            _check_line_safe("username", username, allow_space=True)
+        if password is not None:
+            if not isinstance(password, str) or not password:
+                raise ConfigError("password", "must be a non-empty string")
+            # AUTH PLAIN separates its fields with NUL (RFC 4616 §2), so a NUL cannot be sent.
+            if "\x00" in password:
+                raise ConfigError("password", "must not contain NUL")
+            if username is None:
+                raise ConfigError("password", "requires a username")
+        if oauth2_token is not None:
+            _check_line_safe("oauth2_token", oauth2_token, allow_space=False)
+            if username is None:
+                raise ConfigError("oauth2_token", "requires a username")
+            if password is not None:
+                raise ConfigError("oauth2_token", "set either password or oauth2_token, not both")
+        if username is not None and password is None and oauth2_token is None:
+            raise ConfigError("username", "requires a password or an oauth2_token")
+        priority = _check_int("priority", priority)
+        weight = _check_int("weight", weight, minimum=1)
+        if max_connections is not None:
+            max_connections = _check_int("max_connections", max_connections, minimum=1)
+        allow_plaintext_auth = _check_bool("allow_plaintext_auth", allow_plaintext_auth)
+        # With tls="none" every AUTH would be refused by the session; say so now, not per send.
+        if mode is TLSMode.NONE and username is not None and not allow_plaintext_auth:
+            raise ConfigError(
+                "allow_plaintext_auth", "credentials with tls='none' need allow_plaintext_auth=True"
+            )
+        setattr_ = object.__setattr__
+        setattr_(self, "hostname", hostname)
+        setattr_(self, "port", port)
+        setattr_(self, "tls", mode)
+        setattr_(self, "username", username)
+        setattr_(self, "password", password)
+        setattr_(self, "oauth2_token", oauth2_token)
+        setattr_(self, "priority", priority)
+        setattr_(self, "weight", weight)
+        setattr_(self, "max_connections", max_connections)
+        setattr_(self, "allow_plaintext_auth", allow_plaintext_auth)
+
+    @property
+    def key(self) -> str:
+        """ "hostname:port", the identity of a host inside one pool."""
+        if ":" in self.hostname and not self.hostname.startswith("["):
+            return f"[{self.hostname}]:{self.port}"
+        return f"{self.hostname}:{self.port}"
+
+    def __repr__(self) -> str:
+        parts = [f"{self.hostname!r}", f"{self.port}", f"tls={self.tls.value!r}"]
+        if self.username is not None:
+            parts.append(f"username={self.username!r}")
+        if self.password is not None:
+            parts.append("password='***'")
+        if self.oauth2_token is not None:
+            parts.append("oauth2_token='***'")
+        if self.priority != 0:
+            parts.append(f"priority={self.priority}")
+        if self.weight != 1:
+            parts.append(f"weight={self.weight}")
+        if self.max_connections is not None:
+            parts.append(f"max_connections={self.max_connections}")
+        if self.allow_plaintext_auth:
+            parts.append("allow_plaintext_auth=True")
+        return f"Host({', '.join(parts)})"
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, object]) -> Host:
+        """Build a host from a plain mapping (a config file section, environment variables).
+
+        Strings are accepted for numbers and booleans (see docs/options.md); unknown keys are
+        refused by name.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigError("host", "must be a mapping")
+        values: dict[str, Any] = {}
+        for name, raw in mapping.items():
+            kind = _HOST_FIELDS.get(name)
+            if kind is None:
+                raise ConfigError(str(name), "unknown host option")
+            values[name] = _coerce(name, raw, kind)
+        if "hostname" not in values:
+            raise ConfigError("hostname", "is required")
+        return cls(**values)
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True, init=False)
+class PoolConfig:
+    """Everything the pool needs to know, validated at construction.
+
+    Durations are seconds (floats). `None` switches off `idle_timeout`, `keepalive_interval`,
+    `max_connection_age` and `max_messages_per_connection`; every network timeout must be set,
+    because an operation without a bound is how pools hang. See docs/options.md.
+    """
+
+    hosts: tuple[Host, ...]
+    min_size: int
+    max_size: int
+    acquire_timeout: float
+    idle_timeout: float | None
+    keepalive_interval: float | None
+    probe_timeout: float
+    max_connection_age: float | None
+    max_messages_per_connection: int | None
+    refill_delay: float
+    connect_timeout: float
+    command_timeout: float
+    send_timeout: float
+    reconnect_cooldown: float
+    max_reconnect_cooldown: float
+    cooldown_jitter: float
+    max_retries: int
+    retry_base_delay: float
+    local_hostname: str | None
+
+    def __init__(
+        self,
+        hosts: Iterable[Host],
+        *,
+        min_size: int = 0,
+        max_size: int = 8,
+        acquire_timeout: float = 15.0,
+        idle_timeout: float | None = 120.0,
+        keepalive_interval: float | None = 60.0,
+        probe_timeout: float = 10.0,
+        max_connection_age: float | None = 300.0,
+        max_messages_per_connection: int | None = 100,
+        refill_delay: float = 0.0,
+        connect_timeout: float = 15.0,
+        command_timeout: float = 30.0,
+        send_timeout: float = 60.0,
+        reconnect_cooldown: float = 30.0,
+        max_reconnect_cooldown: float = 300.0,
+        cooldown_jitter: float = 0.2,
+        max_retries: int = 1,
+        retry_base_delay: float = 1.0,
+        local_hostname: str | None = None,
+    ) -> None:
+        if isinstance(hosts, (str, bytes, Host)) or not isinstance(hosts, Iterable):
+            raise ConfigError("hosts", "must be a sequence of Host")
+        host_tuple = tuple(hosts)
+        if not host_tuple:
+            raise ConfigError("hosts", "must name at least one host")
+        seen: set[str] = set()
+        for host in host_tuple:
+            if not isinstance(host, Host):
+                raise ConfigError("hosts", "must contain only Host objects")
+            # Hostnames are case-insensitive (RFC 4343), so "A:25" and "a:25" are one server.
+            folded = host.key.casefold()
+            if folded in seen:
+                raise ConfigError("hosts", f"duplicate host {host.key}")
+            seen.add(folded)
+        min_size = _check_int("min_size", min_size, minimum=0)
+        max_size = _check_int("max_size", max_size, minimum=1)
+        if min_size > max_size:
+            raise ConfigError("min_size", "must not exceed max_size")
+        if max_messages_per_connection is not None:
+            max_messages_per_connection = _check_int(
+                "max_messages_per_connection", max_messages_per_connection, minimum=1
+            )
+        reconnect = _check_seconds("reconnect_cooldown", reconnect_cooldown, allow_zero=False)
+        max_reconnect = _check_seconds(
+            "max_reconnect_cooldown", max_reconnect_cooldown, allow_zero=False
+        )
+        if max_reconnect < reconnect:
+            raise ConfigError("max_reconnect_cooldown", "must not be less than reconnect_cooldown")
+        jitter = _check_fraction("cooldown_jitter", cooldown_jitter)
+        if local_hostname is not None:
+            _check_line_safe("local_hostname", local_hostname, allow_space=False)
+            # EHLO takes a domain or an address literal (RFC 5321 §4.1.1.1): ASCII only.
+            if not local_hostname.isascii():
+                raise ConfigError("local_hostname", "must be ASCII (use the IDNA A-label)")
+        setattr_ = object.__setattr__
+        setattr_(self, "hosts", host_tuple)
+        setattr_(self, "min_size", min_size)
+        setattr_(self, "max_size", max_size)
+        setattr_(
+            self,
+            "acquire_timeout",
+            _check_seconds("acquire_timeout", acquire_timeout, allow_zero=False),
+        )
+        setattr_(self, "idle_timeout", _check_optional_seconds("idle_timeout", idle_timeout))
+        setattr_(
+            self,
+            "keepalive_interval",
+            _check_optional_seconds("keepalive_interval", keepalive_interval),
+        )
+        setattr_(
+            self, "probe_timeout", _check_seconds("probe_timeout", probe_timeout, allow_zero=False)
+        )
+        setattr_(
+            self,
+            "max_connection_age",
+            _check_optional_seconds("max_connection_age", max_connection_age),
+        )
+        setattr_(self, "max_messages_per_connection", max_messages_per_connection)
+        setattr_(
+            self, "refill_delay", _check_seconds("refill_delay", refill_delay, allow_zero=True)
+        )
+        setattr_(
+            self,
+            "connect_timeout",
+            _check_seconds("connect_timeout", connect_timeout, allow_zero=False),
+        )
+        setattr_(
+            self,
+            "command_timeout",
+            _check_seconds("command_timeout", command_timeout, allow_zero=False),
+        )
+        setattr_(
+            self, "send_timeout", _check_seconds("send_timeout", send_timeout, allow_zero=False)
+        )
+        setattr_(self, "reconnect_cooldown", reconnect)
+        setattr_(self, "max_reconnect_cooldown", max_reconnect)
+        setattr_(self, "cooldown_jitter", jitter)
+        setattr_(self, "max_retries", _check_int("max_retries", max_retries, minimum=0))
+        setattr_(
+            self,
+            "retry_base_delay",
+            _check_seconds("retry_base_delay", retry_base_delay, allow_zero=True),
+        )
+        setattr_(self, "local_hostname", local_hostname)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, object]) -> PoolConfig:
+        """Build a configuration from a plain mapping, with the same validation.
+
+        `hosts` is a list of `Host` objects or of mappings with `Host`'s argument names. Numbers
+        and booleans may be given as strings (as environment variables are); "none" or "off"
+        switches off an option that accepts `None`. Unknown keys are refused by name.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigError("config", "must be a mapping")
+        values: dict[str, Any] = {}
+        for name, raw in mapping.items():
+            if name == "hosts":
+                continue
+            kind = _POOL_FIELDS.get(name)
+            if kind is None:
+                raise ConfigError(str(name), "unknown option")
+            values[name] = _coerce(name, raw, kind)
+        if "hosts" not in mapping:
+            raise ConfigError("hosts", "is required")
+        raw_hosts = mapping["hosts"]
+        if isinstance(raw_hosts, (str, bytes, Mapping)) or not isinstance(raw_hosts, Iterable):
+            raise ConfigError("hosts", "must be a list of hosts")
+        hosts: list[Host] = []
+        for index, item in enumerate(raw_hosts):
+            if isinstance(item, Host):
+                hosts.append(item)
+                continue
+            if not isinstance(item, Mapping):
+                raise ConfigError(f"hosts[{index}]", "must be a Host or a mapping")
+            try:
+                hosts.append(Host.from_mapping(item))
+            except ConfigError as exc:
+                # Name the host too: "hosts[1].port" is findable in a long config file.
+                raise ConfigError(f"hosts[{index}].{exc.option}", exc.rule) from None
+        return cls(hosts, **values)
+
+
+# How `from_mapping` turns strings into values. Kinds: "int", "int?", "float", "float?", "bool",
+# "str", "str?", "tls".
+_HOST_FIELDS: dict[str, str] = {
+    "hostname": "str",
+    "port": "int",
+    "tls": "tls",
+    "username": "str?",
+    "password": "str?",
+    "oauth2_token": "str?",
+    "priority": "int",
+    "weight": "int",
+    "max_connections": "int?",
+    "allow_plaintext_auth": "bool",
+}
+
+_POOL_FIELDS: dict[str, str] = {
+    "min_size": "int",
+    "max_size": "int",
+    "acquire_timeout": "float",
+    "idle_timeout": "float?",
+    "keepalive_interval": "float?",
+    "probe_timeout": "float",
+    "max_connection_age": "float?",
+    "max_messages_per_connection": "int?",
+    "refill_delay": "float",
+    "connect_timeout": "float",
+    "command_timeout": "float",
+    "send_timeout": "float",
+    "reconnect_cooldown": "float",
+    "max_reconnect_cooldown": "float",
+    "cooldown_jitter": "fraction",
+    "max_retries": "int",
+    "retry_base_delay": "float",
+    "local_hostname": "str?",
+}
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+_NONE_WORDS = frozenset({"none", "off"})
+
+
+def _coerce(option: str, raw: object, kind: str) -> object:
+    """Turn a string from a config file or the environment into the option's type.
+
+    Anything that is not a string is passed through unchanged for the constructor to validate.
+    Secrets are never coerced: a password is taken as given.
+    """
+    if not isinstance(raw, str) or kind in ("str", "str?", "tls"):
+        return raw
+    text = raw.strip()
+    if kind.endswith("?") and text.lower() in _NONE_WORDS:
+        return None
+    base = kind.rstrip("?")
+    if base == "bool":
+        if text.lower() in _TRUE_WORDS:
+            return True
+        if text.lower() in _FALSE_WORDS:
+            return False
+        raise ConfigError(option, "must be true or false")
+    if base == "int":
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise ConfigError(option, "must be an integer") from None
+    try:
+        return float(text)
+    except ValueError:
+        rule = "must be a number" if base == "fraction" else "must be a number of seconds"
+        raise ConfigError(option, rule) from None

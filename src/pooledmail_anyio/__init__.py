@@ -1,0 +1,41 @@
+"""pooledmail's anyio driver: the public async API, on asyncio and trio.
+
+async with SMTPPool(PoolConfig([Host("smtp.example.com")])) as pool:
+    result = await pool.send(message)
+"""
+
+from pooledmail_core import (
+    ConfigError,
+    Envelope,
+    FailureKind,
+    Host,
+    LocalProtocolError,
+    PoolConfig,
+    PooledMailError,
+    PoolStatistics,
+    RemoteProtocolError,
+    Reply,
+    Stage,
+    TLSMode,
+)
+
+from ._pool import SMTPPool
+from ._results import SendFailed, SendResult
+
+__all__ = [
+    "ConfigError",
+    "Envelope",
+    "FailureKind",
+    "Host",
+    "LocalProtocolError",
+    "PoolConfig",
+    "PoolStatistics",
+    "PooledMailError",
+    "RemoteProtocolError",
+    "Reply",
+    "SMTPPool",
+    "SendFailed",
+    "SendResult",
+    "Stage",
+    "TLSMode",
+]

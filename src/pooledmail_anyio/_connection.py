@@ -1,0 +1,191 @@
+"""One SMTP session over a byte stream: opening it and running the core's exchanges on it.
+
+The core decides every byte; this module only moves bytes and enforces time. An exchange is run
+by one loop (`Connection.run`): write what the core says, read when it needs data, hand TLS over
+when it asks. Each read and write is bounded by the step timeout and by the caller's absolute
+deadline, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+import anyio.abc
+from anyio.streams.tls import TLSStream
+
+import anyio
+from pooledmail_core._classify import Classification, FailureKind, Stage, classify
+from pooledmail_core._config import Host, TLSMode
+from pooledmail_core._errors import LocalProtocolError, RemoteProtocolError
+from pooledmail_core._exchanges import NEED_DATA, Done, Exchange, StartTLS, Write
+from pooledmail_core._limits import Limits
+from pooledmail_core._reply import Reply
+from pooledmail_core._session import ClientSession
+
+__all__ = ["TRANSPORT_ERRORS", "Connection", "ConnectFailure", "open_connection"]
+
+# What a broken or hostile peer can make a read, a write or a handshake raise. Anything else is a
+# bug and propagates.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ssl.SSLError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    RemoteProtocolError,
+    TimeoutError,
+)
+
+# Reads take whatever the kernel has, up to this much: the core drains every reply it holds.
+_READ_SIZE = 65536
+
+
+class ExchangeTimeout(TimeoutError):
+    """A read or write took longer than its step timeout or the operation's deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailure:
+    """Why opening a usable connection failed; handed to the pool machine and back."""
+
+    host: str
+    classification: Classification
+    reply: Reply | None
+    error: BaseException | None
+    reason: str = ""
+
+    @property
+    def kind(self) -> FailureKind:
+        return self.classification.kind
+
+
+class Connection:
+    """An established SMTP session. Not shared: the pool lends it to one sender at a time."""
+
+    __slots__ = ("host", "session", "stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream, session: ClientSession, host: Host) -> None:
+        self.stream = stream
+        self.session = session
+        self.host = host
+
+    async def run(
+        self,
+        exchange: Exchange,
+        *,
+        step_timeout: float,
+        deadline: float = float("inf"),
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Drive `exchange` until it is done. Raises what the transport or the core raised, or
+        `ExchangeTimeout`."""
+        next_step = exchange.next_step
+        receive_data = self.session.receive_data
+        with anyio.CancelScope() as scope:
+            while True:
+                step = next_step()
+                if step is NEED_DATA:
+                    scope.deadline = min(deadline, anyio.current_time() + step_timeout)
+                    try:
+                        data = await self.stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                    receive_data(data)
+                elif type(step) is Write:
+                    scope.deadline = min(deadline, anyio.current_time() + step_timeout)
+                    await self.stream.send(step.data)
+                elif type(step) is StartTLS:
+                    scope.deadline = min(deadline, anyio.current_time() + step_timeout)
+                    self.stream = await TLSStream.wrap(
+                        self.stream,
+                        hostname=self.host.hostname,
+                        ssl_context=ssl_context,
+                        standard_compatible=False,
+                    )
+                    exchange.tls_established()
+                else:
+                    assert type(step) is Done
+                    return
+        if scope.cancelled_caught:
+            raise ExchangeTimeout("the server did not answer in time")
+
+    async def quit(self, grace: float) -> None:
+        """Say QUIT and close, within `grace` seconds, shielded from the caller's cancellation."""
+        with anyio.move_on_after(grace, shield=True):
+            # The connection is going away whatever happens (the session may even be in ERROR,
+            # where the core refuses QUIT); a 221 is courtesy and not waited for.
+            with contextlib.suppress(Exception):
+                await self.stream.send(self.session.quit())
+            await self.abort(grace)
+
+    async def abort(self, grace: float) -> None:
+        """Close the transport now, bounded and shielded."""
+        with anyio.move_on_after(grace, shield=True):
+            with contextlib.suppress(Exception):
+                await self.stream.aclose()
+
+
+async def open_connection(
+    host: Host,
+    *,
+    local_hostname: str,
+    connect_timeout: float,
+    command_timeout: float,
+    ssl_context: ssl.SSLContext,
+    limits: Limits,
+    quit_grace: float,
+) -> Connection | ConnectFailure:
+    """Connect, read the greeting, EHLO, STARTTLS and AUTH as the host asks.
+
+    Returns a ready `Connection`, or a `ConnectFailure` saying at which stage it went wrong.
+    Nothing is left open on failure.
+    """
+    implicit = host.tls is TLSMode.IMPLICIT
+    stage = Stage.CONNECT
+    try:
+        with anyio.fail_after(connect_timeout):
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host.hostname, host.port)
+            if implicit:
+                stage = Stage.TLS
+                stream = await TLSStream.wrap(
+                    stream,
+                    hostname=host.hostname,
+                    ssl_context=ssl_context,
+                    standard_compatible=False,
+                )
+    except TRANSPORT_ERRORS as exc:
+        return ConnectFailure(host.key, classify(stage), None, exc, "could not connect")
+    session = ClientSession(local_hostname=local_hostname, limits=limits)
+    connection = Connection(stream, session, host)
+    setup = session.setup(
+        tls=host.tls,
+        tls_active=implicit,
+        username=host.username,
+        password=host.password,
+        oauth2_token=host.oauth2_token,
+        allow_plaintext_auth=host.allow_plaintext_auth,
+    )
+    try:
+        await connection.run(setup, step_timeout=command_timeout, ssl_context=ssl_context)
+    except TRANSPORT_ERRORS as exc:
+        await connection.abort(quit_grace)
+        stage = setup.stage
+        return ConnectFailure(host.key, classify(stage), None, exc)
+    except BaseException:
+        await connection.abort(quit_grace)
+        raise
+    result = setup.result
+    if not result.ok:
+        await connection.quit(quit_grace)
+        return ConnectFailure(
+            host.key,
+            # No reply means the core refused locally (no STARTTLS offered, AUTH not possible).
+            classify(result.stage, reply=result.reply, local_refusal=result.reply is None),
+            result.reply,
+            # Refused locally: the reason becomes the cause a caller sees on SendFailed.
+            LocalProtocolError(result.reason) if result.reply is None else None,
+            result.reason,
+        )
+    return connection

@@ -1,0 +1,98 @@
+"""pooledmail's sans-I/O core: the SMTP client protocol, the pool machine, hosts and cooldown,
+failure classification and retry. No I/O, no clock, no randomness: time and randomness come in."""
+
+from ._capabilities import Capabilities
+from ._classify import (
+    Classification,
+    FailureKind,
+    Stage,
+    classify,
+    classify_pool_failure,
+    retry_delay,
+)
+from ._config import Host, PoolConfig, TLSMode
+from ._entropy import RandomSource
+from ._envelope import Envelope, PreparedMessage
+from ._errors import (
+    ConfigError,
+    EightBitNotSupported,
+    InvalidArgument,
+    LocalProtocolError,
+    MessageTooLarge,
+    PooledMailError,
+    ProtocolError,
+    RemoteProtocolError,
+    SMTPUTF8NotSupported,
+)
+from ._exchanges import (
+    NEED_DATA,
+    Done,
+    Exchange,
+    SetupResult,
+    StartTLS,
+    TransactionOutcome,
+    Write,
+)
+from ._limits import Limits
+from ._message import EnvelopeError, prepare_message
+from ._pool import (
+    Action,
+    CloseSlot,
+    FailWaiter,
+    GrantSlot,
+    HostStatistics,
+    OpenConnection,
+    PoolMachine,
+    PoolStatistics,
+    ProbeSlot,
+    SlotState,
+)
+from ._reply import Reply
+from ._session import ClientSession
+
+__all__ = [
+    "NEED_DATA",
+    "Action",
+    "Capabilities",
+    "Classification",
+    "ClientSession",
+    "CloseSlot",
+    "ConfigError",
+    "Done",
+    "EightBitNotSupported",
+    "Envelope",
+    "EnvelopeError",
+    "Exchange",
+    "FailWaiter",
+    "FailureKind",
+    "GrantSlot",
+    "Host",
+    "HostStatistics",
+    "InvalidArgument",
+    "Limits",
+    "LocalProtocolError",
+    "MessageTooLarge",
+    "OpenConnection",
+    "PoolConfig",
+    "PoolMachine",
+    "PoolStatistics",
+    "PooledMailError",
+    "PreparedMessage",
+    "ProbeSlot",
+    "ProtocolError",
+    "RandomSource",
+    "RemoteProtocolError",
+    "Reply",
+    "SMTPUTF8NotSupported",
+    "SetupResult",
+    "SlotState",
+    "Stage",
+    "StartTLS",
+    "TLSMode",
+    "TransactionOutcome",
+    "Write",
+    "classify",
+    "classify_pool_failure",
+    "prepare_message",
+    "retry_delay",
+]

@@ -1,0 +1,523 @@
+"""Exchanges: the small sans-I/O sub-machines the driver steps through.
+
+An exchange runs one piece of the conversation (session setup, one mail transaction, a NOOP or
+an RSET) on a `ClientSession`. The driver calls `next_step()` until it returns `DONE`:
+
+* `Write(data)`: one flight; send it with one write, then call `next_step()` again;
+* `NEED_DATA`: read from the connection, `session.receive_data(...)`, then `next_step()`;
+* `StartTLS()`: run the TLS handshake, call `exchange.tls_established()`, then `next_step()`;
+* `DONE`: `exchange.result` is ready.
+
+Protocol errors propagate from `next_step()` as `RemoteProtocolError` (the session is then in
+ERROR); calling `next_step()` after that raises `LocalProtocolError`.
+
+Each exchange is written as a generator that yields steps, so the conversation reads top to
+bottom; `_reply()` yields NEED_DATA until the session has the next reply.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from ._auth import Credentials, choose_mechanism
+from ._classify import Stage
+from ._config import TLSMode
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._reply import Reply
+from ._replyparser import NEED_DATA, NeedData
+from ._state import SessionState, Verb
+from ._transaction import TransactionPlan
+
+if TYPE_CHECKING:
+    from ._session import ClientSession
+
+__all__ = [
+    "DONE",
+    "NEED_DATA",
+    "Done",
+    "Exchange",
+    "ReplyExchange",
+    "SetupExchange",
+    "SetupResult",
+    "StartTLS",
+    "Step",
+    "TransactionExchange",
+    "TransactionOutcome",
+    "Write",
+]
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One flight of bytes to hand to the transport in one write. The repr hides the bytes."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Write(<{len(self.data)} bytes>)"
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """Run the TLS handshake now, then call `tls_established()` on the exchange."""
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The exchange is over; its `result` is ready."""
+
+
+DONE: Final = Done()
+_START_TLS: Final = StartTLS()
+
+Step = Write | StartTLS | NeedData | Done
+_Steps = Generator[Write | StartTLS | NeedData, None, None]
+_T = TypeVar("_T")
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class SetupResult:
+    """How session setup ended.
+
+    ok=True: `stage` is the last stage done (EHLO, TLS or AUTH) and `reply` its reply. ok=False:
+    `stage` is the failing one (GREETING, EHLO, TLS, AUTH), `reply` the server's refusal if there
+    was one, `reason` a short text without secrets.
+    """
+
+    ok: bool
+    stage: Stage
+    reply: Reply | None
+    reason: str
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class TransactionOutcome:
+    """How a mail transaction ended.
+
+    `failed_stage` None means the message was accepted for `accepted` (`refused` may still list
+    recipients the server refused). Otherwise `reply` is the failing reply: for RCPT the first 4xx
+    refusal if any, else the first refusal. `in_sync` says the session may carry another
+    transaction (after the machine's own RSET where one was needed).
+    """
+
+    accepted: tuple[str, ...]
+    refused: tuple[tuple[str, Reply], ...]
+    reply: Reply | None
+    failed_stage: Stage | None
+    in_sync: bool
+
+
+class Exchange(abc.ABC):
+    """Base of the exchanges: drives a generator of steps."""
+
+    __slots__ = ("_failed", "_finished", "_session", "_steps", "_tls_wait")
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self._steps = self._run()
+        self._finished = False
+        self._failed = False
+        self._tls_wait = False
+
+    @abc.abstractmethod
+    def _run(self) -> _Steps:
+        """The conversation, as a generator of steps."""
+
+    def next_step(self) -> Step:
+        """The next thing the driver must do."""
+        if self._finished or self._failed or self._tls_wait:
+            return self._blocked()
+        try:
+            return next(self._steps)
+        except StopIteration:
+            self._finished = True
+            self._session._finished(self)
+            return DONE
+        except ProtocolError as exc:
+            self._failed = True
+            session = self._session
+            session._finished(self)
+            if isinstance(exc, RemoteProtocolError) and session.state is not SessionState.ERROR:
+                session._fail(str(exc))  # raised outside the session (a bad SASL challenge)
+            raise
+
+    def _blocked(self) -> Done:
+        if self._finished:
+            return DONE
+        if self._failed:
+            raise LocalProtocolError("this exchange failed earlier")
+        self._failed = True
+        raise self._session._misuse("next_step() before tls_established()")
+
+    def tls_established(self) -> None:
+        """The TLS handshake the `StartTLS` step asked for is complete."""
+        if not self._tls_wait:
+            self._failed = True
+            raise self._session._misuse("tls_established() without a StartTLS step")
+        self._tls_wait = False
+        try:
+            self._session.tls_established()
+        except ProtocolError:
+            self._failed = True
+            self._session._finished(self)
+            raise
+
+    def _reply(self) -> Generator[NeedData, None, Reply]:
+        next_event = self._session.next_event
+        while (event := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        return event
+
+    def _ready(self, value: _T | None) -> _T:
+        if value is None:
+            raise LocalProtocolError("the exchange has no result yet")
+        return value
+
+
+class ReplyExchange(Exchange):
+    """One command answered by one reply: NOOP or RSET."""
+
+    __slots__ = ("_line", "_result", "_verb")
+
+    def __init__(self, session: ClientSession, verb: Verb, line: bytes) -> None:
+        self._verb = verb
+        self._line = line
+        self._result: Reply | None = None
+        super().__init__(session)
+
+    @property
+    def result(self) -> Reply:
+        return self._ready(self._result)
+
+    def _run(self) -> _Steps:
+        next_event = self._session.next_event
+        yield Write(self._session._emit(self._verb, self._line))
+        while (reply := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        self._result = reply
+
+
+class SetupExchange(Exchange):
+    """Greeting, EHLO (HELO fallback), STARTTLS, EHLO again, AUTH (RFC 5321, 3207, 4954)."""
+
+    __slots__ = (
+        "_allow_plaintext",
+        "_credentials",
+        "_hostname",
+        "_mechanisms",
+        "_result",
+        "_stage",
+        "_tls",
+    )
+
+    def __init__(
+        self,
+        session: ClientSession,
+        hostname: bytes,
+        tls: TLSMode,
+        credentials: Credentials | None,
+        mechanisms: tuple[str, ...] | None,
+        allow_plaintext_auth: bool,
+    ) -> None:
+        self._hostname = hostname
+        self._tls = tls
+        self._credentials = credentials
+        self._mechanisms = mechanisms
+        self._allow_plaintext = allow_plaintext_auth
+        self._result: SetupResult | None = None
+        self._stage = Stage.GREETING
+        super().__init__(session)
+
+    def __repr__(self) -> str:
+        auth = self._credentials is not None
+        return f"<SetupExchange {self._stage.name} tls={self._tls.name} auth={auth}>"
+
+    @property
+    def stage(self) -> Stage:
+        """The stage under way (GREETING, EHLO, TLS, AUTH): where a transport failure struck."""
+        return self._stage
+
+    @property
+    def result(self) -> SetupResult:
+        return self._ready(self._result)
+
+    def _end(self, ok: bool, stage: Stage, reply: Reply | None, reason: str) -> None:
+        self._result = SetupResult(ok, stage, reply, reason)
+
+    def _run(self) -> _Steps:
+        session = self._session
+        greeting = yield from self._reply()
+        if not greeting.is_positive:
+            return self._end(False, Stage.GREETING, greeting, "server refused the session")
+        reply = yield from self._hello()
+        if not reply.is_positive:
+            return self._end(False, Stage.EHLO, reply, "server refused EHLO and HELO")
+        stage = Stage.EHLO
+        if self._tls in (TLSMode.STARTTLS, TLSMode.STARTTLS_IF_AVAILABLE) and not (
+            session.tls_active
+        ):
+            if session.capabilities.starttls:
+                self._stage = Stage.TLS
+                yield Write(session._emit(Verb.STARTTLS, b"STARTTLS\r\n"))
+                reply = yield from self._reply()
+                if not reply.is_positive:
+                    return self._end(False, Stage.TLS, reply, "server refused STARTTLS")
+                self._tls_wait = True
+                yield _START_TLS
+                # RFC 3207 §4.2: everything learned before TLS is forgotten; greet again.
+                reply = yield from self._hello()
+                if not reply.is_positive:
+                    return self._end(False, Stage.EHLO, reply, "server refused EHLO after TLS")
+                stage = Stage.TLS
+            elif self._tls is TLSMode.STARTTLS:
+                return self._end(False, Stage.TLS, None, "server does not offer STARTTLS")
+        credentials = self._credentials
+        if credentials is not None:
+            if not session.tls_active and not self._allow_plaintext:
+                return self._end(
+                    False, Stage.AUTH, None, "AUTH refused over a connection without TLS"
+                )
+            offered = session.capabilities.auth_mechanisms
+            if not offered:
+                return self._end(False, Stage.AUTH, None, "server does not offer AUTH")
+            mechanism = choose_mechanism(offered, credentials, self._mechanisms)
+            if mechanism is None:
+                return self._end(False, Stage.AUTH, None, "no AUTH mechanism in common")
+            self._stage = Stage.AUTH
+            yield Write(session._emit(Verb.AUTH, mechanism.command()))
+            reply = yield from self._reply()
+            while reply.is_intermediate:
+                challenge = reply.lines[0] if reply.lines else ""
+                yield Write(session._emit(Verb.AUTH_RESPONSE, mechanism.respond(challenge)))
+                reply = yield from self._reply()
+            if not reply.is_positive:
+                return self._end(False, Stage.AUTH, reply, "authentication failed")
+            stage = Stage.AUTH
+        self._end(True, stage, reply, "ready")
+
+    def _hello(self) -> Generator[Write | NeedData, None, Reply]:
+        session = self._session
+        self._stage = Stage.EHLO
+        yield Write(session._emit(Verb.EHLO, b"EHLO %s\r\n" % self._hostname))
+        reply = yield from self._reply()
+        # RFC 5321 §3.2: a server that does not know EHLO answers 5xx; fall back to HELO.
+        if reply.is_permanent:
+            yield Write(session._emit(Verb.HELO, b"HELO %s\r\n" % self._hostname))
+            reply = yield from self._reply()
+        return reply
+
+
+class TransactionExchange(Exchange):
+    """One mail transaction: MAIL, RCPT..., then DATA and the data, or BDAT chunks."""
+
+    __slots__ = ("_accepted", "_plan", "_refused", "_result", "_stage", "_terminator_sent")
+
+    def __init__(self, session: ClientSession, plan: TransactionPlan) -> None:
+        self._plan = plan
+        self._stage = Stage.MAIL
+        self._terminator_sent = False
+        self._accepted: list[str] = []
+        self._refused: list[tuple[str, Reply]] = []
+        self._result: TransactionOutcome | None = None
+        super().__init__(session)
+
+    def __repr__(self) -> str:
+        return f"<TransactionExchange {self._stage.name} terminator_sent={self._terminator_sent}>"
+
+    @property
+    def stage(self) -> Stage:
+        """Where the transaction is: the command whose reply is awaited next, BODY while the data
+        is not yet written, DATA_END once the terminator was produced."""
+        return self._stage
+
+    @property
+    def terminator_sent(self) -> bool:
+        """True from the moment `next_step()` returned the Write carrying the message terminator
+        (the "." line or the `BDAT ... LAST` chunk). The one place that decides whether a lost
+        reply leaves the message's fate unknown (RFC 5321 §4.5.3.2, RFC 1047)."""
+        return self._terminator_sent
+
+    @property
+    def result(self) -> TransactionOutcome:
+        return self._ready(self._result)
+
+    def _end(self, reply: Reply | None, failed_stage: Stage | None, in_sync: bool) -> None:
+        self._result = TransactionOutcome(
+            tuple(self._accepted), tuple(self._refused), reply, failed_stage, in_sync
+        )
+
+    def _closed(self, failure: tuple[Stage, Reply]) -> None:
+        # A 421 closed the session (RFC 5321 §3.8). An earlier refusal still decides the
+        # outcome, as it says more about the message than the 421 does.
+        self._end(failure[1], failure[0], False)
+
+    def _sort(self, recipient: str, reply: Reply) -> None:
+        if reply.is_positive:
+            self._accepted.append(recipient)
+        else:
+            self._refused.append((recipient, reply))
+
+    def _rcpt_failure(self) -> Reply:
+        for _, reply in self._refused:
+            if reply.is_transient:
+                return reply
+        return self._refused[0][1]
+
+    def _run(self) -> _Steps:
+        return self._pipelined() if self._plan.pipelined else self._one_at_a_time()
+
+    def _pipelined(self) -> _Steps:
+        # RFC 2920: MAIL, every RCPT and DATA (or the BDAT chunks, RFC 3030 §4.2) in one flight;
+        # replies come back in order.
+        plan = self._plan
+        emit = self._session._emit
+        next_event = self._session.next_event
+        flight = [emit(Verb.MAIL, plan.mail)]
+        for line in plan.rcpts:
+            flight.append(emit(Verb.RCPT, line))
+        chunks = plan.chunks
+        if not chunks:
+            flight.append(emit(Verb.DATA, b"DATA\r\n"))
+            yield Write(b"".join(flight))
+        else:
+            last = len(chunks) - 1
+            for index, chunk in enumerate(chunks):
+                flight.append(emit(Verb.BDAT_LAST if index == last else Verb.BDAT, chunk))
+                if index == last:
+                    self._terminator_sent = True
+                yield Write(b"".join(flight))
+                flight = []
+        while (mail := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        if mail.code == 421:
+            return self._end(mail, Stage.MAIL, False)
+        self._stage = Stage.RCPT
+        mail_ok = mail.code < 300
+        accepted = self._accepted
+        for recipient in plan.recipients:
+            while (reply := next_event()) is NEED_DATA:
+                yield NEED_DATA
+            code = reply.code
+            if code == 421:
+                return self._end(reply, Stage.RCPT, False)
+            if not mail_ok:
+                continue
+            if code < 300:
+                accepted.append(recipient)
+            else:
+                self._refused.append((recipient, reply))
+        failure: tuple[Stage, Reply] | None = None
+        if not mail_ok:
+            failure = Stage.MAIL, mail
+        elif not self._accepted:
+            failure = Stage.RCPT, self._rcpt_failure()
+        if chunks:
+            for index in range(len(chunks)):
+                self._stage = Stage.DATA_END if index == len(chunks) - 1 else Stage.BODY
+                while (reply := next_event()) is NEED_DATA:
+                    yield NEED_DATA
+                if reply.code == 421:
+                    return self._closed(failure or (self._stage, reply))
+                if failure is None and not reply.is_positive:
+                    failure = self._stage, reply
+                final: Reply = reply
+            if failure is None:
+                return self._end(final, None, True)
+            return (yield from self._reset(*failure))
+        self._stage = Stage.DATA
+        while (data := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        if data.code == 421:
+            return self._closed(failure or (Stage.DATA, data))
+        if data.code < 400:  # a 3xx: the table refuses a 2xx to DATA
+            if failure is None:
+                body = emit(Verb.END_OF_DATA, plan.body)
+                self._stage = Stage.DATA_END
+                self._terminator_sent = True
+                yield Write(body)
+                while (final_reply := next_event()) is NEED_DATA:
+                    yield NEED_DATA
+                # RFC 5321 §4.1.1.4: after the final reply, failed or not, it is over.
+                code = final_reply.code
+                return self._end(final_reply, None if code < 300 else Stage.DATA_END, code != 421)
+            # RFC 2920 §3.1: DATA was accepted although no recipient was; end it with a lone
+            # "." (an empty message for nobody) before resetting.
+            yield Write(emit(Verb.END_OF_DATA, b".\r\n"))
+            while (dot := next_event()) is NEED_DATA:
+                yield NEED_DATA
+            if dot.code == 421:
+                return self._closed(failure)
+        return (yield from self._reset(*(failure or (Stage.DATA, data))))
+
+    def _one_at_a_time(self) -> _Steps:
+        plan = self._plan
+        emit = self._session._emit
+        next_event = self._session.next_event
+        yield Write(emit(Verb.MAIL, plan.mail))
+        while (reply := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        if not reply.is_positive:
+            return (yield from self._reset(Stage.MAIL, reply))
+        self._stage = Stage.RCPT
+        for recipient, line in zip(plan.recipients, plan.rcpts, strict=True):
+            yield Write(emit(Verb.RCPT, line))
+            while (reply := next_event()) is NEED_DATA:
+                yield NEED_DATA
+            if reply.code == 421:
+                return self._end(reply, Stage.RCPT, False)
+            self._sort(recipient, reply)
+        if not self._accepted:
+            return (yield from self._reset(Stage.RCPT, self._rcpt_failure()))
+        chunks = plan.chunks
+        if not chunks:
+            self._stage = Stage.DATA
+            yield Write(emit(Verb.DATA, b"DATA\r\n"))
+            while (reply := next_event()) is NEED_DATA:
+                yield NEED_DATA
+            if not reply.is_intermediate:
+                return (yield from self._reset(Stage.DATA, reply))
+            return (yield from self._send_data())
+        last = len(chunks) - 1
+        for index, chunk in enumerate(chunks):
+            if index == last:
+                self._stage = Stage.DATA_END
+                self._terminator_sent = True
+            else:
+                self._stage = Stage.BODY
+            yield Write(emit(Verb.BDAT_LAST if index == last else Verb.BDAT, chunk))
+            while (reply := next_event()) is NEED_DATA:
+                yield NEED_DATA
+            if not reply.is_positive:
+                return (yield from self._reset(self._stage, reply))
+        self._end(reply, None, True)
+
+    def _send_data(self) -> _Steps:
+        next_event = self._session.next_event
+        data = self._session._emit(Verb.END_OF_DATA, self._plan.body)
+        self._stage = Stage.DATA_END
+        self._terminator_sent = True
+        yield Write(data)
+        while (final := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        # RFC 5321 §4.1.1.4: after the final reply, failed or not, the transaction is over.
+        self._end(final, None if final.is_positive else Stage.DATA_END, final.code != 421)
+
+    def _reset(self, stage: Stage, failure: Reply) -> _Steps:
+        # A refusal ended the transaction; RSET (RFC 5321 §4.1.1.5) so that the session can
+        # carry the next one. A 421 instead of a reply already closed the session.
+        session = self._session
+        next_event = session.next_event
+        if failure.code == 421:
+            return self._end(failure, stage, False)
+        yield Write(session._emit(Verb.RSET, b"RSET\r\n"))
+        while (reply := next_event()) is NEED_DATA:
+            yield NEED_DATA
+        self._end(failure, stage, reply.is_positive)

@@ -1,0 +1,122 @@
+"""What the pool machine asks the driver to do, and the snapshot it reports.
+
+Every input of `PoolMachine` returns a list of these actions, in the order the driver should start
+them. The driver performs them and reports back (`connected`, `probe_failed`, `slot_closed` …); it
+never changes the pool's state by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from ._classify import FailureKind
+from ._config import Host
+
+__all__ = [
+    "Action",
+    "CloseSlot",
+    "FailWaiter",
+    "GrantSlot",
+    "HostStatistics",
+    "OpenConnection",
+    "PoolStatistics",
+    "ProbeSlot",
+]
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class OpenConnection:
+    """Connect slot `slot` to `host`: TCP, greeting, TLS, EHLO, AUTH, all under connect_timeout.
+
+    Report the end with `connected(slot, now)` or `connect_failed(slot, now, kind, error)`.
+    """
+
+    slot: int
+    host: Host
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class ProbeSlot:
+    """Send NOOP on slot `slot` under probe_timeout; report `probe_succeeded` or `probe_failed`."""
+
+    slot: int
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class CloseSlot:
+    """Close slot `slot`: with QUIT if `graceful`, else drop the transport. Then `slot_closed`."""
+
+    slot: int
+    graceful: bool
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class GrantSlot:
+    """Hand slot `slot` to waiter `waiter`; the waiter owns it until `release`."""
+
+    slot: int
+    waiter: int
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class FailWaiter:
+    """Waiter `waiter` will not get a slot. `error` is the driver's own connect error, if any.
+
+    The repr names only the error's type: the error is opaque to the core and may carry text the
+    core has not vetted.
+    """
+
+    waiter: int
+    kind: FailureKind
+    error: object = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        error = "None" if self.error is None else f"<{type(self.error).__name__}>"
+        return f"FailWaiter(waiter={self.waiter}, kind={self.kind}, error={error})"
+
+
+Action: TypeAlias = OpenConnection | ProbeSlot | CloseSlot | GrantSlot | FailWaiter
+"""Any of the five actions; dispatch on the class."""
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class HostStatistics:
+    """One host as the pool sees it. `cooldown_until` is None when no cooldown was ever set."""
+
+    live: int
+    cooling_down: bool
+    consecutive_failures: int
+    cooldown_until: float | None
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A frozen snapshot of the pool; every count is derived from the slots' states.
+
+    `live` = connecting + idle + probing + leased + closing. `created_total` counts connections
+    the pool asked for; `closed_total` counts, by reason, slots that are gone, so
+    `created_total == live + sum(closed_total.values())` always holds. `hosts` is keyed by
+    `Host.key`, in configuration order. `close_requested` is True once `close` was called (the
+    pool may still have live slots until the driver reports them closed).
+    """
+
+    live: int
+    connecting: int
+    idle: int
+    probing: int
+    leased: int
+    closing: int
+    waiting: int
+    created_total: int
+    closed_total: Mapping[str, int]
+    hosts: Mapping[str, HostStatistics]
+    close_requested: bool

@@ -1,0 +1,698 @@
+from __future__ import annotations
+
+import math
+import pathlib
+import random
+from typing import Any
+
+import pytest
+
+from pooledmail_core._classify import FailureKind
+from pooledmail_core._config import Host, PoolConfig
+from pooledmail_core._errors import LocalProtocolError
+from pooledmail_core._pool import (
+    CloseSlot,
+    FailWaiter,
+    GrantSlot,
+    OpenConnection,
+    PoolMachine,
+    ProbeSlot,
+    SlotState,
+)
+from pooledmail_core._slots import SLOT_TRANSITIONS
+
+A = Host("a.example", 25)
+B = Host("b.example", 25)
+BACKUP = Host("backup.example", 25, priority=1)
+SECRET = "hunter2-secret"
+
+
+def machine(hosts: list[Host] | None = None, **options: Any) -> PoolMachine:
+    options.setdefault("cooldown_jitter", 0.0)
+    options.setdefault("reconnect_cooldown", 10.0)
+    options.setdefault("max_reconnect_cooldown", 100.0)
+    return PoolMachine(PoolConfig(hosts or [A], **options), random.Random(0))
+
+
+def leased_slot(m: PoolMachine, now: float = 0.0) -> int:
+    """Acquire a fresh connection and return the slot, leased."""
+    _, actions = m.acquire(now, now + 30)
+    (open_,) = actions
+    assert isinstance(open_, OpenConnection)
+    (grant,) = m.connected(open_.slot, now)
+    assert isinstance(grant, GrantSlot)
+    return open_.slot
+
+
+def idle_slot(m: PoolMachine, now: float = 0.0) -> int:
+    slot = leased_slot(m, now)
+    assert m.release(slot, now, healthy=True) == []
+    return slot
+
+
+# ----------------------------------------------------------------------------- acquire/grant
+
+
+def test_first_acquire_opens_a_connection_and_grants_it_when_connected() -> None:
+    m = machine()
+    waiter, actions = m.acquire(0.0, 15.0)
+    assert actions == [OpenConnection(0, A)]
+    assert m.slot_state(0) is SlotState.CONNECTING
+    assert m.slot_host(0) == A
+    assert m.connected(0, 1.0) == [GrantSlot(0, waiter)]
+    assert m.slot_state(0) is SlotState.LEASED
+
+
+def test_idle_slot_is_granted_immediately() -> None:
+    m = machine()
+    slot = idle_slot(m)
+    waiter, actions = m.acquire(1.0, 16.0)
+    assert actions == [GrantSlot(slot, waiter)]
+
+
+def test_most_recently_used_idle_slot_is_granted_first() -> None:
+    m = machine()
+    first = leased_slot(m, 0.0)
+    second = leased_slot(m, 0.0)
+    m.release(second, 1.0, healthy=True)
+    m.release(first, 2.0, healthy=True)
+    waiter, actions = m.acquire(3.0, 10.0)
+    assert actions == [GrantSlot(first, waiter)]
+
+
+def test_idle_slot_is_granted_even_when_the_deadline_is_already_due() -> None:
+    m = machine()
+    slot = idle_slot(m)
+    waiter, actions = m.acquire(5.0, 5.0)
+    assert actions == [GrantSlot(slot, waiter)]
+
+
+def test_a_due_deadline_with_nothing_idle_fails_at_once_as_exhausted() -> None:
+    m = machine(max_size=1)
+    leased_slot(m)
+    waiter, actions = m.acquire(5.0, 5.0)
+    assert actions == [FailWaiter(waiter, FailureKind.POOL_EXHAUSTED)]
+
+
+def test_waiters_are_granted_in_arrival_order() -> None:
+    m = machine(max_size=1)
+    slot = leased_slot(m)
+    w1, a1 = m.acquire(1.0, 30.0)
+    w2, a2 = m.acquire(2.0, 30.0)
+    assert a1 == a2 == []
+    assert m.release(slot, 3.0, healthy=True) == [GrantSlot(slot, w1)]
+    assert m.release(slot, 4.0, healthy=True) == [GrantSlot(slot, w2)]
+
+
+def test_live_slots_never_exceed_max_size() -> None:
+    m = machine(max_size=2)
+    opens = [m.acquire(0.0, 30.0)[1] for _ in range(4)]
+    assert opens[0] == [OpenConnection(0, A)]
+    assert opens[1] == [OpenConnection(1, A)]
+    assert opens[2] == opens[3] == []
+    assert m.statistics().live == 2
+
+
+def test_host_max_connections_caps_connections_to_that_host() -> None:
+    capped = Host("capped.example", 25, max_connections=1)
+    m = machine([capped], max_size=5)
+    assert m.acquire(0.0, 30.0)[1] == [OpenConnection(0, capped)]
+    assert m.acquire(0.0, 30.0)[1] == []
+    assert m.statistics().hosts[capped.key].live == 1
+
+
+def test_weighted_hosts_share_new_connections() -> None:
+    heavy = Host("heavy.example", 25, weight=3)
+    m = machine([heavy, B], max_size=8)
+    hosts = []
+    for _ in range(4):
+        (action,) = m.acquire(0.0, 30.0)[1]
+        assert isinstance(action, OpenConnection)
+        hosts.append(action.host)
+    assert hosts == [heavy, heavy, B, heavy]
+
+
+def test_waiter_past_its_deadline_fails_as_exhausted() -> None:
+    m = machine(max_size=1)
+    leased_slot(m)
+    waiter, _ = m.acquire(1.0, 11.0)
+    assert m.next_deadline() == 11.0
+    assert m.handle_timer(10.9) == []
+    assert m.handle_timer(11.0) == [FailWaiter(waiter, FailureKind.POOL_EXHAUSTED)]
+    assert m.next_deadline() is None
+
+
+# ----------------------------------------------------------------------------------- cancel
+
+
+def test_connection_opened_for_a_cancelled_waiter_goes_to_the_next_waiter() -> None:
+    m = machine(max_size=1)
+    w1, actions = m.acquire(0.0, 30.0)
+    assert actions == [OpenConnection(0, A)]
+    w2, actions = m.acquire(0.0, 30.0)
+    assert actions == []
+    assert m.cancel(w1, 1.0) == []
+    assert m.connected(0, 2.0) == [GrantSlot(0, w2)]
+
+
+def test_connection_opened_for_a_cancelled_waiter_goes_to_idle() -> None:
+    m = machine()
+    waiter, _ = m.acquire(0.0, 30.0)
+    m.cancel(waiter, 1.0)
+    assert m.connected(0, 2.0) == []
+    assert m.slot_state(0) is SlotState.IDLE
+
+
+def test_cancel_of_a_finished_waiter_is_a_no_op() -> None:
+    m = machine()
+    slot = idle_slot(m)
+    waiter, actions = m.acquire(1.0, 10.0)
+    assert actions == [GrantSlot(slot, waiter)]
+    assert m.cancel(waiter, 2.0) == []
+    assert m.cancel(waiter, 2.0) == []
+    assert m.slot_state(slot) is SlotState.LEASED
+
+
+@pytest.mark.parametrize("waiter", [-1, 0, 7, "0"])
+def test_cancel_of_an_unknown_waiter_is_a_local_protocol_error(waiter: Any) -> None:
+    m = machine()
+    with pytest.raises(LocalProtocolError):
+        m.cancel(waiter, 0.0)
+
+
+# ---------------------------------------------------------------------- connect failure/hosts
+
+
+def test_connect_failure_fails_over_to_another_host_inside_the_same_acquire() -> None:
+    m = machine([A, B])
+    waiter, actions = m.acquire(0.0, 15.0)
+    assert actions == [OpenConnection(0, A)]
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED, OSError()) == [OpenConnection(1, B)]
+    assert m.connected(1, 2.0) == [GrantSlot(1, waiter)]
+    stats = m.statistics()
+    assert stats.hosts[A.key].cooling_down
+    assert stats.hosts[A.key].consecutive_failures == 1
+    assert stats.hosts[A.key].cooldown_until == 11.0
+    assert stats.closed_total == {"connect_failed": 1}
+
+
+def test_tls_failure_fails_over_to_the_backup_group() -> None:
+    m = machine([A, BACKUP])
+    m.acquire(0.0, 15.0)
+    assert m.connect_failed(0, 1.0, FailureKind.TLS_FAILED) == [OpenConnection(1, BACKUP)]
+
+
+def test_auth_failure_fails_the_oldest_waiter_with_its_error_and_does_not_fail_over() -> None:
+    m = machine([A], max_size=1)
+    error = PermissionError("535 5.7.8 authentication failed")
+    w1, _ = m.acquire(0.0, 30.0)
+    w2, _ = m.acquire(0.0, 10.0)
+    actions = m.connect_failed(0, 1.0, FailureKind.AUTH_FAILED, error)
+    assert actions[0] == FailWaiter(w1, FailureKind.AUTH_FAILED, error)
+    assert isinstance(actions[0], FailWaiter)
+    assert actions[0].error is error
+    # Nothing else can serve w2 before the cooldown ends, so it does not wait in vain.
+    assert actions[1:] == [FailWaiter(w2, FailureKind.HOSTS_UNAVAILABLE, error)]
+
+
+def test_auth_failure_with_another_host_lets_later_waiters_use_it() -> None:
+    m = machine([A, B])
+    w1, _ = m.acquire(0.0, 30.0)
+    w2, _ = m.acquire(0.0, 30.0)  # slots 0 -> A, 1 -> B
+    actions = m.connect_failed(0, 1.0, FailureKind.AUTH_FAILED, "bad password")
+    assert actions == [FailWaiter(w1, FailureKind.AUTH_FAILED, "bad password")]
+    assert m.connected(1, 2.0) == [GrantSlot(1, w2)]
+
+
+def test_auth_failure_of_a_refill_connection_fails_nobody() -> None:
+    m = machine(min_size=1)
+    assert m.handle_timer(0.0) == [OpenConnection(0, A)]
+    assert m.connect_failed(0, 1.0, FailureKind.AUTH_FAILED) == []
+
+
+def test_when_every_host_cools_down_waiters_fail_at_once_with_the_last_error() -> None:
+    m = machine([A, B])
+    w, _ = m.acquire(0.0, 10.0)
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED, "first")
+    assert m.connect_failed(1, 2.0, FailureKind.CONNECT_FAILED, "second") == [
+        FailWaiter(w, FailureKind.HOSTS_UNAVAILABLE, "second")
+    ]
+    # And a new acquire during the outage fails at once too, without any connection attempt.
+    w2, actions = m.acquire(3.0, 10.0)
+    assert actions == [FailWaiter(w2, FailureKind.HOSTS_UNAVAILABLE, "second")]
+
+
+def test_a_waiter_whose_deadline_outlasts_the_cooldown_keeps_waiting_for_a_trial() -> None:
+    m = machine()
+    w, _ = m.acquire(0.0, 60.0)
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == []
+    assert m.next_deadline() == 11.0
+    assert m.handle_timer(11.0) == [OpenConnection(1, A)]
+    assert m.connected(1, 12.0) == [GrantSlot(1, w)]
+    assert m.statistics().hosts[A.key].consecutive_failures == 0
+
+
+def test_a_failing_host_gets_one_trial_connection_at_a_time() -> None:
+    m = machine([A], max_size=4)
+    m.acquire(0.0, 100.0)
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)
+    m.acquire(2.0, 100.0)
+    m.acquire(2.0, 100.0)
+    assert m.handle_timer(11.0) == [OpenConnection(1, A)]
+    assert m.statistics().connecting == 1
+    # The trial works: the host is healthy again and gets the rest at once.
+    actions = m.connected(1, 12.0)
+    assert actions == [GrantSlot(1, 0), OpenConnection(2, A), OpenConnection(3, A)]
+
+
+def test_waiters_fail_over_to_the_backup_while_the_primary_trial_is_in_flight() -> None:
+    m = machine([A, BACKUP], max_size=4)
+    m.acquire(0.0, 100.0)
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)  # -> opens 1 on BACKUP
+    m.connected(1, 1.5)
+    # A's cooldown is over: the new waiter's connection is A's trial...
+    assert m.acquire(11.0, 100.0)[1] == [OpenConnection(2, A)]
+    # ...and the next waiter does not queue behind that trial.
+    assert m.acquire(11.0, 100.0)[1] == [OpenConnection(3, BACKUP)]
+
+
+def test_exhausted_waiter_reports_hosts_unavailable_while_every_host_is_failing() -> None:
+    m = machine()
+    w, _ = m.acquire(0.0, 100.0)
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED, "refused")
+    assert m.handle_timer(11.0) == [OpenConnection(1, A)]  # the trial hangs...
+    assert m.handle_timer(100.0) == [FailWaiter(w, FailureKind.HOSTS_UNAVAILABLE, "refused")]
+
+
+def test_cooldown_grows_with_consecutive_failures_and_resets_on_success() -> None:
+    m = machine(min_size=1)
+    until = []
+    now = 0.0
+    for _ in range(3):
+        (open_,) = m.handle_timer(now)
+        assert isinstance(open_, OpenConnection)
+        m.connect_failed(open_.slot, now, FailureKind.CONNECT_FAILED)
+        until.append(m.statistics().hosts[A.key].cooldown_until)
+        deadline = m.next_deadline()
+        assert deadline is not None
+        now = deadline
+    assert until == [10.0, 30.0, 70.0]
+    (open_,) = m.handle_timer(now)
+    assert isinstance(open_, OpenConnection)
+    m.connected(open_.slot, now)
+    assert m.statistics().hosts[A.key].consecutive_failures == 0
+    assert m.statistics().hosts[A.key].cooldown_until is None
+
+
+def test_when_the_better_host_recovers_idle_backup_connections_retire() -> None:
+    m = machine([A, BACKUP], max_size=4)
+    w, _ = m.acquire(0.0, 100.0)
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)  # -> slot 1 on BACKUP
+    m.connected(1, 2.0)
+    m.release(1, 3.0, healthy=True)
+    assert m.slot_state(1) is SlotState.IDLE  # A is not proven healthy yet
+    m.acquire(12.0, 100.0)  # idle backup slot 1 serves it
+    w3, actions = m.acquire(12.0, 100.0)
+    assert actions == [OpenConnection(2, A)]  # the trial goes to the recovered primary
+    assert m.connected(2, 13.0) == [GrantSlot(2, w3)]
+    assert m.release(1, 14.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    m.slot_closed(1, 15.0)
+    assert m.statistics().closed_total["retired_for_priority"] == 1
+    assert w == 0
+
+
+def test_idle_backup_slots_retire_when_the_primary_connects() -> None:
+    m = machine([A, BACKUP], max_size=4, min_size=1)
+    m.handle_timer(0.0)
+    m.connect_failed(0, 0.0, FailureKind.CONNECT_FAILED)
+    (backup_open,) = m.handle_timer(0.0)
+    assert backup_open == OpenConnection(1, BACKUP)
+    m.connected(1, 1.0)
+    m.acquire(11.0, 50.0)  # granted the backup slot
+    m.release(1, 11.0, healthy=True)
+    w, actions = m.acquire(11.0, 50.0)
+    assert actions == [GrantSlot(1, w)]
+    _, actions = m.acquire(11.0, 50.0)
+    assert actions == [OpenConnection(2, A)]
+    m.release(1, 11.5, healthy=True)  # idle while a waiter... no: granted to the waiter
+    assert m.slot_state(1) is SlotState.LEASED
+    m.release(1, 11.6, healthy=True)
+    assert m.slot_state(1) is SlotState.IDLE
+    assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True)]
+    assert m.slot_state(2) is SlotState.IDLE
+
+
+def test_idle_backup_connections_are_kept_while_every_host_is_failing() -> None:
+    m = machine([A, BACKUP], max_size=4)
+    m.acquire(0.0, 100.0)
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)  # -> slot 1 on BACKUP
+    m.connected(1, 1.5)
+    w1, actions = m.acquire(2.0, 100.0)
+    assert actions == [OpenConnection(2, BACKUP)]
+    m.connect_failed(2, 2.5, FailureKind.CONNECT_FAILED)
+    m.cancel(w1, 3.0)
+    assert m.release(1, 4.0, healthy=True) == []
+    assert m.slot_state(1) is SlotState.IDLE
+
+
+# --------------------------------------------------------------------------------- release
+
+
+def test_broken_release_closes_abruptly_and_never_goes_idle() -> None:
+    m = machine(max_size=1)
+    slot = leased_slot(m)
+    waiter, _ = m.acquire(1.0, 30.0)
+    assert m.release(slot, 2.0, healthy=False) == [CloseSlot(slot, graceful=False)]
+    assert m.slot_state(slot) is SlotState.CLOSING
+    # A closing socket still counts against max_size; its room returns when it is gone.
+    assert m.slot_closed(slot, 3.0) == [OpenConnection(1, A)]
+    assert m.slot_state(slot) is SlotState.CLOSED
+    assert m.statistics().closed_total == {"broken": 1}
+    assert m.connected(1, 4.0) == [GrantSlot(1, waiter)]
+
+
+def test_release_past_max_messages_retires_with_quit() -> None:
+    m = machine(max_messages_per_connection=3)
+    slot = leased_slot(m)
+    assert m.release(slot, 1.0, healthy=True, messages=2) == []
+    m.acquire(1.0, 10.0)
+    assert m.release(slot, 2.0, healthy=True, messages=1) == [CloseSlot(slot, graceful=True)]
+    m.slot_closed(slot, 3.0)
+    assert m.statistics().closed_total == {"max_messages": 1}
+
+
+def test_release_past_max_connection_age_retires_with_quit() -> None:
+    m = machine(max_connection_age=100.0)
+    slot = leased_slot(m)
+    assert m.release(slot, 100.0, healthy=True) == [CloseSlot(slot, graceful=True)]
+
+
+def test_retired_slot_is_replaced_for_a_waiting_caller() -> None:
+    m = machine(max_size=1, max_messages_per_connection=1)
+    slot = leased_slot(m)
+    waiter, _ = m.acquire(1.0, 30.0)
+    assert m.release(slot, 2.0, healthy=True, messages=1) == [CloseSlot(slot, graceful=True)]
+    assert m.slot_closed(slot, 3.0) == [OpenConnection(1, A)]
+    assert m.connected(1, 4.0) == [GrantSlot(1, waiter)]
+
+
+@pytest.mark.parametrize("messages", [-1, True, 1.0])
+def test_release_with_a_bad_message_count_is_refused_before_any_change(messages: Any) -> None:
+    m = machine()
+    slot = leased_slot(m)
+    with pytest.raises(LocalProtocolError):
+        m.release(slot, 1.0, healthy=True, messages=messages)
+    assert m.slot_state(slot) is SlotState.LEASED
+
+
+# ----------------------------------------------------------------------- idle, age, probes
+
+
+def test_idle_slot_past_idle_timeout_retires_on_the_timer() -> None:
+    m = machine(idle_timeout=50.0, max_connection_age=None)
+    slot = idle_slot(m, 0.0)
+    assert m.next_deadline() == 50.0
+    assert m.handle_timer(50.0) == [CloseSlot(slot, graceful=True)]
+    m.slot_closed(slot, 51.0)
+    assert m.statistics().closed_total == {"idle_timeout": 1}
+    assert m.next_deadline() is None
+
+
+def test_idle_slot_past_max_age_retires_on_the_timer() -> None:
+    m = machine(idle_timeout=None, keepalive_interval=None, max_connection_age=80.0)
+    slot = leased_slot(m, 0.0)
+    m.release(slot, 70.0, healthy=True)
+    assert m.next_deadline() == 80.0
+    assert m.handle_timer(80.0) == [CloseSlot(slot, graceful=True)]
+
+
+def test_with_limits_switched_off_an_idle_slot_needs_no_timer() -> None:
+    m = machine(idle_timeout=None, max_connection_age=None, keepalive_interval=None)
+    slot = idle_slot(m)
+    assert m.next_deadline() is None
+    waiter, actions = m.acquire(10_000.0, 10_010.0)
+    assert actions == [GrantSlot(slot, waiter)]
+
+
+def test_stale_idle_slot_is_probed_before_it_is_granted() -> None:
+    m = machine(keepalive_interval=30.0)
+    slot = idle_slot(m, 0.0)
+    waiter, actions = m.acquire(30.0, 60.0)
+    assert actions == [ProbeSlot(slot)]
+    assert m.slot_state(slot) is SlotState.PROBING
+    assert m.probe_succeeded(slot, 31.0) == [GrantSlot(slot, waiter)]
+
+
+def test_failed_probe_closes_the_slot_and_serves_the_waiter_elsewhere() -> None:
+    m = machine(keepalive_interval=30.0)
+    slot = idle_slot(m, 0.0)
+    waiter, _ = m.acquire(30.0, 60.0)
+    assert m.probe_failed(slot, 31.0) == [CloseSlot(slot, graceful=False), OpenConnection(1, A)]
+    assert m.connected(1, 32.0) == [GrantSlot(1, waiter)]
+    m.slot_closed(slot, 33.0)
+    stats = m.statistics()
+    assert stats.closed_total == {"probe_failed": 1}
+    assert stats.hosts[A.key].consecutive_failures == 0  # a dropped idle link is no outage
+
+
+def test_probed_slot_whose_waiter_left_goes_back_to_idle() -> None:
+    m = machine(keepalive_interval=30.0)
+    slot = idle_slot(m, 0.0)
+    waiter, _ = m.acquire(30.0, 60.0)
+    m.cancel(waiter, 30.5)
+    assert m.probe_succeeded(slot, 31.0) == []
+    assert m.slot_state(slot) is SlotState.IDLE
+
+
+def test_fresh_idle_slot_is_preferred_over_probing_a_stale_one() -> None:
+    m = machine(keepalive_interval=30.0)
+    old = leased_slot(m, 0.0)
+    new = leased_slot(m, 0.0)
+    m.release(old, 0.0, healthy=True)
+    m.release(new, 20.0, healthy=True)
+    waiter, actions = m.acquire(35.0, 60.0)
+    assert actions == [GrantSlot(new, waiter)]
+    waiter, actions = m.acquire(35.0, 60.0)
+    assert actions == [ProbeSlot(old)]
+
+
+# ------------------------------------------------------------------------------- min_size
+
+
+def test_min_size_is_warmed_by_the_first_timer_not_by_acquire() -> None:
+    m = machine(min_size=2)
+    assert m.next_deadline() == -math.inf
+    assert m.handle_timer(0.0) == [OpenConnection(0, A), OpenConnection(1, A)]
+    assert m.next_deadline() is None
+
+
+def test_refill_waits_refill_delay_after_a_slot_is_lost() -> None:
+    m = machine(min_size=1, refill_delay=5.0)
+    (open_,) = m.handle_timer(0.0)
+    assert isinstance(open_, OpenConnection)
+    m.connected(open_.slot, 1.0)
+    waiter, _ = m.acquire(2.0, 30.0)
+    m.release(open_.slot, 3.0, healthy=False)
+    # The refill clock starts when the slot is lost (CLOSING), not when its socket is gone.
+    assert m.next_deadline() == 8.0
+    assert m.slot_closed(open_.slot, 4.0) == []
+    assert m.handle_timer(7.9) == []
+    assert m.handle_timer(8.0) == [OpenConnection(1, A)]
+    assert waiter == 0
+
+
+def test_refill_never_exceeds_host_capacity_and_resumes_when_room_returns() -> None:
+    capped = Host("capped.example", 25, max_connections=1)
+    m = machine([capped], min_size=2, max_size=2)
+    assert m.handle_timer(0.0) == [OpenConnection(0, capped)]
+    assert m.next_deadline() is None  # blocked by capacity: no busy timer
+    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)
+    assert m.next_deadline() == 11.0  # the cooldown end
+    assert m.handle_timer(11.0) == [OpenConnection(1, capped)]
+
+
+def test_refill_connection_serves_a_waiter_that_arrives_meanwhile() -> None:
+    m = machine(min_size=1, max_size=1)
+    m.handle_timer(0.0)
+    waiter, actions = m.acquire(0.5, 30.0)
+    assert actions == []  # covered by the refill connection in flight
+    assert m.connected(0, 1.0) == [GrantSlot(0, waiter)]
+
+
+# ---------------------------------------------------------------------------------- close
+
+
+def test_close_fails_waiters_closes_idle_and_waits_for_the_rest() -> None:
+    m = machine(max_size=4, keepalive_interval=30.0)
+    leased = leased_slot(m, 0.0)
+    broken = leased_slot(m, 0.0)
+    idle = leased_slot(m, 0.0)
+    m.release(idle, 1.0, healthy=True)
+    probing_waiter, actions = m.acquire(40.0, 100.0)
+    assert actions == [ProbeSlot(idle)]
+    connecting_waiter, actions = m.acquire(40.0, 100.0)
+    assert actions == [OpenConnection(3, A)]
+    actions = m.close(41.0)
+    assert actions == [
+        FailWaiter(probing_waiter, FailureKind.POOL_CLOSED),
+        FailWaiter(connecting_waiter, FailureKind.POOL_CLOSED),
+    ]
+    assert not m.is_closed
+    assert m.close(41.0) == []
+    w, actions = m.acquire(42.0, 50.0)
+    assert actions == [FailWaiter(w, FailureKind.POOL_CLOSED)]
+    assert m.release(leased, 43.0, healthy=True) == [CloseSlot(leased, graceful=True)]
+    assert m.release(broken, 43.0, healthy=False) == [CloseSlot(broken, graceful=False)]
+    assert m.connected(3, 44.0) == [CloseSlot(3, graceful=True)]
+    assert m.probe_succeeded(idle, 44.0) == [CloseSlot(idle, graceful=True)]
+    for slot in (leased, broken, 3, idle):
+        assert not m.is_closed
+        m.slot_closed(slot, 45.0)
+    assert m.is_closed
+    stats = m.statistics()
+    assert stats.live == 0
+    assert stats.close_requested
+    assert stats.closed_total == {"pool_closed": 3, "broken": 1}
+    assert m.next_deadline() is None
+
+
+def test_close_with_idle_slots_sends_quit_on_each() -> None:
+    m = machine(max_size=2)
+    first = leased_slot(m)
+    second = leased_slot(m)
+    m.release(first, 1.0, healthy=True)
+    m.release(second, 1.0, healthy=True)
+    assert sorted(m.close(2.0), key=lambda a: a.slot) == [  # type: ignore[union-attr]
+        CloseSlot(first, graceful=True),
+        CloseSlot(second, graceful=True),
+    ]
+
+
+def test_connect_failure_after_close_needs_no_close_action() -> None:
+    m = machine()
+    m.acquire(0.0, 10.0)
+    m.close(1.0)
+    assert m.connect_failed(0, 2.0, FailureKind.CONNECT_FAILED) == []
+    assert m.is_closed
+
+
+def test_probe_failure_after_close_closes_abruptly() -> None:
+    m = machine(keepalive_interval=30.0)
+    slot = idle_slot(m)
+    m.acquire(30.0, 60.0)
+    m.close(31.0)
+    assert m.probe_failed(slot, 32.0) == [CloseSlot(slot, graceful=False)]
+
+
+def test_close_with_min_size_cancels_the_refill() -> None:
+    m = machine(min_size=1)
+    m.close(0.0)
+    assert m.handle_timer(0.0) == []
+    assert m.next_deadline() is None
+    assert m.is_closed
+
+
+# ----------------------------------------------------------------------------- misuse, time
+
+
+def test_inputs_for_unknown_or_wrong_state_slots_raise_and_change_nothing() -> None:
+    m = machine()
+    slot = idle_slot(m)
+    before = m.statistics()
+    with pytest.raises(LocalProtocolError):
+        m.release(slot, 1.0, healthy=True)
+    with pytest.raises(LocalProtocolError):
+        m.connected(slot, 1.0)
+    with pytest.raises(LocalProtocolError):
+        m.slot_closed(slot, 1.0)
+    with pytest.raises(LocalProtocolError):
+        m.probe_succeeded(slot, 1.0)
+    with pytest.raises(LocalProtocolError):
+        m.connect_failed(slot, 1.0, FailureKind.CONNECT_FAILED)
+    for unknown in (99, -1, "0"):
+        with pytest.raises(LocalProtocolError):
+            m.probe_failed(unknown, 1.0)  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError):
+            m.slot_host(unknown)  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError):
+            m.slot_state(unknown)  # type: ignore[arg-type]
+    assert m.statistics() == before
+
+
+def test_connect_failed_needs_a_failure_kind() -> None:
+    m = machine()
+    m.acquire(0.0, 10.0)
+    with pytest.raises(LocalProtocolError):
+        m.connect_failed(0, 1.0, "connect_failed")  # type: ignore[arg-type]
+    assert m.slot_state(0) is SlotState.CONNECTING
+
+
+@pytest.mark.parametrize("bad", [math.nan, "1.0", None])
+def test_time_and_deadline_must_be_numbers(bad: Any) -> None:
+    m = machine()
+    with pytest.raises(LocalProtocolError):
+        m.handle_timer(bad)
+    with pytest.raises(LocalProtocolError):
+        m.acquire(0.0, bad)
+
+
+def test_an_older_now_is_treated_as_the_newest_seen() -> None:
+    m = machine(max_size=1)
+    leased_slot(m, 0.0)
+    waiter, _ = m.acquire(10.0, 20.0)
+    assert m.handle_timer(25.0) == [FailWaiter(waiter, FailureKind.POOL_EXHAUSTED)]
+    w2, _ = m.acquire(5.0, 24.0)  # a task that read the clock earlier
+    assert m.next_deadline() is None
+    assert w2 == 2
+
+
+def test_statistics_is_a_frozen_snapshot_derived_from_states() -> None:
+    m = machine([A, B], max_size=4)
+    leased_slot(m)
+    m.acquire(1.0, 30.0)
+    m.acquire(1.0, 30.0)
+    stats = m.statistics()
+    assert (stats.live, stats.leased, stats.connecting, stats.idle, stats.waiting) == (
+        3,
+        1,
+        2,
+        0,
+        2,
+    )
+    assert (stats.probing, stats.closing, stats.created_total) == (0, 0, 3)
+    assert list(stats.hosts) == [A.key, B.key]
+    with pytest.raises(AttributeError):
+        stats.live = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        stats.closed_total["broken"] = 1  # type: ignore[index]
+
+
+def test_statistics_judges_cooldown_at_the_given_time() -> None:
+    m = machine()
+    m.acquire(0.0, 5.0)
+    m.connect_failed(0, 0.0, FailureKind.CONNECT_FAILED)
+    assert m.statistics().hosts[A.key].cooling_down
+    assert not m.statistics(now=10.0).hosts[A.key].cooling_down
+
+
+def test_actions_never_show_secrets() -> None:
+    host = Host("smtp.example.com", username="alice", password=SECRET)
+    m = PoolMachine(PoolConfig([host]), random.Random(0))
+    _, actions = m.acquire(0.0, 1.0)
+    error = PermissionError(f"AUTH PLAIN {SECRET}")
+    actions += m.connect_failed(0, 0.5, FailureKind.AUTH_FAILED, error)
+    text = repr(actions) + repr(m.statistics())
+    assert SECRET not in text
+    assert "PermissionError" in text
+
+
+def test_the_state_diagram_in_the_docs_is_the_transition_table() -> None:
+    docs = pathlib.Path(__file__).parents[2] / "docs" / "pool.md"
+    block = docs.read_text().split("```transitions\n", 1)[1].split("```", 1)[0]
+    documented = set(block.strip().splitlines())
+    table = {
+        f"{state.name} --{event.value}--> {target.name}"
+        for state, events in SLOT_TRANSITIONS.items()
+        for event, target in events.items()
+    }
+    assert documented == table

@@ -1,0 +1,344 @@
+"""The pool machine under a hypothesis state machine that plays a (possibly misbehaving) world.
+
+The test keeps its own model of every slot and waiter, built only from the actions the machine
+returned and the reports the test made, and after every step checks the invariants of issue 3:
+live <= max_size and <= each host's max_connections; every leased slot has exactly one owner; no
+waiter is granted (or failed) twice; a broken slot never becomes idle; grants are FIFO;
+next_deadline() is never in the past after handle_timer; after close and releases nothing is live.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from pooledmail_core._classify import FailureKind
+from pooledmail_core._config import Host, PoolConfig
+from pooledmail_core._pool import (
+    CloseSlot,
+    FailWaiter,
+    GrantSlot,
+    OpenConnection,
+    PoolMachine,
+    ProbeSlot,
+)
+
+STEPS = 50
+EXAMPLES = 200
+
+host_specs = st.lists(
+    st.tuples(
+        st.integers(0, 1),  # priority
+        st.integers(1, 3),  # weight
+        st.one_of(st.none(), st.integers(1, 2)),  # max_connections
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> PoolConfig:
+    specs = draw(host_specs)
+    hosts = [
+        Host(f"h{i}.example", 25, priority=p, weight=w, max_connections=m)
+        for i, (p, w, m) in enumerate(specs)
+    ]
+    max_size = draw(st.integers(1, 4))
+    return PoolConfig(
+        hosts,
+        min_size=draw(st.integers(0, max_size)),
+        max_size=max_size,
+        idle_timeout=draw(st.sampled_from([None, 20.0])),
+        keepalive_interval=draw(st.sampled_from([None, 5.0])),
+        max_connection_age=draw(st.sampled_from([None, 50.0])),
+        max_messages_per_connection=draw(st.sampled_from([None, 2])),
+        refill_delay=draw(st.sampled_from([0.0, 3.0])),
+        reconnect_cooldown=5.0,
+        max_reconnect_cooldown=40.0,
+        cooldown_jitter=draw(st.sampled_from([0.0, 0.2])),
+    )
+
+
+class PoolWorld(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.slot_state: dict[int, str] = {}  # model: connecting/idle/probing/leased/closing
+        self.slot_host: dict[int, str] = {}
+        self.owner: dict[int, int] = {}  # leased slot -> waiter
+        self.waiting: dict[int, float] = {}  # waiter -> deadline
+        self.finished: set[int] = set()
+        self.issued = 0
+        self.closed = False
+        self.expect_abrupt: set[int] = set()
+        self.auth_failure_pending = False
+
+    @initialize(config=configs(), seed=st.integers(0, 2**32 - 1))
+    def start(self, config: PoolConfig, seed: int) -> None:
+        self.config = config
+        self.machine = PoolMachine(config, random.Random(seed))
+        self.apply(self.machine.handle_timer(self.now))
+
+    # ------------------------------------------------------------------------------ the model
+
+    def apply(self, actions: Sequence[object]) -> None:
+        for action in actions:
+            if isinstance(action, OpenConnection):
+                assert not self.closed
+                assert action.slot not in self.slot_state, "slot id reused"
+                self.slot_state[action.slot] = "connecting"
+                self.slot_host[action.slot] = action.host.key
+            elif isinstance(action, GrantSlot):
+                assert not self.closed
+                assert self.slot_state[action.slot] == "idle", "granted a slot that is not idle"
+                assert action.waiter in self.waiting, "granted a waiter twice or a cancelled one"
+                assert action.waiter == min(self.waiting), "grant out of FIFO order"
+                del self.waiting[action.waiter]
+                self.finished.add(action.waiter)
+                assert action.waiter not in self.owner.values()
+                self.slot_state[action.slot] = "leased"
+                self.owner[action.slot] = action.waiter
+            elif isinstance(action, ProbeSlot):
+                assert self.slot_state[action.slot] == "idle"
+                self.slot_state[action.slot] = "probing"
+            elif isinstance(action, CloseSlot):
+                if action.slot in self.expect_abrupt:
+                    assert not action.graceful
+                    self.expect_abrupt.discard(action.slot)
+                else:
+                    assert self.slot_state[action.slot] == "idle"
+                    assert action.graceful
+                self.slot_state[action.slot] = "closing"
+            else:
+                assert isinstance(action, FailWaiter)
+                assert action.waiter in self.waiting, "failed a waiter twice or a cancelled one"
+                deadline = self.waiting.pop(action.waiter)
+                self.finished.add(action.waiter)
+                if action.kind is FailureKind.POOL_EXHAUSTED:
+                    assert deadline <= self.now, "exhausted before its deadline"
+                elif action.kind is FailureKind.POOL_CLOSED:
+                    assert self.closed
+                elif action.kind is FailureKind.AUTH_FAILED:
+                    assert self.auth_failure_pending
+                    self.auth_failure_pending = False
+                else:
+                    assert action.kind is FailureKind.HOSTS_UNAVAILABLE
+        assert not self.expect_abrupt, "a broken slot was not closed at once"
+        assert not self.auth_failure_pending, "AUTH_FAILED did not fail the oldest waiter"
+
+    def slots_in(self, state: str) -> list[int]:
+        return sorted(slot for slot, s in self.slot_state.items() if s == state)
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+
+    # ---------------------------------------------------------------------------------- rules
+
+    @rule(timeout=st.floats(0.0, 30.0), dt=st.floats(0.0, 2.0))
+    def acquire(self, timeout: float, dt: float) -> None:
+        self.tick(dt)
+        waiter, actions = self.machine.acquire(self.now, self.now + timeout)
+        assert waiter == self.issued
+        self.issued += 1
+        self.waiting[waiter] = self.now + timeout
+        self.apply(actions)
+        if self.closed:
+            assert actions == [FailWaiter(waiter, FailureKind.POOL_CLOSED)]
+
+    @precondition(lambda self: self.issued > 0)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        waiter = data.draw(st.integers(0, self.issued - 1))
+        was_waiting = waiter in self.waiting
+        self.waiting.pop(waiter, None)
+        self.finished.add(waiter)
+        actions = self.machine.cancel(waiter, self.now)
+        if not was_waiting:
+            assert actions == []
+        self.apply(actions)
+
+    @precondition(lambda self: bool(self.slots_in("connecting")))
+    @rule(data=st.data(), dt=st.floats(0.0, 3.0))
+    def connect_succeeds(self, data: st.DataObject, dt: float) -> None:
+        slot = data.draw(st.sampled_from(self.slots_in("connecting")))
+        self.tick(dt)
+        self.slot_state[slot] = "idle"
+        self.apply(self.machine.connected(slot, self.now))
+
+    @precondition(lambda self: bool(self.slots_in("connecting")))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(
+            [FailureKind.CONNECT_FAILED, FailureKind.TLS_FAILED, FailureKind.AUTH_FAILED]
+        ),
+        dt=st.floats(0.0, 3.0),
+    )
+    def connect_fails(self, data: st.DataObject, kind: FailureKind, dt: float) -> None:
+        slot = data.draw(st.sampled_from(self.slots_in("connecting")))
+        self.tick(dt)
+        del self.slot_state[slot]
+        self.auth_failure_pending = kind is FailureKind.AUTH_FAILED and bool(self.waiting)
+        self.apply(self.machine.connect_failed(slot, self.now, kind, OSError("refused")))
+
+    @precondition(lambda self: bool(self.slots_in("connecting")))
+    @rule(data=st.data())
+    def host_outage(self, data: st.DataObject) -> None:
+        """Every connection in flight to one host fails, as in a real outage."""
+        key = self.slot_host[data.draw(st.sampled_from(self.slots_in("connecting")))]
+        for slot in self.slots_in("connecting"):
+            if self.slot_host[slot] == key:
+                del self.slot_state[slot]
+                self.apply(
+                    self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED, None)
+                )
+
+    @precondition(lambda self: bool(self.slots_in("leased")))
+    @rule(
+        data=st.data(),
+        healthy=st.booleans(),
+        messages=st.integers(0, 3),
+        dt=st.floats(0.0, 10.0),
+    )
+    def release(self, data: st.DataObject, healthy: bool, messages: int, dt: float) -> None:
+        slot = data.draw(st.sampled_from(self.slots_in("leased")))
+        self.tick(dt)
+        del self.owner[slot]
+        if healthy:
+            self.slot_state[slot] = "idle"
+        else:
+            self.expect_abrupt.add(slot)
+        self.apply(self.machine.release(slot, self.now, healthy=healthy, messages=messages))
+
+    @precondition(lambda self: bool(self.slots_in("probing")))
+    @rule(data=st.data(), ok=st.booleans())
+    def probe_result(self, data: st.DataObject, ok: bool) -> None:
+        slot = data.draw(st.sampled_from(self.slots_in("probing")))
+        if ok:
+            self.slot_state[slot] = "idle"
+            self.apply(self.machine.probe_succeeded(slot, self.now))
+        else:
+            self.expect_abrupt.add(slot)
+            self.apply(self.machine.probe_failed(slot, self.now))
+
+    @precondition(lambda self: bool(self.slots_in("closing")))
+    @rule(data=st.data())
+    def slot_closed(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from(self.slots_in("closing")))
+        del self.slot_state[slot]
+        self.apply(self.machine.slot_closed(slot, self.now))
+
+    @rule(dt=st.floats(0.0, 30.0))
+    def time_passes(self, dt: float) -> None:
+        self.tick(dt)
+        self.apply(self.machine.handle_timer(self.now))
+        self.check_timer_postconditions()
+
+    @precondition(lambda self: self.machine.next_deadline() is not None)
+    @rule()
+    def timer_fires(self) -> None:
+        deadline = self.machine.next_deadline()
+        assert deadline is not None
+        self.now = max(self.now, deadline)
+        self.apply(self.machine.handle_timer(self.now))
+        self.check_timer_postconditions()
+
+    @rule()
+    def close(self) -> None:
+        self.closed = True
+        self.apply(self.machine.close(self.now))
+        assert not self.waiting
+
+    def check_timer_postconditions(self) -> None:
+        deadline = self.machine.next_deadline()
+        assert deadline is None or deadline >= self.now, "next_deadline in the past"
+        assert all(d > self.now for d in self.waiting.values()), "a due waiter still waits"
+
+    # ----------------------------------------------------------------------------- invariants
+
+    @invariant()
+    def model_matches_machine(self) -> None:
+        for slot, state in self.slot_state.items():
+            assert self.machine.slot_state(slot).value == state
+        stats = self.machine.statistics()
+        assert stats.live == len(self.slot_state)
+        for state in ("connecting", "idle", "probing", "leased", "closing"):
+            assert getattr(stats, state) == len(self.slots_in(state))
+        assert stats.waiting == len(self.waiting)
+        assert stats.created_total == stats.live + sum(stats.closed_total.values())
+
+    @invariant()
+    def live_within_limits(self) -> None:
+        stats = self.machine.statistics()
+        assert stats.live <= self.config.max_size
+        for host in self.config.hosts:
+            if host.max_connections is not None:
+                assert stats.hosts[host.key].live <= host.max_connections
+
+    @invariant()
+    def one_owner_per_lease(self) -> None:
+        assert set(self.owner) == set(self.slots_in("leased"))
+        assert len(set(self.owner.values())) == len(self.owner)
+
+    @invariant()
+    def no_waiter_waits_while_help_is_at_hand(self) -> None:
+        if self.closed or not self.waiting:
+            return
+        stats = self.machine.statistics()
+        if self.config.keepalive_interval is None:
+            assert stats.idle == 0, "a waiter waits beside an idle slot"
+        uncovered = stats.waiting - stats.connecting - stats.probing
+        all_healthy = all(h.consecutive_failures == 0 for h in stats.hosts.values())
+        uncapped = all(h.max_connections is None for h in self.config.hosts)
+        if uncovered > 0 and all_healthy and uncapped:
+            assert stats.live == self.config.max_size, "a waiter waits while there is room"
+
+    @invariant()
+    def closed_means_nothing_live(self) -> None:
+        if self.machine.is_closed:
+            assert not self.slot_state
+        if self.closed and not self.slot_state:
+            assert self.machine.is_closed
+
+    def teardown(self) -> None:
+        if not hasattr(self, "machine"):
+            return
+        # Close, then let the world finish everything in flight: nothing may stay live.
+        self.close()
+        for _ in range(4 * self.config.max_size + 4):
+            for slot in self.slots_in("connecting"):
+                self.slot_state[slot] = "idle"
+                self.apply(self.machine.connected(slot, self.now))
+            for slot in self.slots_in("leased"):
+                del self.owner[slot]
+                self.slot_state[slot] = "idle"
+                self.apply(self.machine.release(slot, self.now, healthy=True))
+            for slot in self.slots_in("probing"):
+                self.slot_state[slot] = "idle"
+                self.apply(self.machine.probe_succeeded(slot, self.now))
+            for slot in self.slots_in("closing"):
+                del self.slot_state[slot]
+                self.apply(self.machine.slot_closed(slot, self.now))
+        assert not self.slot_state
+        assert self.machine.is_closed
+        assert self.machine.statistics().live == 0
+        assert self.machine.next_deadline() is None
+
+
+PoolWorld.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_pool_state_machine_keeps_its_invariants = PoolWorld.TestCase

@@ -1,0 +1,402 @@
+"""Planning a transaction: parameters, local refusals before any byte, data on the wire, secrets."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pooledmail_core._auth import Credentials, choose_mechanism
+from pooledmail_core._body import normalise_line_endings, stuffed_with_terminator
+from pooledmail_core._capabilities import Capabilities
+from pooledmail_core._config import TLSMode
+from pooledmail_core._envelope import Envelope, PreparedMessage
+from pooledmail_core._errors import (
+    EightBitNotSupported,
+    InvalidArgument,
+    LocalProtocolError,
+    MessageTooLarge,
+    RemoteProtocolError,
+    SMTPUTF8NotSupported,
+)
+from pooledmail_core._exchanges import NEED_DATA, SetupResult, StartTLS, Write
+from pooledmail_core._limits import Limits
+from pooledmail_core._reply import Reply
+from pooledmail_core._session import ClientSession
+from pooledmail_core._state import SessionState
+
+
+def caps(**options: Any) -> Capabilities:
+    return Capabilities(esmtp=True, **options)
+
+
+def session_with(capabilities: Capabilities) -> ClientSession:
+    session = ClientSession("client.example")
+    lines = ["mx"]
+    if capabilities.size is not None:
+        lines.append(f"SIZE {capabilities.size}")
+    for flag, keyword in (
+        ("pipelining", "PIPELINING"),
+        ("eight_bit_mime", "8BITMIME"),
+        ("smtputf8", "SMTPUTF8"),
+        ("chunking", "CHUNKING"),
+        ("dsn", "DSN"),
+    ):
+        if getattr(capabilities, flag):
+            lines.append(keyword)
+    raw = b"".join(
+        b"250%s%s\r\n" % (b" " if i == len(lines) - 1 else b"-", line.encode())
+        for i, line in enumerate(lines)
+    )
+    setup = session.setup(tls=TLSMode.NONE)
+    for server in (b"220 hi\r\n", raw):
+        while setup.next_step() is not NEED_DATA:
+            pass
+        session.receive_data(server)
+    setup.next_step()
+    assert setup.result.ok
+    assert session.capabilities == capabilities
+    return session
+
+
+def first_flight(
+    capabilities: Capabilities,
+    data: bytes = b"Subject: x\r\n\r\nbody\r\n",
+    sender: str = "a@example.com",
+    recipients: tuple[str, ...] = ("b@example.net",),
+    **envelope: Any,
+) -> bytes:
+    session = session_with(capabilities)
+    tx = session.transaction(PreparedMessage(Envelope(sender, recipients, **envelope), data))
+    step = tx.next_step()
+    assert isinstance(step, Write)
+    return step.data
+
+
+def test_mail_parameters_follow_the_capabilities() -> None:
+    assert first_flight(caps()).startswith(b"MAIL FROM:<a@example.com>\r\n")
+    assert first_flight(caps(size=1000)).startswith(b"MAIL FROM:<a@example.com> SIZE=20\r\n")
+    assert first_flight(caps(size=0)).startswith(b"MAIL FROM:<a@example.com> SIZE=20\r\n")
+    flight = first_flight(caps(eight_bit_mime=True), b"Subject: x\r\n\r\n\xe9\r\n")
+    assert flight.startswith(b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\n")
+    flight = first_flight(caps(smtputf8=True), b"Subject: x\r\n\r\n\xc3\xa9\r\n")
+    assert flight.startswith(b"MAIL FROM:<a@example.com> SMTPUTF8\r\n")
+    flight = first_flight(
+        caps(smtputf8=True, eight_bit_mime=True), b"Subject: \xc3\xa9\r\n\r\n\xc3\xa9\r\n"
+    )
+    assert flight.startswith(b"MAIL FROM:<a@example.com> BODY=8BITMIME SMTPUTF8\r\n")
+    flight = first_flight(caps(smtputf8=True), sender="ré@example.com")
+    assert flight.startswith("MAIL FROM:<ré@example.com> SMTPUTF8\r\n".encode())
+
+
+def test_dsn_parameters_only_when_dsn_is_offered() -> None:
+    dsn: dict[str, Any] = {
+        "ret": "hdrs",
+        "envid": "id+1=x",
+        "notify": ("success", "FAILURE"),
+        "orcpt": True,
+    }
+    flight = first_flight(caps(dsn=True, pipelining=True), **dsn)
+    assert flight == (
+        b"MAIL FROM:<a@example.com> RET=HDRS ENVID=id+2B1+3Dx\r\n"
+        b"RCPT TO:<b@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.net\r\n"
+        b"DATA\r\n"
+    )
+    assert first_flight(caps(pipelining=True), **dsn) == (
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+    )
+    flight = first_flight(caps(dsn=True, pipelining=True), orcpt=True)
+    assert b"RCPT TO:<b@example.net> ORCPT=rfc822;b@example.net\r\n" in flight
+    flight = first_flight(caps(dsn=True, pipelining=True), notify=("NEVER",))
+    assert b"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n" in flight
+    flight = first_flight(
+        caps(dsn=True, smtputf8=True, pipelining=True), recipients=("ü@example.net",), orcpt=True
+    )
+    assert "RCPT TO:<ü@example.net>\r\n".encode() in flight
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"ret": "ALL"},
+        {"envid": "a\tb"},
+        {"envid": "é"},
+        {"envid": ""},
+        {"notify": ()},
+        {"notify": ("NEVER", "SUCCESS")},
+        {"notify": ("SOMETIMES",)},
+        {"notify": ("DELAY", "DELAY")},
+        {"sender": "a@b\r\nRCPT TO:<evil@x>"},
+        {"sender": "a\0b"},
+        {"sender": "<a@b>"},
+        {"recipients": ()},
+        {"recipients": ("",)},
+        {"recipients": ("b@c>",)},
+        {"recipients": ("b@c\n",)},
+    ],
+)
+def test_invalid_envelope_is_refused_before_any_byte(envelope: dict[str, Any]) -> None:
+    session = session_with(caps(dsn=True))
+    fields: dict[str, Any] = {"sender": "a@example.com", "recipients": ("b@example.net",)}
+    fields.update(envelope)
+    with pytest.raises(InvalidArgument):
+        session.transaction(PreparedMessage(Envelope(**fields), b"x\r\n"))
+    assert session.state is SessionState.READY
+    assert session.awaiting == ()
+
+
+def test_local_refusals_leave_the_session_usable() -> None:
+    session = session_with(caps(size=20))
+    with pytest.raises(MessageTooLarge) as info:
+        session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), b"x" * 30))
+    assert (info.value.size, info.value.limit) == (32, 20)
+    with pytest.raises(SMTPUTF8NotSupported):
+        session.transaction(PreparedMessage(Envelope("ä@b", ("c@d",)), b"x"))
+    with pytest.raises(SMTPUTF8NotSupported):
+        session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), b"S: \xc3\xa4\r\n\r\nx"))
+    with pytest.raises(EightBitNotSupported):
+        session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), b"S: a\r\n\r\n\xe4"))
+    with pytest.raises(SMTPUTF8NotSupported):  # no blank line: it is all header
+        session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), b"\xe4"))
+    assert session.state is SessionState.READY
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), bytearray(b"ok")))  # type: ignore[arg-type]
+    assert isinstance(tx.next_step(), Write)
+
+
+def test_transaction_outside_ready_is_local_error() -> None:
+    session = ClientSession("client.example")
+    with pytest.raises(LocalProtocolError):
+        session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), b"x"))
+    assert session.state is SessionState.ERROR
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"", b".\r\n"),
+        (b"a", b"a\r\n.\r\n"),
+        (b"a\r\n", b"a\r\n.\r\n"),
+        (b".a\r\n", b"..a\r\n.\r\n"),
+        (b"a\r\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\n.\nb\n", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\rb\r", b"a\r\nb\r\n.\r\n"),
+        (b"a\r\r\nb", b"a\r\n\r\nb\r\n.\r\n"),
+        (b"x\n\r.\r\n", b"x\r\n\r\n..\r\n.\r\n"),
+    ],
+)
+def test_data_is_normalised_and_dot_stuffed(data: bytes, wire: bytes) -> None:
+    assert stuffed_with_terminator(normalise_line_endings(data)) == wire
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.binary(max_size=200)
+    | st.lists(st.sampled_from([b"\r", b"\n", b".", b"a"])).map(b"".join)
+)
+def test_no_bare_cr_or_lf_and_no_early_terminator_ever(data: bytes) -> None:
+    wire = stuffed_with_terminator(normalise_line_endings(data))
+    assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
+    assert wire.endswith(b".\r\n")
+    assert wire == b".\r\n" or wire.endswith(b"\r\n.\r\n")
+    body = wire[:-3]
+    assert b"\r\n.\r\n" not in body
+    assert not body.startswith(b".\r\n")
+    # un-stuffing gives back the normalised data
+    lines = body.split(b"\r\n")
+    unstuffed = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+    assert unstuffed == normalise_line_endings(data)
+
+
+def test_capabilities_parsing() -> None:
+    reply = Reply(
+        250,
+        (
+            "mx.example greets you",
+            "size 2048",
+            "auth=login plain",
+            "AUTH CRAM-MD5",
+            "",
+            "pipelining",
+            "8BITMIME",
+            "SMTPUTF8",
+            "CHUNKING",
+            "STARTTLS",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+            "X-UNKNOWN stuff",
+        ),
+    )
+    assert Capabilities.from_ehlo(reply) == Capabilities(
+        esmtp=True,
+        size=2048,
+        pipelining=True,
+        eight_bit_mime=True,
+        smtputf8=True,
+        chunking=True,
+        starttls=True,
+        auth_mechanisms=frozenset({"LOGIN", "PLAIN", "CRAM-MD5"}),
+        enhanced_status_codes=True,
+        dsn=True,
+    )
+    assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE"))).size == 0
+    assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE lots"))).size == 0
+    assert Capabilities.from_ehlo(Reply(250, ("mx",))) == Capabilities(esmtp=True)
+
+
+def test_mechanism_choice() -> None:
+    password = Credentials("u", "p", None)
+    token = Credentials("u", None, "t")
+    both = Credentials("u", "p", "t")
+    everything = frozenset({"XOAUTH2", "CRAM-MD5", "PLAIN", "LOGIN"})
+
+    def name(offered: frozenset[str], creds: Credentials, allowed: Any = None) -> str | None:
+        chosen = choose_mechanism(offered, creds, allowed)
+        return None if chosen is None else chosen.name
+
+    assert name(everything, password) == "CRAM-MD5"
+    assert name(everything, token) == "XOAUTH2"
+    assert name(everything, both) == "XOAUTH2"
+    assert name(frozenset({"PLAIN", "LOGIN"}), password) == "PLAIN"
+    assert name(frozenset({"LOGIN"}), password) == "LOGIN"
+    assert name(frozenset({"PLAIN"}), token) is None
+    assert name(everything, password, ["login"]) == "LOGIN"
+    assert name(everything, password, ["GSSAPI"]) is None
+    assert name(frozenset({"GSSAPI"}), password, ["GSSAPI"]) is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"username": "u"},
+        {"password": "p"},
+        {"oauth2_token": "t"},
+        {"username": "u", "password": "p\0"},
+        {"username": 1, "password": "p"},
+    ],
+)
+def test_incomplete_or_bad_credentials_are_refused(options: dict[str, Any]) -> None:
+    session = ClientSession("client.example")
+    with pytest.raises(InvalidArgument):
+        session.setup(**options)
+    assert session.state is SessionState.AWAIT_GREETING
+
+
+def test_setup_tls_must_be_a_mode() -> None:
+    with pytest.raises(LocalProtocolError):
+        ClientSession("client.example").setup(tls="starttls")  # type: ignore[arg-type]
+
+
+SECRET_PASSWORD = "hunter2-very-secret"
+SECRET_TOKEN = "ya29.token-very-secret"
+
+
+def _secret_forms() -> list[str]:
+    forms = [SECRET_PASSWORD, SECRET_TOKEN]
+    for plain in (
+        f"\0user\0{SECRET_PASSWORD}",
+        f"user=user\x01auth=Bearer {SECRET_TOKEN}\x01\x01",
+        SECRET_PASSWORD,
+    ):
+        forms.append(base64.b64encode(plain.encode()).decode())
+    return forms
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2"])
+def test_secrets_never_appear_in_reprs_or_errors(mechanism: str) -> None:
+    session = ClientSession("client.example")
+    setup = session.setup(
+        tls=TLSMode.IMPLICIT,
+        tls_active=True,
+        username="user",
+        password=SECRET_PASSWORD,
+        oauth2_token=SECRET_TOKEN,
+        mechanisms=[mechanism],
+    )
+    texts = [repr(setup), repr(session)]
+    server = [
+        b"220 hi\r\n",
+        b"250-mx\r\n250 AUTH %s\r\n" % mechanism.encode(),
+        b"334 PDE+\r\n",
+        b"334 UGFzc3dvcmQ6\r\n",
+        b"535 nope\r\n",
+    ]
+    while True:
+        step = setup.next_step()
+        texts.append(repr(step))
+        if step is NEED_DATA:
+            session.receive_data(server.pop(0))
+        elif not isinstance(step, (Write, StartTLS)):
+            break
+    result = setup.result
+    assert isinstance(result, SetupResult)
+    assert not result.ok
+    texts.append(repr(result))
+    texts.append(result.reason)
+    # a protocol error in the middle of AUTH: its text must not carry the secrets either
+    broken = ClientSession("client.example")
+    failing = broken.setup(
+        tls=TLSMode.IMPLICIT,
+        tls_active=True,
+        username="user",
+        password=SECRET_PASSWORD,
+        oauth2_token=SECRET_TOKEN,
+        mechanisms=[mechanism],
+    )
+    server = [b"220 hi\r\n", b"250-mx\r\n250 AUTH %s\r\n" % mechanism.encode(), b"bogus\r\n"]
+
+    def drive() -> None:
+        while True:
+            if failing.next_step() is NEED_DATA:
+                broken.receive_data(server.pop(0))
+
+    with pytest.raises(RemoteProtocolError) as info:
+        drive()
+    texts.extend([str(info.value), repr(info.value), repr(broken), repr(failing)])
+    texts.append(repr(Credentials("user", SECRET_PASSWORD, SECRET_TOKEN)))
+    texts.append(
+        repr(
+            choose_mechanism(
+                frozenset({mechanism}), Credentials("user", SECRET_PASSWORD, SECRET_TOKEN)
+            )
+        )
+    )
+    joined = "\n".join(texts)
+    for form in _secret_forms():
+        assert form not in joined
+
+
+def test_message_body_never_appears_in_reprs() -> None:
+    session = session_with(caps(pipelining=True))
+    body = b"Subject: private\r\n\r\nthe secret plan\r\n"
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), body))
+    texts = [repr(tx), repr(tx._plan)]
+    texts.append(repr(tx.next_step()))
+    session.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    texts.append(repr(tx.next_step()))
+    assert "secret plan" not in "\n".join(texts)
+
+
+def test_envid_alone_adds_no_rcpt_parameters() -> None:
+    flight = first_flight(caps(dsn=True, pipelining=True), envid="abc")
+    assert flight == (b"MAIL FROM:<a@example.com> ENVID=abc\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+
+
+def test_buffer_limit_reached_through_the_session_is_remote_error() -> None:
+    session = ClientSession("client.example", Limits(max_line_length=16, max_buffered_bytes=16))
+    session.receive_data(b"220-" + b"x" * 20)
+    assert session.state is SessionState.ERROR
+    with pytest.raises(RemoteProtocolError, match="limit"):
+        session.next_event()
+    session.receive_data(b"more")  # ignored once in ERROR
+
+
+def test_quit_abandons_a_running_exchange() -> None:
+    session = session_with(caps(pipelining=True))
+    probe = session.noop()
+    assert session.quit() == b"QUIT\r\n"
+    with pytest.raises(LocalProtocolError):
+        probe.next_step()
+    assert session.state is SessionState.ERROR
