@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 import anyio
 from pooledmail_core._config import Host, PoolConfig
+from pooledmail_core._pool import PoolStatistics
 
 from ._pool import SMTPPool
 from ._results import SendFailed
@@ -49,7 +50,7 @@ def _message(n: int) -> EmailMessage:
 
 async def _demo(
     port: int, args: argparse.Namespace
-) -> tuple[float, collections.Counter[str], dict[str, int]]:
+) -> tuple[float, collections.Counter[str], PoolStatistics]:
     config = PoolConfig(
         [Host("127.0.0.1", port, tls="none")],
         max_size=args.max_size,
@@ -75,21 +76,20 @@ async def _demo(
                 tg.start_soon(sender)
         elapsed = anyio.current_time() - start
         stats = pool.statistics()
-        created = {"connections_created": stats.created_total, "live": stats.live}
-    return elapsed, outcomes, created
+    return elapsed, outcomes, stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with LoopbackSink() as sink:
-        elapsed, outcomes, created = anyio.run(_demo, sink.port, args, backend=args.backend)
+        elapsed, outcomes, stats = anyio.run(_demo, sink.port, args, backend=args.backend)
         received = sink.handler.messages
     rate = args.messages / elapsed if elapsed > 0 else float("inf")
     print(f"backend            {args.backend}")
     print(f"messages           {args.messages} in {elapsed:.2f} s ({rate:,.0f} messages/s)")
-    print(
-        f"connections        {created['connections_created']} created for {args.messages} messages"
-    )
+    retired = ", ".join(f"{k} {v}" for k, v in sorted(stats.closed_total.items()) if v)
+    print(f"connections        {stats.created_total} created for {args.messages} messages")
+    print(f"closed so far      {retired or 'none'}")
     print("outcomes           " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     print(f"server received    {received}")
     return 0 if outcomes.get("ACCEPTED", 0) == args.messages == received else 1

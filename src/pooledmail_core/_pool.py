@@ -16,17 +16,25 @@ The settling pass, in order:
 2. Idle slots past `idle_timeout` or `max_connection_age` retire (QUIT).
 3. Waiters are served strictly first come, first served: the head waiter gets the most recently
    used idle slot that does not need a probe. Waiters that remain and are not already covered by a
-   connection in flight (CONNECTING or PROBING slots; any of them will go to the head waiter when
-   it becomes usable) get a probe of a stale idle slot, else a new connection to the host that host
-   selection picks, as long as `max_size` and the host's `max_connections` allow.
+   connection in flight (CONNECTING or PROBING slots, except background trials; any of them will
+   go to the head waiter when it becomes usable) get a probe of a stale idle slot, else a new
+   connection to the host that host selection picks, as long as `max_size` and the host's
+   `max_connections` allow.
 4. When every host is cooling down and nothing in flight (connecting, probing or leased) could
    serve a waiter, the waiters whose deadline comes no later than the first cooldown end fail at
    once with HOSTS_UNAVAILABLE and the last connect error: nothing can help them, and waiting
    until their deadline would only hide the outage. Waiters with later deadlines keep waiting; a
    trial connection is opened when the first cooldown ends.
-5. When no waiter is left, idle slots to hosts of a worse priority than the best healthy host
-   retire, so traffic moves back to the preferred host once it has proven itself.
-6. If fewer than `min_size` slots are live, a refill is scheduled `refill_delay` later. Refill
+5. Recovery: a host whose cooldown is over but which has not succeeded since (on probation), and
+   which is of a better priority than the host of some live slot, gets one background trial
+   connection, not tied to any waiter, as soon as there is room. Nothing else would ever try it:
+   while a worse host's slots serve every acquire, no waiter needs a new connection. When
+   `max_size` is what blocks the trial and no waiter is queued, one idle slot to a worse host
+   retires to make room (never more than one while any slot is closing).
+6. When no waiter is left, idle slots to hosts of a worse priority than the best healthy host
+   retire, so traffic moves back to the preferred host once it has proven itself. A healthy
+   release of a leased slot makes it idle first, so it retires here too unless a waiter takes it.
+7. If fewer than `min_size` slots are live, a refill is scheduled `refill_delay` later. Refill
    connections are only ever opened from `handle_timer`, never as part of a caller's acquire.
 
 Slots are not bound to waiters while they connect or probe: whichever becomes usable first goes to
@@ -36,7 +44,9 @@ cannot leak the slot — it simply goes to the next waiter, or to idle.
 Hosts: a host that failed is cooling down (see `_cooldown`); once its cooldown ends it is on
 probation, and the pool sends it one trial connection at a time until one succeeds. A host on
 probation with a trial in flight is skipped by host selection, so other waiters fail over to the
-next group instead of queueing behind a trial that may hang for `connect_timeout`.
+next group instead of queueing behind a trial that may hang for `connect_timeout`. For the same
+reason a background trial covers no waiter: a waiter that arrives while it is in flight gets its own
+connection to the next group (or the first slot released), whichever the trial's outcome.
 
 Time only moves forward: an input whose `now` is older than one already seen (two driver tasks
 read the clock in one order and call in the other) is treated as happening at the newest `now`.
@@ -95,11 +105,22 @@ CLOSE_REASONS = (
 
 
 class _Slot:
-    __slots__ = ("close_reason", "connected_at", "host", "id", "idle_since", "messages", "state")
+    __slots__ = (
+        "background_trial",
+        "close_reason",
+        "connected_at",
+        "host",
+        "id",
+        "idle_since",
+        "messages",
+        "state",
+    )
 
-    def __init__(self, slot_id: int, host: int) -> None:
+    def __init__(self, slot_id: int, host: int, *, background_trial: bool = False) -> None:
         self.id = slot_id
         self.host = host
+        # Opened by the pool itself to try a recovered host, not for a waiter; see `_open_trials`.
+        self.background_trial = background_trial
         self.state = SlotState.CONNECTING
         self.connected_at = 0.0
         self.idle_since = 0.0
@@ -123,6 +144,8 @@ class PoolMachine:
         # With one priority group there is never a worse host to retire idle connections from.
         self._single_priority = len({host.priority for host in config.hosts}) == 1
         self._top_priority = min(host.priority for host in config.hosts)
+        # Best priority first (ties in configuration order): the order trials are considered in.
+        self._by_priority = sorted(range(len(config.hosts)), key=lambda i: config.hosts[i].priority)
         self._cooldowns = [Cooldown() for _ in config.hosts]
         self._slots: dict[int, _Slot] = {}
         self._next_slot = 0
@@ -496,12 +519,16 @@ class PoolMachine:
         host = self._selector.choose(usable, self._host_has_room)
         if host is None:
             return False
-        record = _Slot(self._next_slot, host)
+        self._add_slot(host, actions, background_trial=False)
+        return True
+
+    def _add_slot(self, host: int, actions: list[Action], *, background_trial: bool) -> _Slot:
+        record = _Slot(self._next_slot, host, background_trial=background_trial)
         self._next_slot += 1
         self._slots[record.id] = record
         self._created_total += 1
         actions.append(OpenConnection(record.id, self._hosts[host]))
-        return True
+        return record
 
     def _can_open(self, now: float) -> bool:
         if len(self._slots) >= self._config.max_size:
@@ -527,6 +554,7 @@ class PoolMachine:
             return
         self._serve(now, actions)
         self._fail_hopeless(now, actions)
+        self._open_trials(now, actions)
         if not self._waiters:
             self._retire_for_priority(actions)
         self._arm_refill(now)
@@ -557,7 +585,15 @@ class PoolMachine:
             if record is None:
                 break
             self._grant(record, next(iter(self._waiters)), actions)
-        uncovered = len(self._waiters) - self._count(SlotState.CONNECTING, SlotState.PROBING)
+        # A background trial covers nobody: it goes to a host that failed last time, and may hang
+        # for connect_timeout while the next group could serve the waiter now.
+        covering = sum(
+            1
+            for record in self._slots.values()
+            if record.state is SlotState.PROBING
+            or (record.state is SlotState.CONNECTING and not record.background_trial)
+        )
+        uncovered = len(self._waiters) - covering
         while uncovered > 0:
             # Every idle slot left needs a probe, or the loop above would have granted it.
             record = self._pick_idle(now, fresh=False)
@@ -577,6 +613,63 @@ class PoolMachine:
         for waiter, deadline in list(self._waiters.items()):
             if deadline <= recovery:
                 self._fail(waiter, FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error, actions)
+
+    def _open_trials(self, now: float, actions: list[Action]) -> None:
+        # Recovery must not depend on a waiter needing a new connection: while a worse host's
+        # slots serve every acquire, none does, and traffic would stay on the backup forever. So
+        # the pool tries a recovered better host itself. One trial at a time per host, and a
+        # failed trial starts a longer cooldown, so this costs one connect per cooldown period.
+        if self._single_priority:
+            return
+        hosts = self._hosts
+        cooldowns = self._cooldowns
+        # Cheap first: usually no host is on probation.
+        if not any(cooldown.on_probation(now) for cooldown in cooldowns):
+            return
+        worst = max(
+            (
+                hosts[record.host].priority
+                for record in self._slots.values()
+                if record.state is not SlotState.CLOSING
+            ),
+            default=None,
+        )
+        if worst is None:
+            return
+        for index in self._by_priority:
+            priority = hosts[index].priority
+            if priority >= worst:
+                return
+            # `_host_usable` is False for a host on probation with a connection in flight: the
+            # one-trial-at-a-time rule, shared with waiters' connections.
+            if not (
+                cooldowns[index].on_probation(now)
+                and self._host_usable(index, now)
+                and self._host_has_room(index)
+            ):
+                continue
+            if len(self._slots) < self._config.max_size:
+                self._add_slot(index, actions, background_trial=True)
+            elif not self._waiters and not self._count(SlotState.CLOSING):
+                # Full: retire one idle slot to a worse host and open the trial when it is gone.
+                # Only while no slot is closing (one already frees room), and never ahead of a
+                # waiter, who would get that idle slot now.
+                self._make_room_for_trial(priority, actions)
+
+    def _make_room_for_trial(self, priority: int, actions: list[Action]) -> None:
+        hosts = self._hosts
+        # The worst host's least recently used idle slot: the least likely to be missed.
+        candidates = [
+            record
+            for record in self._slots_in(SlotState.IDLE)
+            if hosts[record.host].priority > priority
+        ]
+        if candidates:
+            victim = max(
+                candidates,
+                key=lambda record: (hosts[record.host].priority, -record.idle_since, -record.id),
+            )
+            self._retire(victim, "retired_for_priority", actions)
 
     def _retire_for_priority(self, actions: list[Action]) -> None:
         if self._single_priority:
