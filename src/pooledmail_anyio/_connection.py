@@ -9,6 +9,7 @@ deadline, whichever comes first.
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from pooledmail_core._exchanges import NEED_DATA, Done, Exchange, StartTLS, Writ
 from pooledmail_core._limits import Limits
 from pooledmail_core._reply import Reply
 from pooledmail_core._session import ClientSession
+
+from ._stream import AsyncioSocketStream, DeadlineExceeded, backend_clock, connect_tcp
 
 __all__ = ["TRANSPORT_ERRORS", "Connection", "ConnectFailure", "open_connection"]
 
@@ -40,8 +43,8 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 # Reads take whatever the kernel has, up to this much: the core drains every reply it holds.
 _READ_SIZE = 65536
-# A step's time limit is moved forward only when less than one step is left; it then gets this
-# multiple of the step timeout.
+# Under a cancel scope (any stream but `AsyncioSocketStream`), a step's time limit is moved
+# forward only when less than one step is left; it then gets this multiple of the step timeout.
 _STEP_SLACK = 1.1
 
 
@@ -67,32 +70,82 @@ class ConnectFailure:
 class Connection:
     """An established SMTP session. Not shared: the pool lends it to one sender at a time."""
 
-    __slots__ = ("host", "session", "stream")
+    __slots__ = ("_clock", "_deadline_stream", "host", "session", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream, session: ClientSession, host: Host) -> None:
         self.stream = stream
         self.session = session
         self.host = host
+        # Cancel scope deadlines are in the event loop's time; a connection never changes loops.
+        self._clock = backend_clock()
+        # The plain TCP stream that bounds its own waits, when there is one (asyncio): then no
+        # cancel scope is needed per exchange. It stays beneath a TLS layer added later.
+        raw: object = stream
+        if isinstance(stream, TLSStream):
+            raw = stream.transport_stream
+        self._deadline_stream = raw if isinstance(raw, AsyncioSocketStream) else None
 
     async def run(
         self,
         exchange: Exchange,
         *,
         step_timeout: float,
-        deadline: float = float("inf"),
+        deadline: float = math.inf,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Drive `exchange` until it is done. Raises what the transport or the core raised, or
         `ExchangeTimeout`.
 
-        Each read, write or handshake gets at least `step_timeout` and at most 10 % more, never
-        past `deadline`. Moving a cancel scope's deadline costs a timer reschedule, so it is
-        moved only when less than a full step is left, not on every step.
+        Each read, write or handshake gets `step_timeout` (up to 10 % more under a cancel scope),
+        never past `deadline`.
         """
+        bounded = self._deadline_stream
+        if bounded is None:
+            await self._run_in_scope(exchange, step_timeout, deadline, ssl_context)
+            return
         next_step = exchange.next_step
         receive_data = self.session.receive_data
         stream = self.stream
-        current_time = anyio.current_time
+        current_time = self._clock
+        try:
+            while True:
+                step = next_step()
+                if type(step) is Done:
+                    return
+                # As a cancel scope would: a step that starts past its limit does not start.
+                now = current_time()
+                limit = bounded.deadline = min(deadline, now + step_timeout)
+                if limit <= now:
+                    raise DeadlineExceeded
+                if step is NEED_DATA:
+                    try:
+                        data = await stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                    receive_data(data)
+                elif type(step) is Write:
+                    await stream.send(step.data)
+                else:
+                    assert type(step) is StartTLS
+                    stream = await self._start_tls(exchange, ssl_context)
+        except DeadlineExceeded:
+            raise ExchangeTimeout("the server did not answer in time") from None
+        finally:
+            bounded.deadline = math.inf
+
+    async def _run_in_scope(
+        self,
+        exchange: Exchange,
+        step_timeout: float,
+        deadline: float,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        # Moving a cancel scope's deadline reschedules a timer, so it is moved only when less
+        # than a full step is left, not on every step.
+        next_step = exchange.next_step
+        receive_data = self.session.receive_data
+        stream = self.stream
+        current_time = self._clock
         allowance = step_timeout * _STEP_SLACK
         with anyio.CancelScope(deadline=min(deadline, current_time() + allowance)) as scope:
             while True:
@@ -113,18 +166,24 @@ class Connection:
                     await stream.send(step.data)
                 elif type(step) is StartTLS:
                     scope.deadline = min(deadline, current_time() + allowance)
-                    stream = self.stream = await TLSStream.wrap(
-                        stream,
-                        hostname=self.host.hostname,
-                        ssl_context=ssl_context,
-                        standard_compatible=False,
-                    )
-                    exchange.tls_established()
+                    stream = await self._start_tls(exchange, ssl_context)
                 else:
                     assert type(step) is Done
                     return
         if scope.cancelled_caught:
             raise ExchangeTimeout("the server did not answer in time")
+
+    async def _start_tls(
+        self, exchange: Exchange, ssl_context: ssl.SSLContext | None
+    ) -> anyio.abc.ByteStream:
+        stream = self.stream = await TLSStream.wrap(
+            self.stream,
+            hostname=self.host.hostname,
+            ssl_context=ssl_context,
+            standard_compatible=False,
+        )
+        exchange.tls_established()
+        return stream
 
     async def quit(self, grace: float) -> None:
         """Say QUIT and close, within `grace` seconds, shielded from the caller's cancellation."""
@@ -161,7 +220,7 @@ async def open_connection(
     stage = Stage.CONNECT
     try:
         with anyio.fail_after(connect_timeout):
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host.hostname, host.port)
+            stream = await connect_tcp(host.hostname, host.port)
             if implicit:
                 stage = Stage.TLS
                 stream = await TLSStream.wrap(

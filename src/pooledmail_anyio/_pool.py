@@ -51,6 +51,7 @@ from ._connection import (
     open_connection,
 )
 from ._results import SendFailed, SendResult
+from ._stream import backend_clock
 
 __all__ = ["SMTPPool"]
 
@@ -94,7 +95,10 @@ class SMTPPool:
             raise TypeError("config: expected a PoolConfig")
         self._config = config
         self._ssl_context = ssl_context
-        self._clock = clock or anyio.current_time
+        # Resolved on entry (the event loop's own clock, read without anyio's per-call backend
+        # look-up) unless one is given.
+        self._clock: Callable[[], float] = clock or anyio.current_time
+        self._custom_clock = clock is not None
         self._rng: RandomSource = random if random is not None else _random.Random()
         self._limits = limits or Limits()
         self._local_hostname = config.local_hostname or "localhost"
@@ -114,6 +118,8 @@ class SMTPPool:
             raise RuntimeError("an SMTPPool can be entered only once")
         if self._ssl_context is None and any(h.tls.value != "none" for h in self._config.hosts):
             self._ssl_context = ssl.create_default_context()
+        if not self._custom_clock:
+            self._clock = backend_clock()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._state = "open"
@@ -326,11 +332,9 @@ class SMTPPool:
             else:
                 connection = self._connections[slot]
                 host_key = connection.host.key
-                outcome = await self._transact(slot, connection, prepared, deadline)
+                outcome = await self._transact(slot, connection, prepared, deadline, attempts)
                 if isinstance(outcome, SendResult):
-                    return SendResult(
-                        outcome.host, attempts, outcome.accepted, outcome.refused, outcome.reply
-                    )
+                    return outcome
                 classification, reply, cause = outcome
             delay = retry_delay(
                 classification,
@@ -354,7 +358,12 @@ class SMTPPool:
             await anyio.sleep(delay)
 
     async def _transact(
-        self, slot: int, connection: Connection, prepared: PreparedMessage, deadline: float
+        self,
+        slot: int,
+        connection: Connection,
+        prepared: PreparedMessage,
+        deadline: float,
+        attempts: int,
     ) -> SendResult | tuple[Classification, Reply | None, BaseException | None]:
         """One attempt on a leased connection. Always gives the slot back to the machine."""
         healthy = False
@@ -380,7 +389,7 @@ class SMTPPool:
                 healthy = result.in_sync
                 assert result.reply is not None
                 return SendResult(
-                    connection.host.key, 0, result.accepted, result.refused, result.reply
+                    connection.host.key, attempts, result.accepted, result.refused, result.reply
                 )
             refused = classify(
                 result.failed_stage,

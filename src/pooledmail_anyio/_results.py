@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pooledmail_core._classify import FailureKind, Stage
@@ -58,32 +59,13 @@ class SendFailed(Exception):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (
-            _rebuild_send_failed,
-            (
-                self.kind,
-                self.stage,
-                self.host,
-                self.attempts,
-                self.reply,
-                self.definitely_not_accepted,
-            ),
+        # Keyword-only fields: rebuild through a partial so that the exception pickles (for
+        # process pools and task queues that carry failures across processes).
+        rebuild = functools.partial(
+            SendFailed,
+            host=self.host,
+            attempts=self.attempts,
+            reply=self.reply,
+            definitely_not_accepted=self.definitely_not_accepted,
         )
-
-
-def _rebuild_send_failed(
-    kind: FailureKind,
-    stage: Stage,
-    host: str | None,
-    attempts: int,
-    reply: Reply | None,
-    definitely_not_accepted: bool,
-) -> SendFailed:
-    return SendFailed(
-        kind,
-        stage,
-        host=host,
-        attempts=attempts,
-        reply=reply,
-        definitely_not_accepted=definitely_not_accepted,
-    )
+        return (rebuild, (self.kind, self.stage))

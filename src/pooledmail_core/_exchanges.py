@@ -76,6 +76,17 @@ class Done:
 DONE: Final = Done()
 _START_TLS: Final = StartTLS()
 
+_new = object.__new__
+_set = object.__setattr__
+_STAGE_MAIL, _STAGE_RCPT, _STAGE_DATA = Stage.MAIL, Stage.RCPT, Stage.DATA
+_STAGE_BODY, _STAGE_DATA_END = Stage.BODY, Stage.DATA_END
+
+# The verbs each write carries, as `ClientSession._emit` takes them.
+_EHLO, _HELO, _STARTTLS = (Verb.EHLO,), (Verb.HELO,), (Verb.STARTTLS,)
+_AUTH, _AUTH_RESPONSE = (Verb.AUTH,), (Verb.AUTH_RESPONSE,)
+_MAIL, _RCPT, _DATA, _END_OF_DATA = (Verb.MAIL,), (Verb.RCPT,), (Verb.DATA,), (Verb.END_OF_DATA,)
+_BDAT, _BDAT_LAST, _RSET = (Verb.BDAT,), (Verb.BDAT_LAST,), (Verb.RSET,)
+
 Step = Write | StartTLS | NeedData | Done
 _Steps = Generator[Write | StartTLS | NeedData, None, None]
 _T = TypeVar("_T")
@@ -118,7 +129,7 @@ class TransactionOutcome:
 class Exchange(abc.ABC):
     """Base of the exchanges: drives a generator of steps."""
 
-    __slots__ = ("_failed", "_finished", "_session", "_steps", "_tls_wait")
+    __slots__ = ("_failed", "_finished", "_halted", "_session", "_steps", "_tls_wait")
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
@@ -126,6 +137,8 @@ class Exchange(abc.ABC):
         self._finished = False
         self._failed = False
         self._tls_wait = False
+        # Any of the three above: the one flag next_step() reads on its hot path.
+        self._halted = False
 
     @abc.abstractmethod
     def _run(self) -> _Steps:
@@ -133,21 +146,23 @@ class Exchange(abc.ABC):
 
     def next_step(self) -> Step:
         """The next thing the driver must do."""
-        if self._finished or self._failed or self._tls_wait:
+        if self._halted:
             return self._blocked()
         try:
-            return next(self._steps)
-        except StopIteration:
-            self._finished = True
-            self._session._finished(self)
-            return DONE
+            # The generator never yields None; None is its end, without a StopIteration to catch.
+            step = next(self._steps, None)
         except ProtocolError as exc:
-            self._failed = True
+            self._failed = self._halted = True
             session = self._session
             session._finished(self)
             if isinstance(exc, RemoteProtocolError) and session.state is not SessionState.ERROR:
                 session._fail(str(exc))  # raised outside the session (a bad SASL challenge)
             raise
+        if step is None:
+            self._finished = self._halted = True
+            self._session._finished(self)
+            return DONE
+        return step
 
     def _blocked(self) -> Done:
         if self._finished:
@@ -157,16 +172,21 @@ class Exchange(abc.ABC):
         self._failed = True
         raise self._session._misuse("next_step() before tls_established()")
 
+    def _wait_for_tls(self) -> StartTLS:
+        self._tls_wait = self._halted = True
+        return _START_TLS
+
     def tls_established(self) -> None:
         """The TLS handshake the `StartTLS` step asked for is complete."""
         if not self._tls_wait:
-            self._failed = True
+            self._failed = self._halted = True
             raise self._session._misuse("tls_established() without a StartTLS step")
         self._tls_wait = False
+        self._halted = self._failed
         try:
             self._session.tls_established()
         except ProtocolError:
-            self._failed = True
+            self._failed = self._halted = True
             self._session._finished(self)
             raise
 
@@ -185,10 +205,10 @@ class Exchange(abc.ABC):
 class ReplyExchange(Exchange):
     """One command answered by one reply: NOOP or RSET."""
 
-    __slots__ = ("_line", "_result", "_verb")
+    __slots__ = ("_line", "_result", "_verbs")
 
     def __init__(self, session: ClientSession, verb: Verb, line: bytes) -> None:
-        self._verb = verb
+        self._verbs = (verb,)
         self._line = line
         self._result: Reply | None = None
         super().__init__(session)
@@ -199,7 +219,7 @@ class ReplyExchange(Exchange):
 
     def _run(self) -> _Steps:
         next_event = self._session.next_event
-        yield Write(self._session._emit(self._verb, self._line))
+        yield Write(self._session._emit(self._verbs, self._line))
         while (reply := next_event()) is NEED_DATA:
             yield NEED_DATA
         self._result = reply
@@ -266,12 +286,11 @@ class SetupExchange(Exchange):
         ):
             if session.capabilities.starttls:
                 self._stage = Stage.TLS
-                yield Write(session._emit(Verb.STARTTLS, b"STARTTLS\r\n"))
+                yield Write(session._emit(_STARTTLS, b"STARTTLS\r\n"))
                 reply = yield from self._reply()
                 if not reply.is_positive:
                     return self._end(False, Stage.TLS, reply, "server refused STARTTLS")
-                self._tls_wait = True
-                yield _START_TLS
+                yield self._wait_for_tls()
                 # RFC 3207 §4.2: everything learned before TLS is forgotten; greet again.
                 reply = yield from self._hello()
                 if not reply.is_positive:
@@ -292,11 +311,11 @@ class SetupExchange(Exchange):
             if mechanism is None:
                 return self._end(False, Stage.AUTH, None, "no AUTH mechanism in common")
             self._stage = Stage.AUTH
-            yield Write(session._emit(Verb.AUTH, mechanism.command()))
+            yield Write(session._emit(_AUTH, mechanism.command()))
             reply = yield from self._reply()
             while reply.is_intermediate:
                 challenge = reply.lines[0] if reply.lines else ""
-                yield Write(session._emit(Verb.AUTH_RESPONSE, mechanism.respond(challenge)))
+                yield Write(session._emit(_AUTH_RESPONSE, mechanism.respond(challenge)))
                 reply = yield from self._reply()
             if not reply.is_positive:
                 return self._end(False, Stage.AUTH, reply, "authentication failed")
@@ -306,11 +325,11 @@ class SetupExchange(Exchange):
     def _hello(self) -> Generator[Write | NeedData, None, Reply]:
         session = self._session
         self._stage = Stage.EHLO
-        yield Write(session._emit(Verb.EHLO, b"EHLO %s\r\n" % self._hostname))
+        yield Write(session._emit(_EHLO, b"EHLO %s\r\n" % self._hostname))
         reply = yield from self._reply()
         # RFC 5321 §3.2: a server that does not know EHLO answers 5xx; fall back to HELO.
         if reply.is_permanent:
-            yield Write(session._emit(Verb.HELO, b"HELO %s\r\n" % self._hostname))
+            yield Write(session._emit(_HELO, b"HELO %s\r\n" % self._hostname))
             reply = yield from self._reply()
         return reply
 
@@ -321,13 +340,16 @@ class TransactionExchange(Exchange):
     __slots__ = ("_accepted", "_plan", "_refused", "_result", "_stage", "_terminator_sent")
 
     def __init__(self, session: ClientSession, plan: TransactionPlan) -> None:
+        # Exchange.__init__ spelled out: one of these is built for every message.
+        self._session = session
         self._plan = plan
-        self._stage = Stage.MAIL
+        self._stage = _STAGE_MAIL
+        self._finished = self._failed = self._tls_wait = self._halted = False
         self._terminator_sent = False
         self._accepted: list[str] = []
         self._refused: list[tuple[str, Reply]] = []
         self._result: TransactionOutcome | None = None
-        super().__init__(session)
+        self._steps = self._run()
 
     def __repr__(self) -> str:
         return f"<TransactionExchange {self._stage.name} terminator_sent={self._terminator_sent}>"
@@ -350,9 +372,15 @@ class TransactionExchange(Exchange):
         return self._ready(self._result)
 
     def _end(self, reply: Reply | None, failed_stage: Stage | None, in_sync: bool) -> None:
-        self._result = TransactionOutcome(
-            tuple(self._accepted), tuple(self._refused), reply, failed_stage, in_sync
-        )
+        # TransactionOutcome(...) without its generated __init__ (five frozen-dataclass
+        # assignments through object.__setattr__ anyway): one of these is built per message.
+        outcome = _new(TransactionOutcome)
+        _set(outcome, "accepted", tuple(self._accepted))
+        _set(outcome, "refused", tuple(self._refused))
+        _set(outcome, "reply", reply)
+        _set(outcome, "failed_stage", failed_stage)
+        _set(outcome, "in_sync", in_sync)
+        self._result = outcome
 
     def _closed(self, failure: tuple[Stage, Reply]) -> None:
         # A 421 closed the session (RFC 5321 §3.8). An earlier refusal still decides the
@@ -380,26 +408,23 @@ class TransactionExchange(Exchange):
         plan = self._plan
         emit = self._session._emit
         next_event = self._session.next_event
-        flight = [emit(Verb.MAIL, plan.mail)]
-        for line in plan.rcpts:
-            flight.append(emit(Verb.RCPT, line))
         chunks = plan.chunks
         if not chunks:
-            flight.append(emit(Verb.DATA, b"DATA\r\n"))
-            yield Write(b"".join(flight))
+            yield Write(emit(plan.flight_verbs, plan.flight))
         else:
             last = len(chunks) - 1
+            flight, verbs = plan.flight, plan.flight_verbs
             for index, chunk in enumerate(chunks):
-                flight.append(emit(Verb.BDAT_LAST if index == last else Verb.BDAT, chunk))
+                write = emit(verbs + (_BDAT_LAST if index == last else _BDAT), flight + chunk)
                 if index == last:
                     self._terminator_sent = True
-                yield Write(b"".join(flight))
-                flight = []
+                yield Write(write)
+                flight, verbs = b"", ()
         while (mail := next_event()) is NEED_DATA:
             yield NEED_DATA
         if mail.code == 421:
-            return self._end(mail, Stage.MAIL, False)
-        self._stage = Stage.RCPT
+            return self._end(mail, _STAGE_MAIL, False)
+        self._stage = _STAGE_RCPT
         mail_ok = mail.code < 300
         accepted = self._accepted
         for recipient in plan.recipients:
@@ -407,7 +432,7 @@ class TransactionExchange(Exchange):
                 yield NEED_DATA
             code = reply.code
             if code == 421:
-                return self._end(reply, Stage.RCPT, False)
+                return self._end(reply, _STAGE_RCPT, False)
             if not mail_ok:
                 continue
             if code < 300:
@@ -416,12 +441,12 @@ class TransactionExchange(Exchange):
                 self._refused.append((recipient, reply))
         failure: tuple[Stage, Reply] | None = None
         if not mail_ok:
-            failure = Stage.MAIL, mail
+            failure = _STAGE_MAIL, mail
         elif not self._accepted:
-            failure = Stage.RCPT, self._rcpt_failure()
+            failure = _STAGE_RCPT, self._rcpt_failure()
         if chunks:
             for index in range(len(chunks)):
-                self._stage = Stage.DATA_END if index == len(chunks) - 1 else Stage.BODY
+                self._stage = _STAGE_DATA_END if index == len(chunks) - 1 else _STAGE_BODY
                 while (reply := next_event()) is NEED_DATA:
                     yield NEED_DATA
                 if reply.code == 421:
@@ -432,67 +457,68 @@ class TransactionExchange(Exchange):
             if failure is None:
                 return self._end(final, None, True)
             return (yield from self._reset(*failure))
-        self._stage = Stage.DATA
+        self._stage = _STAGE_DATA
         while (data := next_event()) is NEED_DATA:
             yield NEED_DATA
         if data.code == 421:
-            return self._closed(failure or (Stage.DATA, data))
+            return self._closed(failure or (_STAGE_DATA, data))
         if data.code < 400:  # a 3xx: the table refuses a 2xx to DATA
             if failure is None:
-                body = emit(Verb.END_OF_DATA, plan.body)
-                self._stage = Stage.DATA_END
+                body = emit(_END_OF_DATA, plan.body)
+                self._stage = _STAGE_DATA_END
                 self._terminator_sent = True
                 yield Write(body)
                 while (final_reply := next_event()) is NEED_DATA:
                     yield NEED_DATA
                 # RFC 5321 §4.1.1.4: after the final reply, failed or not, it is over.
                 code = final_reply.code
-                return self._end(final_reply, None if code < 300 else Stage.DATA_END, code != 421)
+                return self._end(final_reply, None if code < 300 else _STAGE_DATA_END, code != 421)
             # RFC 2920 §3.1: DATA was accepted although no recipient was; end it with a lone
             # "." (an empty message for nobody) before resetting.
-            yield Write(emit(Verb.END_OF_DATA, b".\r\n"))
+            yield Write(emit(_END_OF_DATA, b".\r\n"))
             while (dot := next_event()) is NEED_DATA:
                 yield NEED_DATA
             if dot.code == 421:
                 return self._closed(failure)
-        return (yield from self._reset(*(failure or (Stage.DATA, data))))
+        return (yield from self._reset(*(failure or (_STAGE_DATA, data))))
 
     def _one_at_a_time(self) -> _Steps:
         plan = self._plan
         emit = self._session._emit
         next_event = self._session.next_event
-        yield Write(emit(Verb.MAIL, plan.mail))
+        lines = plan.lines
+        yield Write(emit(_MAIL, lines[0]))
         while (reply := next_event()) is NEED_DATA:
             yield NEED_DATA
         if not reply.is_positive:
-            return (yield from self._reset(Stage.MAIL, reply))
-        self._stage = Stage.RCPT
-        for recipient, line in zip(plan.recipients, plan.rcpts, strict=True):
-            yield Write(emit(Verb.RCPT, line))
+            return (yield from self._reset(_STAGE_MAIL, reply))
+        self._stage = _STAGE_RCPT
+        for recipient, line in zip(plan.recipients, lines[1:], strict=True):
+            yield Write(emit(_RCPT, line))
             while (reply := next_event()) is NEED_DATA:
                 yield NEED_DATA
             if reply.code == 421:
-                return self._end(reply, Stage.RCPT, False)
+                return self._end(reply, _STAGE_RCPT, False)
             self._sort(recipient, reply)
         if not self._accepted:
-            return (yield from self._reset(Stage.RCPT, self._rcpt_failure()))
+            return (yield from self._reset(_STAGE_RCPT, self._rcpt_failure()))
         chunks = plan.chunks
         if not chunks:
-            self._stage = Stage.DATA
-            yield Write(emit(Verb.DATA, b"DATA\r\n"))
+            self._stage = _STAGE_DATA
+            yield Write(emit(_DATA, b"DATA\r\n"))
             while (reply := next_event()) is NEED_DATA:
                 yield NEED_DATA
             if not reply.is_intermediate:
-                return (yield from self._reset(Stage.DATA, reply))
+                return (yield from self._reset(_STAGE_DATA, reply))
             return (yield from self._send_data())
         last = len(chunks) - 1
         for index, chunk in enumerate(chunks):
             if index == last:
-                self._stage = Stage.DATA_END
+                self._stage = _STAGE_DATA_END
                 self._terminator_sent = True
             else:
-                self._stage = Stage.BODY
-            yield Write(emit(Verb.BDAT_LAST if index == last else Verb.BDAT, chunk))
+                self._stage = _STAGE_BODY
+            yield Write(emit(_BDAT_LAST if index == last else _BDAT, chunk))
             while (reply := next_event()) is NEED_DATA:
                 yield NEED_DATA
             if not reply.is_positive:
@@ -501,14 +527,14 @@ class TransactionExchange(Exchange):
 
     def _send_data(self) -> _Steps:
         next_event = self._session.next_event
-        data = self._session._emit(Verb.END_OF_DATA, self._plan.body)
-        self._stage = Stage.DATA_END
+        data = self._session._emit(_END_OF_DATA, self._plan.body)
+        self._stage = _STAGE_DATA_END
         self._terminator_sent = True
         yield Write(data)
         while (final := next_event()) is NEED_DATA:
             yield NEED_DATA
         # RFC 5321 §4.1.1.4: after the final reply, failed or not, the transaction is over.
-        self._end(final, None if final.is_positive else Stage.DATA_END, final.code != 421)
+        self._end(final, None if final.is_positive else _STAGE_DATA_END, final.code != 421)
 
     def _reset(self, stage: Stage, failure: Reply) -> _Steps:
         # A refusal ended the transaction; RSET (RFC 5321 §4.1.1.5) so that the session can
@@ -517,7 +543,7 @@ class TransactionExchange(Exchange):
         next_event = session.next_event
         if failure.code == 421:
             return self._end(failure, stage, False)
-        yield Write(session._emit(Verb.RSET, b"RSET\r\n"))
+        yield Write(session._emit(_RSET, b"RSET\r\n"))
         while (reply := next_event()) is NEED_DATA:
             yield NEED_DATA
         self._end(failure, stage, reply.is_positive)

@@ -26,7 +26,7 @@ The settling pass, in order:
    until their deadline would only hide the outage. Waiters with later deadlines keep waiting; a
    trial connection is opened when the first cooldown ends.
 5. Recovery: a host whose cooldown is over but which has not succeeded since (on probation), and
-   which is of a better priority than the host of some live slot, gets one background trial
+   which is of a better priority than the host of some slot in use, gets one background trial
    connection, not tied to any waiter, as soon as there is room. Nothing else would ever try it:
    while a worse host's slots serve every acquire, no waiter needs a new connection. When
    `max_size` is what blocks the trial and no waiter is queued, one idle slot to a worse host
@@ -57,6 +57,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
+from itertools import takewhile
 from types import MappingProxyType
 
 from ._classify import FailureKind
@@ -308,7 +309,14 @@ class PoolMachine:
         del self._slots[record.id]
         self._closed_total[record.close_reason] += 1
         actions: list[Action] = []
-        self._settle(now, actions)
+        # A slot retired for priority may have been the last backup slot, retired to make room
+        # for a trial: its host still counts as in use for this settling pass.
+        retired_from = (
+            self._hosts[record.host].priority
+            if record.close_reason == "retired_for_priority"
+            else None
+        )
+        self._settle(now, actions, retired_from=retired_from)
         return actions
 
     def handle_timer(self, now: float) -> list[Action]:
@@ -522,13 +530,12 @@ class PoolMachine:
         self._add_slot(host, actions, background_trial=False)
         return True
 
-    def _add_slot(self, host: int, actions: list[Action], *, background_trial: bool) -> _Slot:
+    def _add_slot(self, host: int, actions: list[Action], *, background_trial: bool) -> None:
         record = _Slot(self._next_slot, host, background_trial=background_trial)
         self._next_slot += 1
         self._slots[record.id] = record
         self._created_total += 1
         actions.append(OpenConnection(record.id, self._hosts[host]))
-        return record
 
     def _can_open(self, now: float) -> bool:
         if len(self._slots) >= self._config.max_size:
@@ -543,7 +550,9 @@ class PoolMachine:
 
     # ---------------------------------------------------------------------------- the settling
 
-    def _settle(self, now: float, actions: list[Action]) -> None:
+    def _settle(
+        self, now: float, actions: list[Action], *, retired_from: int | None = None
+    ) -> None:
         self._expire_waiters(now, actions)
         for record in self._slots.values():
             if record.state is SlotState.IDLE:
@@ -554,7 +563,7 @@ class PoolMachine:
             return
         self._serve(now, actions)
         self._fail_hopeless(now, actions)
-        self._open_trials(now, actions)
+        self._open_trials(now, actions, retired_from)
         if not self._waiters:
             self._retire_for_priority(actions)
         self._arm_refill(now)
@@ -614,7 +623,7 @@ class PoolMachine:
             if deadline <= recovery:
                 self._fail(waiter, FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error, actions)
 
-    def _open_trials(self, now: float, actions: list[Action]) -> None:
+    def _open_trials(self, now: float, actions: list[Action], retired_from: int | None) -> None:
         # Recovery must not depend on a waiter needing a new connection: while a worse host's
         # slots serve every acquire, none does, and traffic would stay on the backup forever. So
         # the pool tries a recovered better host itself. One trial at a time per host, and a
@@ -626,20 +635,22 @@ class PoolMachine:
         # Cheap first: usually no host is on probation.
         if not any(cooldown.on_probation(now) for cooldown in cooldowns):
             return
-        worst = max(
-            (
-                hosts[record.host].priority
-                for record in self._slots.values()
-                if record.state is not SlotState.CLOSING
-            ),
-            default=None,
-        )
-        if worst is None:
+        # The priorities in use. A slot retired for priority counts until it is gone, and in the
+        # input that reports it gone (`retired_from`): it may be the last backup slot, retired to
+        # make room for this very trial.
+        in_use = [
+            hosts[record.host].priority
+            for record in self._slots.values()
+            if record.state is not SlotState.CLOSING
+            or record.close_reason == "retired_for_priority"
+        ]
+        if retired_from is not None:
+            in_use.append(retired_from)
+        if not in_use:
             return
-        for index in self._by_priority:
+        worst = max(in_use)
+        for index in takewhile(lambda i: hosts[i].priority < worst, self._by_priority):
             priority = hosts[index].priority
-            if priority >= worst:
-                return
             # `_host_usable` is False for a host on probation with a connection in flight: the
             # one-trial-at-a-time rule, shared with waiters' connections.
             if not (

@@ -57,6 +57,11 @@ _CODES: Final = {str(code).encode(): code for code in range(200, 600)}
 
 
 _CACHE_SIZE: Final = 64
+# What the character after the code says: True for the last line of a reply (RFC 5321 §4.2.1;
+# a bare code with nothing after it is taken as a last line too).
+_LAST_LINE: Final = {b" ": True, b"": True, b"-": False}
+_new = object.__new__
+_set = object.__setattr__
 
 
 class ReplyParser:
@@ -165,81 +170,83 @@ class ReplyParser:
         buffer = self._buffer
         # One split; the last piece is the partial line after the last LF (b"" if none).
         raw_lines = buffer.split(b"\n")
-        self._buffer = raw_lines.pop()
-        if len(self._buffer) >= max_line:
+        partial = self._buffer = raw_lines.pop()
+        if len(partial) >= max_line:
             raise RemoteProtocolError("reply line longer than the line-length limit")
         # A buffer shorter than the line limit cannot hold a line over it.
         check_length = len(buffer) > max_line
         codes = _CODES
         queued = self.replies  # empty: parsing only happens once every reply was taken
-        self._queued_bytes = 0
+        queued_bytes = 0
         lines = self._lines
         size = self._partial_size
         cache = self._cache
-        for raw in raw_lines:
-            size += len(raw) + 1
-            if not lines:
-                reply = cache.get(raw)
-                if reply is not None:
-                    queued.append(reply)
-                    self._queued_bytes += size
-                    size = 0
+        try:
+            for raw in raw_lines:
+                size += len(raw) + 1
+                if not lines:
+                    reply = cache.get(raw)
+                    if reply is not None:
+                        queued.append(reply)
+                        queued_bytes += size
+                        size = 0
+                        continue
+                if check_length and len(raw) >= max_line:
+                    raise RemoteProtocolError("reply line longer than the line-length limit")
+                line = raw[:-1] if raw[-1:] == b"\r" else raw
+                code = codes.get(line[:3])
+                last = _LAST_LINE.get(line[3:4])
+                if code is None or last is None:
+                    raise RemoteProtocolError("malformed reply line")
+                text = line[4:].decode("utf-8", "replace")
+                if lines:
+                    if code != self._code:
+                        raise RemoteProtocolError("reply lines carry different reply codes")
+                    if len(lines) >= self._max_lines:
+                        raise RemoteProtocolError("reply has more lines than the lines limit")
+                    prefix = self._prefix
+                    if prefix and text.startswith(prefix):
+                        text = text[len(prefix) :]
+                    lines.append(text)
+                    if last:
+                        queued.append(Reply(code, tuple(lines), self._enhanced))
+                        queued_bytes += size
+                        size = 0
+                        lines = self._lines = []
                     continue
-            if check_length and len(raw) >= max_line:
-                raise RemoteProtocolError("reply line longer than the line-length limit")
-            line = raw[:-1] if raw[-1:] == b"\r" else raw
-            code = codes.get(line[:3])
-            separator = line[3:4]
-            if code is None:
-                raise RemoteProtocolError("malformed reply line")
-            text = line[4:].decode("utf-8", "replace")
-            if separator == b"-":
-                last = False
-            elif separator == b" " or not separator:
-                last = True
-            else:
-                raise RemoteProtocolError("malformed reply line")
-            if lines:
-                if code != self._code:
-                    raise RemoteProtocolError("reply lines carry different reply codes")
-                if len(lines) >= self._max_lines:
-                    raise RemoteProtocolError("reply has more lines than the lines limit")
-                prefix = self._prefix
-                if prefix and text.startswith(prefix):
-                    text = text[len(prefix) :]
-                lines.append(text)
+                enhanced = None
+                if text[1:2] == ".":
+                    status, _, rest = text.partition(" ")
+                    # At most "5.999.999": longer words never reach (and fill) the memo.
+                    enhanced = _enhanced_status(status) if len(status) <= 9 else None
+                    if enhanced is not None:
+                        if enhanced[0] != code // 100:
+                            enhanced = None
+                        else:
+                            if not last:
+                                self._prefix = status + " "
+                            text = rest
                 if last:
-                    queued.append(Reply(code, tuple(lines), self._enhanced))
-                    self._queued_bytes += size
+                    # The common case: a one-line reply. Replies are immutable and servers
+                    # repeat the same ones ("250 2.1.0 Ok", "354 ...") for every message: reuse
+                    # them. Built without Reply.__init__, whose checks hold here by construction
+                    # (a code from _CODES, a tuple of lines).
+                    reply = _new(Reply)
+                    _set(reply, "code", code)
+                    _set(reply, "lines", (text,))
+                    _set(reply, "enhanced", enhanced)
+                    if len(cache) >= _CACHE_SIZE:
+                        cache.clear()
+                    cache[raw] = reply
+                    queued.append(reply)
+                    queued_bytes += size
                     size = 0
-                    lines = self._lines = []
-                continue
-            enhanced = None
-            if text[1:2] == ".":
-                status, _, rest = text.partition(" ")
-                # At most "5.999.999": longer words never reach (and fill) the memo.
-                enhanced = _enhanced_status(status) if len(status) <= 9 else None
-                if enhanced is not None:
-                    if enhanced[0] != code // 100:
-                        enhanced = None
-                    else:
-                        if not last:
-                            self._prefix = status + " "
-                        text = rest
-            if last:
-                # The common case: a one-line reply. Replies are immutable and servers repeat
-                # the same ones ("250 2.1.0 Ok", "354 ...") for every message: reuse them.
-                reply = Reply(code, (text,), enhanced)
-                if len(cache) >= _CACHE_SIZE:
-                    cache.clear()
-                cache[raw] = reply
-                queued.append(reply)
-                self._queued_bytes += size
-                size = 0
-            else:
-                if enhanced is None:
-                    self._prefix = ""
-                self._code = code
-                self._enhanced = enhanced
-                lines.append(text)
-        self._partial_size = size
+                else:
+                    if enhanced is None:
+                        self._prefix = ""
+                    self._code = code
+                    self._enhanced = enhanced
+                    lines.append(text)
+            self._partial_size = size
+        finally:
+            self._queued_bytes = queued_bytes

@@ -41,6 +41,7 @@ from ._state import (
     ReplyKind,
     SessionState,
     Verb,
+    _Keep,
 )
 from ._transaction import plan_transaction
 
@@ -49,14 +50,25 @@ __all__ = ["NEED_DATA", "ClientSession", "NeedData"]
 _NO_CAPABILITIES = Capabilities()
 _DEFAULT_LIMITS = Limits()
 _CLASSES = {ReplyKind.POSITIVE: (2,), ReplyKind.INTERMEDIATE: (3,), ReplyKind.FAILURE: (4, 5)}
-# REPLY_TRANSITIONS keyed by the reply code's first digit: one lookup per reply.
-_REPLY_TABLE = {
-    (verb, digit): target
-    for (verb, kind), target in REPLY_TRANSITIONS.items()
-    for digit in _CLASSES[kind]
-}
-_QUIT = b"QUIT\r\n"
+
+
+def _reply_row(verb: Verb) -> tuple[SessionState | _Keep | None, ...]:
+    """REPLY_TRANSITIONS for `verb`, indexed by the reply code's first digit (None: invalid)."""
+    row: list[SessionState | _Keep | None] = [None] * 6
+    for (row_verb, kind), target in REPLY_TRANSITIONS.items():
+        if row_verb is verb:
+            for digit in _CLASSES[kind]:
+                row[digit] = target
+    return tuple(row)
+
+
+# One row per verb: a reply costs a dict lookup and an index, with no key to build.
+_REPLY_TABLE = {verb: _reply_row(verb) for verb in Verb}
+_QUIT = (Verb.QUIT,), b"QUIT\r\n"
 _LEARNS = frozenset({Verb.EHLO, Verb.HELO, Verb.STARTTLS})
+_STARTTLS = Verb.STARTTLS
+_ERROR, _CLOSED, _CLOSING = SessionState.ERROR, SessionState.CLOSED, SessionState.CLOSING
+_TLS_HANDSHAKE, _READY = SessionState.TLS_HANDSHAKE, SessionState.READY
 
 
 class ClientSession:
@@ -70,6 +82,7 @@ class ClientSession:
         "_local_hostname",
         "_parser",
         "_pending",
+        "_replies",
         "_state",
         "_tls_active",
         "limits",
@@ -85,6 +98,8 @@ class ClientSession:
         self._local_hostname = check_hostname(local_hostname).encode("utf-8")
         self.limits = limits
         self._parser = ReplyParser(limits)
+        # The parser's queue of complete replies: the hot path pops from it directly.
+        self._replies = self._parser.replies
         self._state = SessionState.AWAIT_GREETING
         self._pending: deque[Verb] = deque((Verb.GREETING,))
         self._capabilities = _NO_CAPABILITIES
@@ -130,9 +145,9 @@ class ClientSession:
         and the TLS handshake) puts the session in ERROR, and the next `next_event()` raises.
         """
         state = self._state
-        if state is SessionState.ERROR or state is SessionState.CLOSED:
+        if state is _ERROR or state is _CLOSED:
             return
-        if state is SessionState.TLS_HANDSHAKE and data:
+        if state is _TLS_HANDSHAKE and data:
             # RFC 3207 §5 / CVE-2011-0411: plaintext after the 220 must not reach the TLS layer.
             self._fail("bytes received before the TLS handshake")
             return
@@ -150,39 +165,40 @@ class ClientSession:
         (end of stream, nothing awaited) the state is CLOSED and this returns NEED_DATA.
         """
         state = self._state
-        if state is SessionState.ERROR:
+        if state is _ERROR:
             raise RemoteProtocolError(self._error)
-        if state is SessionState.CLOSED:
+        if state is _CLOSED:
             return NEED_DATA
-        parser = self._parser
-        replies = parser.replies
+        replies = self._replies
         if replies:
-            reply: Reply | None = replies.popleft()
+            reply = replies.popleft()
         else:
             try:
-                reply = parser.next_reply()
+                parsed = self._parser.next_reply()
             except RemoteProtocolError as exc:
                 raise self._fail(str(exc)) from None
-        pending = self._pending
-        if reply is None:
-            if parser.eof:
-                if pending and state is not SessionState.CLOSING:
-                    raise self._fail("connection closed while a reply was awaited")
-                self._close()
-            return NEED_DATA
-        if reply.code == 421:
+            if parsed is None:
+                if self._parser.eof:
+                    if self._pending and state is not _CLOSING:
+                        raise self._fail("connection closed while a reply was awaited")
+                    self._close()
+                return NEED_DATA
+            reply = parsed
+        code = reply.code
+        if code == 421:
             self._closed_by_server = reply
             self._close()
             return reply
+        pending = self._pending
         if not pending:
-            raise self._fail(f"unsolicited {reply.code} reply")
+            raise self._fail(f"unsolicited {code} reply")
         verb = pending.popleft()
-        target = _REPLY_TABLE.get((verb, reply.code // 100))
+        target = _REPLY_TABLE[verb][code // 100]
         if target is None:
-            raise self._fail(f"{reply.code} is not a valid reply to {verb.value}")
+            raise self._fail(f"{code} is not a valid reply to {verb.value}")
         if target is not KEEP:
             self._state = target
-        if reply.code < 300 and verb in _LEARNS:
+        if code < 300 and verb in _LEARNS:
             self._learn(verb, reply)
         return reply
 
@@ -200,7 +216,7 @@ class ClientSession:
         """The bytes of `command`, to be written as they are; records the reply it awaits."""
         if not isinstance(command, Command):
             raise self._misuse("send() takes a Command")
-        return self._emit(command.expects(), command.to_bytes())
+        return self._emit((command.expects(),), command.to_bytes())
 
     def tls_established(self) -> None:
         """The driver finished the TLS handshake after STARTTLS: greet again (RFC 3207 §4.2).
@@ -217,7 +233,7 @@ class ClientSession:
     def quit(self) -> bytes:
         """The bytes of QUIT; the session is then CLOSING (CLOSED once a reply or EOF arrives)."""
         self._active = None
-        return self._emit(Verb.QUIT, _QUIT)
+        return self._emit(*_QUIT)
 
     # --- exchanges -----------------------------------------------------------------------------
 
@@ -252,7 +268,8 @@ class ClientSession:
 
     def transaction(self, message: PreparedMessage) -> TransactionExchange:
         """One mail transaction for `message`; local refusals are raised here, before any byte."""
-        self._begin(SessionState.READY, Verb.MAIL)
+        if self._active is not None or self._state is not _READY or self._pending:
+            self._begin(_READY, Verb.MAIL)  # raises the precise LocalProtocolError
         plan = plan_transaction(message, self._capabilities, self.limits.bdat_chunk_size)
         exchange = TransactionExchange(self, plan)
         self._active = exchange
@@ -288,18 +305,24 @@ class ClientSession:
         if self._active is exchange:
             self._active = None
 
-    def _emit(self, verb: Verb, data: bytes) -> bytes:
+    def _emit(self, verbs: tuple[Verb, ...], data: bytes) -> bytes:
+        """`data`, once the commands it carries (`verbs`, in order) are checked and recorded."""
         state = self._state
-        target = COMMAND_TRANSITIONS.get((state, verb))
-        if target is None:
-            raise self._misuse(f"{verb.value} is not allowed in state {state.name}")
         pending = self._pending
-        if pending and (pending[-1] in LAST_IN_GROUP or not self._capabilities.pipelining):
-            raise self._misuse(f"{verb.value} cannot follow {pending[-1].value} in one flight")
-        if verb is Verb.STARTTLS and self._tls_active:
-            raise self._misuse("STARTTLS on a session that already uses TLS")
-        pending.append(verb)
-        self._state = target
+        previous = pending[-1] if pending else None
+        pipelining = self._capabilities.pipelining
+        for verb in verbs:
+            target = COMMAND_TRANSITIONS.get((state, verb))
+            if target is None:
+                raise self._misuse(f"{verb.value} is not allowed in state {state.name}")
+            if previous is not None and (previous in LAST_IN_GROUP or not pipelining):
+                raise self._misuse(f"{verb.value} cannot follow {previous.value} in one flight")
+            if verb is _STARTTLS and self._tls_active:
+                raise self._misuse("STARTTLS on a session that already uses TLS")
+            previous = verb
+            state = target
+        pending.extend(verbs)
+        self._state = state
         return data
 
     def _close(self) -> None:

@@ -13,12 +13,13 @@ count the pool reports — live, idle, leased … — is derived by counting sta
                 or `connect_failed` (CLOSED: the driver already dropped the half-open connection).
     IDLE        usable and owned by nobody. It is granted to the head waiter (LEASED), probed
                 first when it has been idle for `keepalive_interval` (PROBING), or retired
-                (CLOSING): idle or age limit, a better-priority host came back, the pool closed.
+                (CLOSING): idle or age limit, a better-priority host came back (or needs room
+                for its trial connection), the pool closed.
     PROBING     the driver is sending NOOP. Success makes it IDLE again (and so grantable at once);
                 failure closes it abruptly.
     LEASED      owned by exactly one waiter until `release`. A broken lease goes to CLOSING, never
                 to IDLE; a healthy one goes back to IDLE, and from there may be retired (age,
-                message count, pool closed).
+                message count, a better-priority host came back, pool closed).
     CLOSING     the driver is closing it (QUIT or abrupt). It still counts as live, because its
                 socket still exists on both ends, until `slot_closed`.
     CLOSED      gone; the pool forgets the slot and its id is never reused.

@@ -29,10 +29,12 @@ from ._errors import (
     MessageTooLarge,
     SMTPUTF8NotSupported,
 )
+from ._state import Verb
 
 __all__ = ["TransactionPlan", "plan_transaction"]
 
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_MAIL, _RCPT, _DATA = Verb.MAIL, Verb.RCPT, Verb.DATA
 
 
 def _xtext(value: str) -> str:
@@ -48,21 +50,25 @@ def _xtext(value: str) -> str:
 class TransactionPlan:
     """The lines and data of one transaction, ready to be written."""
 
-    __slots__ = ("body", "chunks", "mail", "pipelined", "rcpts", "recipients")
+    __slots__ = ("body", "chunks", "flight", "flight_verbs", "lines", "pipelined", "recipients")
 
     def __init__(
         self,
-        mail: bytes,
-        rcpts: tuple[bytes, ...],
         recipients: tuple[str, ...],
         pipelined: bool,
+        flight: bytes,
+        flight_verbs: tuple[Verb, ...],
+        lines: tuple[bytes, ...],
         body: bytes,
         chunks: tuple[bytes, ...],
     ) -> None:
-        self.mail = mail
-        self.rcpts = rcpts
         self.recipients = recipients
         self.pipelined = pipelined
+        # With PIPELINING: MAIL, every RCPT and (unless BDAT is used) DATA, as one write, and
+        # the verbs it carries. Without: `lines` holds the MAIL line, then each RCPT line.
+        self.flight = flight
+        self.flight_verbs = flight_verbs
+        self.lines = lines
         # DATA: the stuffed data with its "." line; BDAT: each chunk with its BDAT command.
         self.body = body
         self.chunks = chunks
@@ -97,7 +103,8 @@ def plan_transaction(
             raise MessageTooLarge(len(data), caps.size)
         params.append(f"SIZE={len(data)}")
 
-    needs_utf8 = not (sender.isascii() and all(map(str.isascii, recipients)))
+    # Addresses were checked printable: joining them cannot hide a non-ASCII character.
+    needs_utf8 = not (sender.isascii() and "".join(recipients).isascii())
     eight_bit = not data.isascii()
     if eight_bit and not needs_utf8:
         end = data.find(b"\r\n\r\n")
@@ -122,19 +129,36 @@ def plan_transaction(
     elif envelope.orcpt and caps.dsn:
         rcpt_params = ""
     tail = (" " + " ".join(params)) if params else ""
-    mail = f"MAIL FROM:<{sender}>{tail}\r\n".encode()
     if rcpt_params is None:
-        rcpts = tuple([f"RCPT TO:<{recipient}>\r\n".encode() for recipient in recipients])
+        # The common case, no RCPT parameter: one join writes every RCPT line.
+        rcpt = "RCPT TO:<" + ">\r\nRCPT TO:<".join(recipients) + ">\r\n"
     else:
-        rcpts = tuple(
-            f"RCPT TO:<{recipient}>{rcpt_params}{_orcpt(recipient, envelope.orcpt)}\r\n".encode()
-            for recipient in recipients
+        rcpt = "".join(
+            [
+                f"RCPT TO:<{recipient}>{rcpt_params}{_orcpt(recipient, envelope.orcpt)}\r\n"
+                for recipient in recipients
+            ]
         )
+    commands = f"MAIL FROM:<{sender}>{tail}\r\n{rcpt}"
+    pipelined = caps.pipelining
+    chunking = caps.chunking
+    flight = b""
+    flight_verbs: tuple[Verb, ...] = ()
+    lines: tuple[bytes, ...] = ()
+    if pipelined:
+        flight_verbs = (_MAIL,) + (_RCPT,) * len(recipients)
+        if chunking:
+            flight = commands.encode()
+        else:
+            flight = (commands + "DATA\r\n").encode()
+            flight_verbs += (_DATA,)
+    else:
+        # The addresses and parameters were checked printable, so each CRLF ends one command.
+        lines = tuple(commands.encode().splitlines(keepends=True))
 
-    if not caps.chunking:
-        return TransactionPlan(
-            mail, rcpts, recipients, caps.pipelining, stuffed_with_terminator(data), ()
-        )
+    if not chunking:
+        body = stuffed_with_terminator(data)
+        return TransactionPlan(recipients, pipelined, flight, flight_verbs, lines, body, ())
     if len(data) <= chunk_size:
         chunks: tuple[bytes, ...] = (b"BDAT %d LAST\r\n%s" % (len(data), data),)
     else:
@@ -143,7 +167,7 @@ def plan_transaction(
             b"BDAT %d%s\r\n%s" % (len(piece), b" LAST" if index == len(pieces) - 1 else b"", piece)
             for index, piece in enumerate(pieces)
         )
-    return TransactionPlan(mail, rcpts, recipients, caps.pipelining, b"", chunks)
+    return TransactionPlan(recipients, pipelined, flight, flight_verbs, lines, b"", chunks)
 
 
 def _orcpt(recipient: str, wanted: bool) -> str:

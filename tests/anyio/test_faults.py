@@ -193,3 +193,28 @@ async def test_cancelled_sender_leaves_no_leased_slot() -> None:
         assert stats.idle == 0
         result = await send(pool)
     assert result.reply.code == 250
+
+
+def test_send_failed_pickles_with_every_field() -> None:
+    import pickle
+
+    from pooledmail_anyio import Reply
+
+    failure = SendFailed(
+        FailureKind.TRANSIENT,
+        Stage.RCPT,
+        host="mx.example:25",
+        attempts=2,
+        reply=Reply(450, ("busy",), (4, 2, 0)),
+        definitely_not_accepted=True,
+    )
+    copy = pickle.loads(pickle.dumps(failure))
+    assert (copy.kind, copy.stage, copy.host, copy.attempts) == (
+        FailureKind.TRANSIENT,
+        Stage.RCPT,
+        "mx.example:25",
+        2,
+    )
+    assert copy.reply == failure.reply
+    assert copy.definitely_not_accepted
+    assert str(copy) == str(failure)

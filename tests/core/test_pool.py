@@ -270,6 +270,8 @@ def test_waiters_fail_over_to_the_backup_while_the_primary_trial_is_in_flight() 
     m.acquire(0.0, 100.0)
     m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)  # -> opens 1 on BACKUP
     m.connected(1, 1.5)
+    m.release(1, 2.0, healthy=False)
+    m.slot_closed(1, 2.5)  # nothing is live: no background trial is due
     # A's cooldown is over: the new waiter's connection is A's trial...
     assert m.acquire(11.0, 100.0)[1] == [OpenConnection(2, A)]
     # ...and the next waiter does not queue behind that trial.
@@ -311,13 +313,18 @@ def test_when_the_better_host_recovers_idle_backup_connections_retire() -> None:
     m.connected(1, 2.0)
     m.release(1, 3.0, healthy=True)
     assert m.slot_state(1) is SlotState.IDLE  # A is not proven healthy yet
-    m.acquire(12.0, 100.0)  # idle backup slot 1 serves it
+    assert m.next_deadline() == 11.0  # A's cooldown end
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]  # the background trial
+    w2, actions = m.acquire(12.0, 100.0)
+    assert actions == [GrantSlot(1, w2)]  # the idle backup slot serves at once
     w3, actions = m.acquire(12.0, 100.0)
-    assert actions == [OpenConnection(2, A)]  # the trial goes to the recovered primary
-    assert m.connected(2, 13.0) == [GrantSlot(2, w3)]
+    assert actions == [OpenConnection(3, BACKUP)]  # not queued behind the trial
+    assert m.connected(2, 13.0) == [GrantSlot(2, w3)]  # the trial won the race
     assert m.release(1, 14.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    assert m.connected(3, 14.5) == [CloseSlot(3, graceful=True)]
     m.slot_closed(1, 15.0)
-    assert m.statistics().closed_total["retired_for_priority"] == 1
+    m.slot_closed(3, 15.0)
+    assert m.statistics().closed_total["retired_for_priority"] == 2
     assert w == 0
 
 
@@ -328,18 +335,20 @@ def test_idle_backup_slots_retire_when_the_primary_connects() -> None:
     (backup_open,) = m.handle_timer(0.0)
     assert backup_open == OpenConnection(1, BACKUP)
     m.connected(1, 1.0)
-    m.acquire(11.0, 50.0)  # granted the backup slot
+    w, actions = m.acquire(11.0, 50.0)
+    assert actions == [OpenConnection(2, A), GrantSlot(1, w)]  # A's trial, and the backup slot
     m.release(1, 11.0, healthy=True)
     w, actions = m.acquire(11.0, 50.0)
     assert actions == [GrantSlot(1, w)]
     _, actions = m.acquire(11.0, 50.0)
-    assert actions == [OpenConnection(2, A)]
-    m.release(1, 11.5, healthy=True)  # idle while a waiter... no: granted to the waiter
+    assert actions == [OpenConnection(3, BACKUP)]
+    m.release(1, 11.5, healthy=True)  # granted to the waiter, not left idle
     assert m.slot_state(1) is SlotState.LEASED
     m.release(1, 11.6, healthy=True)
-    assert m.slot_state(1) is SlotState.IDLE
+    assert m.slot_state(1) is SlotState.IDLE  # A has not proven itself yet
     assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True)]
     assert m.slot_state(2) is SlotState.IDLE
+    assert m.connected(3, 12.5) == [CloseSlot(3, graceful=True)]
 
 
 def test_idle_backup_connections_are_kept_while_every_host_is_failing() -> None:
@@ -353,6 +362,173 @@ def test_idle_backup_connections_are_kept_while_every_host_is_failing() -> None:
     m.cancel(w1, 3.0)
     assert m.release(1, 4.0, healthy=True) == []
     assert m.slot_state(1) is SlotState.IDLE
+
+
+# ------------------------------------------------------------------- recovery of a better host
+
+
+def backup_serving(max_size: int = 4) -> PoolMachine:
+    """A fails at 1.0 (cooldown until 11.0); slot 1 to BACKUP serves waiter 0 and is leased."""
+    m = machine([A, BACKUP], max_size=max_size)
+    assert m.acquire(0.0, 100.0)[1] == [OpenConnection(0, A)]
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == [OpenConnection(1, BACKUP)]
+    assert m.connected(1, 1.5) == [GrantSlot(1, 0)]
+    return m
+
+
+def send_through(m: PoolMachine, now: float) -> Host:
+    """One send as the driver does it: acquire an idle slot, release it healthy."""
+    waiter, actions = m.acquire(now, now + 30)
+    (grant,) = actions
+    assert isinstance(grant, GrantSlot)
+    assert grant.waiter == waiter
+    host = m.slot_host(grant.slot)
+    m.release(grant.slot, now, healthy=True)
+    return host
+
+
+def test_recovered_primary_gets_a_background_trial_when_its_cooldown_ends() -> None:
+    m = backup_serving()
+    assert m.release(1, 2.0, healthy=True) == []  # A has not recovered: the backup stays idle
+    assert [send_through(m, t) for t in (3.0, 4.0)] == [BACKUP, BACKUP]
+    assert m.next_deadline() == 11.0  # the timer wakes for A's cooldown end
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    assert send_through(m, 11.5) == BACKUP  # the backup serves while the trial is in flight
+    assert m.slot_state(1) is SlotState.IDLE
+    # The trial works: the idle backup connection retires and the next send goes to A.
+    assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True)]
+    assert send_through(m, 12.5) == A
+    stats = m.statistics()
+    assert stats.hosts[A.key].consecutive_failures == 0
+    assert stats.created_total == 3
+
+
+def test_released_backup_connection_retires_once_primary_is_back() -> None:
+    m = backup_serving()
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    assert m.connected(2, 12.0) == []  # the backup connection is leased: nothing to retire yet
+    assert m.release(1, 13.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    m.slot_closed(1, 14.0)
+    assert m.statistics().closed_total == {"connect_failed": 1, "retired_for_priority": 1}
+
+
+def test_released_backup_connection_serves_a_queued_waiter_before_it_retires() -> None:
+    m = backup_serving(max_size=2)
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    m.connected(2, 12.0)
+    w1, actions = m.acquire(12.0, 100.0)
+    assert actions == [GrantSlot(2, w1)]  # the primary's idle connection
+    w2, actions = m.acquire(12.0, 100.0)
+    assert actions == []  # the pool is full
+    # Served now by the backup rather than made to wait for a connect to A...
+    assert m.release(1, 13.0, healthy=True) == [GrantSlot(1, w2)]
+    # ...which retires when nobody is waiting for it any more.
+    assert m.release(1, 14.0, healthy=True) == [CloseSlot(1, graceful=True)]
+
+
+def test_failed_background_trial_cools_the_primary_down_longer_and_retries_at_the_next_end() -> (
+    None
+):
+    m = backup_serving()
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    assert m.connect_failed(2, 12.0, FailureKind.CONNECT_FAILED) == []
+    host = m.statistics().hosts[A.key]
+    assert (host.consecutive_failures, host.cooldown_until) == (2, 32.0)  # 10 s, then 20 s
+    assert m.next_deadline() == 32.0
+    assert m.handle_timer(20.0) == []  # no retry before the cooldown ends
+    assert m.release(1, 25.0, healthy=True) == []  # and the backup is kept meanwhile
+    assert m.handle_timer(32.0) == [OpenConnection(3, A)]
+    assert m.handle_timer(33.0) == []  # one trial at a time
+
+
+def test_a_waiter_is_not_queued_behind_a_background_trial() -> None:
+    m = backup_serving()
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    waiter, actions = m.acquire(11.0, 20.0)
+    assert actions == [OpenConnection(3, BACKUP)]  # the trial may hang for connect_timeout
+    assert m.connected(3, 11.5) == [GrantSlot(3, waiter)]
+
+
+def test_full_pool_retires_one_idle_backup_connection_to_make_room_for_the_trial() -> None:
+    m = backup_serving(max_size=3)
+    waiter, actions = m.acquire(2.0, 100.0)
+    assert actions == [OpenConnection(2, BACKUP)]
+    m.connected(2, 2.5)
+    m.acquire(3.0, 100.0)
+    m.connected(3, 3.5)  # slots 1, 2, 3: all to BACKUP, the pool is full
+    m.release(2, 4.0, healthy=True)
+    m.release(1, 5.0, healthy=True)
+    # The least recently used idle backup connection makes room; only one at a time.
+    assert m.handle_timer(11.0) == [CloseSlot(2, graceful=True)]
+    assert m.release(3, 11.5, healthy=True) == []
+    assert m.handle_timer(11.5) == []
+    assert m.slot_closed(2, 12.0) == [OpenConnection(4, A)]
+    assert m.connected(4, 13.0) == [CloseSlot(1, graceful=True), CloseSlot(3, graceful=True)]
+    assert waiter == 1
+
+
+def test_trial_blocked_by_a_full_pool_of_leased_backup_connections_follows_the_next_release() -> (
+    None
+):
+    m = backup_serving(max_size=1)
+    assert m.handle_timer(11.0) == []
+    assert m.next_deadline() is None  # nothing can be done until a slot comes back: no busy timer
+    assert m.release(1, 12.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    assert m.slot_closed(1, 12.5) == [OpenConnection(2, A)]
+    m.connect_failed(2, 13.0, FailureKind.CONNECT_FAILED)
+    # The trial failed: the next acquire fails over to the backup again, without thrashing.
+    waiter, actions = m.acquire(14.0, 50.0)
+    assert actions == [OpenConnection(3, BACKUP)]
+    assert m.connected(3, 14.5) == [GrantSlot(3, waiter)]
+    assert m.release(3, 15.0, healthy=True) == []
+
+
+def test_room_for_a_trial_is_never_made_ahead_of_a_queued_waiter() -> None:
+    m = backup_serving(max_size=1)
+    waiter, actions = m.acquire(11.0, 100.0)
+    assert actions == []  # the pool is full
+    assert m.release(1, 12.0, healthy=True) == [GrantSlot(1, waiter)]
+
+
+def test_under_load_the_trial_is_the_next_connection_a_waiter_needs() -> None:
+    m = backup_serving(max_size=1)
+    waiter, _ = m.acquire(11.0, 100.0)
+    assert m.release(1, 12.0, healthy=False) == [CloseSlot(1, graceful=False)]
+    assert m.slot_closed(1, 12.5) == [OpenConnection(2, A)]  # A is the best usable host
+    assert m.connected(2, 13.0) == [GrantSlot(2, waiter)]
+
+
+def test_no_background_trial_when_no_connection_is_in_use() -> None:
+    m = machine([A, BACKUP])
+    waiter, _ = m.acquire(0.0, 5.0)
+    m.cancel(waiter, 0.5)
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == []
+    assert m.handle_timer(11.0) == []  # nothing to move back: the next acquire tries A
+    assert m.acquire(12.0, 20.0)[1] == [OpenConnection(1, A)]
+
+
+def test_no_background_trial_for_a_host_no_better_than_the_one_in_use() -> None:
+    m = machine([A, B])
+    m.acquire(0.0, 100.0)
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == [OpenConnection(1, B)]
+    m.connected(1, 1.5)
+    assert m.handle_timer(11.0) == []
+
+
+def test_every_recovered_host_better_than_the_one_in_use_gets_a_trial_best_first() -> None:
+    first = Host("first.example", 25, priority=0)
+    second = Host("second.example", 25, priority=1)
+    third = Host("third.example", 25, priority=2)
+    m = machine([third, second, first])
+    m.acquire(0.0, 100.0)
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == [OpenConnection(1, second)]
+    assert m.connect_failed(1, 2.0, FailureKind.CONNECT_FAILED) == [OpenConnection(2, third)]
+    m.connected(2, 2.5)
+    assert m.handle_timer(12.0) == [OpenConnection(3, first), OpenConnection(4, second)]
+    # The second tier comes back while the first tier's trial still hangs: traffic moves up.
+    assert m.connected(4, 12.5) == []
+    assert m.release(2, 13.0, healthy=True) == [CloseSlot(2, graceful=True)]
+    assert m.connected(3, 13.5) == [CloseSlot(4, graceful=True)]
 
 
 # --------------------------------------------------------------------------------- release

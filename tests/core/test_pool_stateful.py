@@ -5,6 +5,10 @@ returned and the reports the test made, and after every step checks the invarian
 live <= max_size and <= each host's max_connections; every leased slot has exactly one owner; no
 waiter is granted (or failed) twice; a broken slot never becomes idle; grants are FIFO;
 next_deadline() is never in the past after handle_timer; after close and releases nothing is live.
+
+Host outages and recoveries: a recovered better host gets one trial at a time, as soon as there is
+room for it (or room is being made), and once a better host has connected and not failed since, no
+slot to a worse host goes back from LEASED to IDLE.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ EXAMPLES = 200
 
 host_specs = st.lists(
     st.tuples(
-        st.integers(0, 1),  # priority
+        st.integers(0, 2),  # priority
         st.integers(1, 3),  # weight
         st.one_of(st.none(), st.integers(1, 2)),  # max_connections
     ),
@@ -83,6 +87,11 @@ class PoolWorld(RuleBasedStateMachine):
         self.closed = False
         self.expect_abrupt: set[int] = set()
         self.auth_failure_pending = False
+        self.steps = 0
+        # Hosts that refuse connections in `send_one` (the other rules decide outcomes directly).
+        self.down: set[str] = set()
+        # Hosts whose latest connection attempt succeeded: they are healthy and out of cooldown.
+        self.proven: set[str] = set()
 
     @initialize(config=configs(), seed=st.integers(0, 2**32 - 1))
     def start(self, config: PoolConfig, seed: int) -> None:
@@ -97,6 +106,9 @@ class PoolWorld(RuleBasedStateMachine):
             if isinstance(action, OpenConnection):
                 assert not self.closed
                 assert action.slot not in self.slot_state, "slot id reused"
+                if self.on_probation(action.host.key):
+                    in_flight = {self.slot_host[slot] for slot in self.slots_in("connecting")}
+                    assert action.host.key not in in_flight, "a second trial to a recovering host"
                 self.slot_state[action.slot] = "connecting"
                 self.slot_host[action.slot] = action.host.key
             elif isinstance(action, GrantSlot):
@@ -140,6 +152,16 @@ class PoolWorld(RuleBasedStateMachine):
     def slots_in(self, state: str) -> list[int]:
         return sorted(slot for slot, s in self.slot_state.items() if s == state)
 
+    def priority(self, key: str) -> int:
+        (host,) = (host for host in self.config.hosts if host.key == key)
+        return host.priority
+
+    def on_probation(self, key: str) -> bool:
+        # Judged after the input: an input cannot move a host into or out of probation and also
+        # open a connection to it, so this is its status when the connection was opened.
+        host = self.machine.statistics().hosts[key]
+        return host.consecutive_failures > 0 and not host.cooling_down
+
     def tick(self, dt: float) -> None:
         self.now += dt
 
@@ -174,6 +196,7 @@ class PoolWorld(RuleBasedStateMachine):
         slot = data.draw(st.sampled_from(self.slots_in("connecting")))
         self.tick(dt)
         self.slot_state[slot] = "idle"
+        self.proven.add(self.slot_host[slot])
         self.apply(self.machine.connected(slot, self.now))
 
     @precondition(lambda self: bool(self.slots_in("connecting")))
@@ -188,6 +211,7 @@ class PoolWorld(RuleBasedStateMachine):
         slot = data.draw(st.sampled_from(self.slots_in("connecting")))
         self.tick(dt)
         del self.slot_state[slot]
+        self.proven.discard(self.slot_host[slot])
         self.auth_failure_pending = kind is FailureKind.AUTH_FAILED and bool(self.waiting)
         self.apply(self.machine.connect_failed(slot, self.now, kind, OSError("refused")))
 
@@ -199,6 +223,7 @@ class PoolWorld(RuleBasedStateMachine):
         for slot in self.slots_in("connecting"):
             if self.slot_host[slot] == key:
                 del self.slot_state[slot]
+                self.proven.discard(key)
                 self.apply(
                     self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED, None)
                 )
@@ -213,12 +238,102 @@ class PoolWorld(RuleBasedStateMachine):
     def release(self, data: st.DataObject, healthy: bool, messages: int, dt: float) -> None:
         slot = data.draw(st.sampled_from(self.slots_in("leased")))
         self.tick(dt)
+        self.release_slot(slot, healthy, messages)
+
+    def release_slot(self, slot: int, healthy: bool, messages: int) -> None:
         del self.owner[slot]
         if healthy:
             self.slot_state[slot] = "idle"
         else:
             self.expect_abrupt.add(slot)
+        better_is_back = any(
+            self.priority(key) < self.priority(self.slot_host[slot]) for key in self.proven
+        )
         self.apply(self.machine.release(slot, self.now, healthy=healthy, messages=messages))
+        if better_is_back:
+            # Granted to a waiter, or retired: never back to idle on a worse host.
+            assert self.slot_state[slot] != "idle", "LEASED -> IDLE on a worse host"
+
+    @rule(data=st.data())
+    def host_goes_down(self, data: st.DataObject) -> None:
+        self.down.add(data.draw(st.sampled_from([host.key for host in self.config.hosts])))
+
+    @precondition(lambda self: bool(self.down))
+    @rule(data=st.data())
+    def host_comes_back(self, data: st.DataObject) -> None:
+        self.down.discard(data.draw(st.sampled_from(sorted(self.down))))
+
+    @precondition(lambda self: len({host.priority for host in self.config.hosts}) > 1)
+    @rule(sends=st.integers(1, 3), held=st.integers(0, 3), dt=st.floats(0.0, 2.0))
+    def outage_and_recovery(self, sends: int, held: int, dt: float) -> None:
+        """The best group goes down and sends fail over, some still running when it comes back
+        and its cooldowns end; then one more send."""
+        best = min(host.priority for host in self.config.hosts)
+        group = {host.key for host in self.config.hosts if host.priority == best}
+        self.down |= group
+        for sent in range(sends):
+            self.send_one(dt, hold=sent < held)
+        self.down -= group
+        for _ in group:
+            hosts = self.machine.statistics().hosts
+            ends = [hosts[key].cooldown_until for key in group if hosts[key].cooling_down]
+            if not ends:
+                break
+            self.now = max(self.now, *(end for end in ends if end is not None))
+            self.apply(self.machine.handle_timer(self.now))
+            self.check_timer_postconditions()
+        self.send_one(dt, hold=False)
+
+    @rule(dt=st.floats(0.0, 2.0), hold=st.booleans())
+    def send_one(self, dt: float, hold: bool) -> None:
+        """One send as the driver does it: acquire; every connection in flight (trials too)
+        ends, failing if its host is down; release, or keep the lease (a long send still
+        running when its host's fate changes)."""
+        self.acquire(30.0, dt)
+        waiter = self.issued - 1
+        while self.slots_in("connecting"):
+            slot = self.slots_in("connecting")[0]
+            key = self.slot_host[slot]
+            if key in self.down:
+                del self.slot_state[slot]
+                self.proven.discard(key)
+                self.apply(self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED))
+            else:
+                self.slot_state[slot] = "idle"
+                self.proven.add(key)
+                self.apply(self.machine.connected(slot, self.now))
+        for slot, owner in list(self.owner.items()):
+            if owner == waiter and not hold:
+                self.release_slot(slot, healthy=True, messages=1)
+
+    @precondition(lambda self: bool(self.cooling_hosts()))
+    @rule(data=st.data(), works=st.booleans())
+    def host_recovers(self, data: st.DataObject, works: bool) -> None:
+        """A cooling host's cooldown ends; its trial (if the pool opens one) works or fails."""
+        key = data.draw(st.sampled_from(self.cooling_hosts()))
+        until = self.machine.statistics().hosts[key].cooldown_until
+        assert until is not None
+        self.now = max(self.now, until)
+        self.apply(self.machine.handle_timer(self.now))
+        self.check_timer_postconditions()
+        for slot in self.slots_in("connecting"):
+            if self.slot_host[slot] == key:
+                if works:
+                    self.slot_state[slot] = "idle"
+                    self.proven.add(key)
+                    self.apply(self.machine.connected(slot, self.now))
+                else:
+                    del self.slot_state[slot]
+                    self.proven.discard(key)
+                    self.apply(
+                        self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED)
+                    )
+
+    def cooling_hosts(self) -> list[str]:
+        if self.closed:
+            return []
+        hosts = self.machine.statistics().hosts
+        return sorted(key for key, host in hosts.items() if host.cooling_down)
 
     @precondition(lambda self: bool(self.slots_in("probing")))
     @rule(data=st.data(), ok=st.booleans())
@@ -253,6 +368,9 @@ class PoolWorld(RuleBasedStateMachine):
         self.apply(self.machine.handle_timer(self.now))
         self.check_timer_postconditions()
 
+    # Once closed, a run has nothing left to explore: close only in the second half of a run, once
+    # (teardown closes every run anyway; a second close is covered by the unit tests).
+    @precondition(lambda self: not self.closed and self.steps >= STEPS // 2)
     @rule()
     def close(self) -> None:
         self.closed = True
@@ -265,6 +383,11 @@ class PoolWorld(RuleBasedStateMachine):
         assert all(d > self.now for d in self.waiting.values()), "a due waiter still waits"
 
     # ----------------------------------------------------------------------------- invariants
+
+    @invariant()
+    def count_steps(self) -> None:
+        # Invariants run after every rule: this counts the steps taken so far.
+        self.steps += 1
 
     @invariant()
     def model_matches_machine(self) -> None:
@@ -302,6 +425,37 @@ class PoolWorld(RuleBasedStateMachine):
         uncapped = all(h.max_connections is None for h in self.config.hosts)
         if uncovered > 0 and all_healthy and uncapped:
             assert stats.live == self.config.max_size, "a waiter waits while there is room"
+
+    @invariant()
+    def recovered_better_host_gets_its_trial(self) -> None:
+        """A host back from cooldown that is better than one in use is tried when there is room."""
+        if self.closed:
+            return
+        in_use = [
+            self.priority(self.slot_host[slot])
+            for slot, state in self.slot_state.items()
+            if state != "closing"
+        ]
+        if not in_use:
+            return
+        stats = self.machine.statistics()
+        connecting = {self.slot_host[slot] for slot in self.slots_in("connecting")}
+        for host in self.config.hosts:
+            if not self.on_probation(host.key) or host.key in connecting:
+                continue
+            if host.priority >= max(in_use):
+                continue
+            live = stats.hosts[host.key].live
+            if host.max_connections is not None and live >= host.max_connections:
+                continue
+            assert stats.live == self.config.max_size, "a due trial was not opened despite room"
+            worse_idle = [
+                slot
+                for slot in self.slots_in("idle")
+                if self.priority(self.slot_host[slot]) > host.priority
+            ]
+            if not self.waiting and worse_idle:
+                assert stats.closing > 0, "no room is made for a due trial"
 
     @invariant()
     def closed_means_nothing_live(self) -> None:

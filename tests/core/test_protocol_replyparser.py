@@ -229,3 +229,15 @@ def test_replies_do_not_depend_on_how_the_bytes_are_split(
 
 def test_long_dotted_word_is_not_an_enhanced_code() -> None:
     assert parse_all(b"250 2.0.0.0.0.0 text\r\n") == [Reply(250, ("2.0.0.0.0.0 text",))]
+
+
+def test_one_read_holding_several_replies_is_parsed_in_one_pass() -> None:
+    parser = ReplyParser(Limits())
+    parser.feed(b"250 2.1.0 a\r\n250-b\r\n250 c\r\n354 go\r\n25")
+    assert parser.next_reply() == Reply(250, ("a",), (2, 1, 0))
+    # The rest of the read is already parsed and queued; the partial line waits in the buffer.
+    assert list(parser.replies) == [Reply(250, ("b", "c")), Reply(354, ("go",))]
+    assert parser.next_reply() == Reply(250, ("b", "c"))
+    assert parser.next_reply() == Reply(354, ("go",))
+    assert parser.next_reply() is None
+    assert parser.buffered == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -22,7 +24,13 @@ from pooledmail_core._errors import (
     RemoteProtocolError,
     SMTPUTF8NotSupported,
 )
-from pooledmail_core._exchanges import NEED_DATA, SetupResult, StartTLS, Write
+from pooledmail_core._exchanges import (
+    NEED_DATA,
+    SetupResult,
+    StartTLS,
+    TransactionOutcome,
+    Write,
+)
 from pooledmail_core._limits import Limits
 from pooledmail_core._reply import Reply
 from pooledmail_core._session import ClientSession
@@ -400,3 +408,97 @@ def test_quit_abandons_a_running_exchange() -> None:
     with pytest.raises(LocalProtocolError):
         probe.next_step()
     assert session.state is SessionState.ERROR
+
+
+def reference_lines(data: bytes) -> list[bytes]:
+    """The lines of `data`, split the slow, obvious way at CRLF, CR and LF."""
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if lines[-1] == b"":
+        lines.pop()  # the data ended with a line ending (or was empty)
+    return lines
+
+
+def reference_wire(data: bytes) -> bytes:
+    """The DATA wire form, written line by line."""
+    stuffed = [b"." + line if line.startswith(b".") else line for line in reference_lines(data)]
+    return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+
+
+# Bodies already in wire form (CRLF only, ending with CRLF), where the fast path applies, and
+# bodies that need normalising or stuffing, often only by one byte.
+_LINE = st.binary(max_size=30).map(lambda raw: raw.replace(b"\r", b"").replace(b"\n", b""))
+_CLEAN_BODY = st.lists(_LINE, max_size=12).map(lambda lines: b"".join(x + b"\r\n" for x in lines))
+_ANY_BODY = (
+    _CLEAN_BODY
+    | st.tuples(
+        _CLEAN_BODY, st.sampled_from([b"\r", b"\n", b".", b"\n.", b"\r\r\n", b"x"]), _LINE
+    ).map(lambda parts: parts[0] + parts[1] + parts[2])
+    | st.binary(max_size=300)
+    | st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a"]), max_size=40).map(b"".join)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=_ANY_BODY)
+def test_fast_and_slow_data_paths_agree_with_the_line_by_line_form(data: bytes) -> None:
+    assert stuffed_with_terminator(normalise_line_endings(data)) == reference_wire(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=_ANY_BODY, pipelining=st.booleans())
+def test_the_data_write_of_a_transaction_is_the_line_by_line_form(
+    data: bytes, pipelining: bool
+) -> None:
+    session = session_with(caps(pipelining=pipelining, eight_bit_mime=True, smtputf8=True))
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d", "e@f")), data))
+    replies = [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"]
+    if pipelining:
+        step = tx.next_step()
+        assert isinstance(step, Write)
+        assert step.data.startswith(b"MAIL FROM:<a@b>")
+        assert step.data.endswith(b"\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nDATA\r\n")
+        assert tx.next_step() is NEED_DATA
+        session.receive_data(b"".join(replies))
+    else:
+        for reply in replies:
+            assert isinstance(tx.next_step(), Write)
+            assert tx.next_step() is NEED_DATA
+            session.receive_data(reply)
+    step = tx.next_step()
+    assert isinstance(step, Write)
+    assert step.data == reference_wire(data)
+    assert tx.terminator_sent
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=_ANY_BODY)
+def test_a_pipelined_bdat_transaction_is_one_write_of_the_normalised_data(data: bytes) -> None:
+    session = session_with(caps(pipelining=True, chunking=True, eight_bit_mime=True, smtputf8=True))
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), data))
+    step = tx.next_step()
+    assert isinstance(step, Write)
+    normalised = b"".join(line + b"\r\n" for line in reference_lines(data))
+    head, _, chunk = step.data.partition(b"\r\nBDAT ")
+    assert head.startswith(b"MAIL FROM:<a@b>")
+    assert head.endswith(b"\r\nRCPT TO:<c@d>")
+    assert chunk == b"%d LAST\r\n%s" % (len(normalised), normalised)
+    assert tx.terminator_sent
+
+
+def test_parsed_and_outcome_values_are_ordinary_frozen_dataclasses() -> None:
+    session = session_with(caps(pipelining=True))
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), b"x\r\n"))
+    tx.next_step()
+    session.receive_data(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    tx.next_step()
+    session.receive_data(b"250 2.0.0 queued as 1234\r\n")
+    assert tx.next_step() is not NEED_DATA
+    outcome = tx.result
+    final = Reply(250, ("queued as 1234",), (2, 0, 0))
+    assert outcome == TransactionOutcome(("c@d",), (), final, None, True)
+    assert hash(outcome.reply) == hash(final)
+    assert repr(outcome.reply) == repr(final)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcome.reply.code = 550  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcome.in_sync = False  # type: ignore[misc]

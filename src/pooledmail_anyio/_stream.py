@@ -1,0 +1,317 @@
+"""A lean plain-TCP byte stream for asyncio, and the one function that opens a connection.
+
+Why it exists: anyio's asyncio socket stream costs several times a plain asyncio stream per call.
+Its `receive()` resumes and pauses reading around every call (two `epoll_ctl` system calls) and
+returns one kernel read at a time; its `send()` yields to the event loop even when the kernel took
+every byte at once. An SMTP round trip is one write and one read, so those costs are most of what
+the driver pays per message. This stream is an `asyncio.Protocol` that keeps reading (up to a
+bound), hands back everything buffered in one `receive()`, and yields in `send()` only while the
+kernel has not taken every byte.
+
+It implements `anyio.abc.SocketStream`, so anyio's `TLSStream.wrap` works on top of it (STARTTLS
+and implicit TLS), and the connection code above it does not know which stream it has.
+
+Semantics kept from anyio's streams, which the rest of the driver relies on:
+
+* `receive()` returns buffered bytes first; then raises `EndOfStream` after the peer's FIN,
+  `BrokenResourceError` (chained to the `OSError`) after a reset, `ClosedResourceError` after
+  our own `aclose()`.
+* `send()` returns once the kernel took every byte (no user-space write buffer left behind), and
+  raises `BrokenResourceError` / `ClosedResourceError` as above.
+* A cancelled `receive()` or `send()` loses nothing that was received: the bytes stay buffered.
+* `aclose()` aborts the transport at once and is idempotent.
+* Concurrent `receive()` calls (or concurrent `send()` calls) raise `BusyResourceError`.
+
+What differs, deliberately: a `receive()` that finds bytes already buffered, and a `send()` that
+the kernel takes at once, return without yielding to the event loop (and so without noticing a
+cancellation that is pending: the task sees it at its next wait). Neither can starve the loop:
+bytes reach the protocol only while the loop runs, so every round trip still waits once. Time
+limits are a `deadline` attribute rather than a cancel scope (see `AsyncioSocketStream`).
+
+On trio the driver uses anyio's own stream: it is a thin layer over trio's socket, and a trio
+stream that skips the yield after a send measured no faster within the noise of bench/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from collections import deque
+from collections.abc import Callable
+
+import anyio.abc
+
+import anyio
+
+__all__ = [
+    "AsyncioSocketStream",
+    "DeadlineExceeded",
+    "backend_clock",
+    "connect_tcp",
+]
+
+# Reading pauses when this much is buffered and not yet received, so that a server cannot grow
+# our memory faster than the core consumes it (the core bounds what it buffers itself).
+_READ_HIGH_WATER = 1 << 20
+# Happy eyeballs (RFC 8305) delay, the same as anyio.connect_tcp's default.
+_HAPPY_EYEBALLS_DELAY = 0.25
+
+
+class DeadlineExceeded(Exception):
+    """A `receive()` or `send()` of an `AsyncioSocketStream` waited past the stream's `deadline`.
+
+    Deliberately not an `OSError`: anyio's `TLSStream` turns an `OSError` from the stream below it
+    into `BrokenResourceError`, and the driver must tell a timeout from a broken connection.
+    """
+
+
+class _Protocol(asyncio.Protocol):
+    """Buffers what the transport delivers and wakes the one waiting reader or writer."""
+
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "eof",
+        "exception",
+        "lost",
+        "read_waiter",
+        "reading_paused",
+        "transport",
+        "write_waiter",
+        "writing_paused",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.eof = False
+        self.lost = False
+        self.exception: BaseException | None = None
+        self.read_waiter: asyncio.Future[None] | None = None
+        self.write_waiter: asyncio.Future[None] | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # No user-space write buffer: send() completes once the kernel took every byte, as on
+        # trio, so a write timeout means the peer stopped reading.
+        transport.set_write_buffer_limits(0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is not None:
+            self.exception = exc
+        self.writing_paused = False
+        self._wake_reader()
+        self._wake_writer()
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered >= _READ_HIGH_WATER and not self.reading_paused:
+            assert self.transport is not None
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        # Keep our side open: a half-closed peer may still read what we send (RFC 5321 QUIT).
+        return True
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self.read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self.write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class AsyncioSocketStream(anyio.abc.SocketStream):
+    """Plain TCP over an asyncio transport; see the module docstring for its semantics.
+
+    `deadline` (event loop time, default infinity) bounds every wait of `receive()` and `send()`:
+    a wait still going on at the deadline raises `DeadlineExceeded`. It does the job of a cancel
+    scope around each step at a fraction of the cost: anyio's cancel scope on asyncio costs more
+    per message than the whole stream.
+
+    The deadline is enforced by one lazy watchdog timer per stream rather than a timer per wait:
+    the driver moves the deadline forward on every step, and rescheduling a timer each time would
+    cost as much as the rest of the stream. The watchdog is armed when a wait starts and none is
+    armed at or before the deadline; when it fires it expires the waits if the deadline has not
+    moved since it was armed, and otherwise re-arms itself at the new deadline.
+    """
+
+    deadline: float
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._closed = False
+        self.deadline = math.inf
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = math.inf
+
+    def _guard(self) -> None:
+        """Make sure the watchdog fires no later than `deadline` (called as a wait starts)."""
+        deadline = self.deadline
+        if deadline < self._watchdog_at:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog_at = deadline
+            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        armed_at = self._watchdog_at
+        self._watchdog = None
+        self._watchdog_at = math.inf
+        protocol = self._protocol
+        waiters = [
+            waiter
+            for waiter in (protocol.read_waiter, protocol.write_waiter)
+            if waiter is not None and not waiter.done()
+        ]
+        if not waiters:
+            return  # nothing waits: the next wait arms the watchdog again
+        if self.deadline <= armed_at:
+            for waiter in waiters:
+                waiter.set_exception(DeadlineExceeded("the peer did not answer in time"))
+        else:
+            self._guard()  # the deadline moved on while this timer was pending
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        raw: socket.socket = self._transport.get_extra_info("socket")
+        return raw
+
+    def _broken(self) -> Exception:
+        if self._closed:
+            return anyio.ClosedResourceError()
+        error = anyio.BrokenResourceError()
+        error.__cause__ = self._protocol.exception
+        return error
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be a positive integer")
+        protocol = self._protocol
+        if not protocol.chunks:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if protocol.read_waiter is not None:
+                raise anyio.BusyResourceError("reading from")
+            while not (protocol.chunks or protocol.eof or protocol.lost):
+                waiter = protocol.read_waiter = self._loop.create_future()
+                if self.deadline < self._watchdog_at:
+                    self._guard()
+                try:
+                    await waiter
+                finally:
+                    protocol.read_waiter = None
+            if not protocol.chunks:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if protocol.exception is not None:
+                    raise self._broken()
+                raise anyio.EndOfStream
+        chunks = protocol.chunks
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
+        if len(data) > max_bytes:
+            chunks.append(data[max_bytes:])
+            data = data[:max_bytes]
+        protocol.buffered -= len(data)
+        if protocol.reading_paused and protocol.buffered < _READ_HIGH_WATER:
+            protocol.reading_paused = False
+            if not protocol.lost:
+                self._transport.resume_reading()
+        return data
+
+    async def send(self, item: bytes) -> None:
+        protocol = self._protocol
+        if self._closed or protocol.lost:
+            raise self._broken()
+        if protocol.write_waiter is not None:
+            raise anyio.BusyResourceError("writing to")
+        self._transport.write(item)
+        if protocol.writing_paused:
+            # Woken by resume_writing() or connection_lost(), which both end the pause.
+            waiter = protocol.write_waiter = self._loop.create_future()
+            if self.deadline < self._watchdog_at:
+                self._guard()
+            try:
+                await waiter
+            finally:
+                protocol.write_waiter = None
+            if self._closed or protocol.lost:
+                # Aborted (by us or by a reset) before the kernel took every byte.
+                raise self._broken()
+
+    async def send_eof(self) -> None:
+        if not self._closed and not self._protocol.lost:
+            self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+            self._watchdog_at = math.inf
+        self._transport.abort()
+        await anyio.lowlevel.checkpoint()
+
+
+async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
+    """A plain TCP stream to `host:port` (TCP_NODELAY set), with happy eyeballs.
+
+    On asyncio this is an `AsyncioSocketStream`; on any other backend anyio's own stream.
+    Failures raise `OSError`, as `anyio.connect_tcp` does.
+    """
+    if not _on_asyncio():
+        return await anyio.connect_tcp(host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY)
+    loop = asyncio.get_running_loop()
+    # asyncio sets TCP_NODELAY on every TCP transport it creates.
+    transport, protocol = await loop.create_connection(
+        _Protocol, host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY
+    )
+    assert isinstance(transport, asyncio.Transport)
+    return AsyncioSocketStream(transport, protocol)
+
+
+def backend_clock() -> Callable[[], float]:
+    """The running event loop's clock, as `anyio.current_time` reads it, without the backend
+    look-up `anyio.current_time` makes on every call (it is read several times per message)."""
+    if _on_asyncio():
+        return asyncio.get_running_loop().time
+    # anyio's only other backend is trio (an optional dependency).
+    import trio
+
+    return trio.current_time
+
+
+def _on_asyncio() -> bool:
+    """Whether the calling task is an asyncio task. (sniffio would say so too, but anyio no
+    longer depends on it; trio code never runs inside an asyncio task, even in guest mode.)"""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio event loop running in this thread
+        return False

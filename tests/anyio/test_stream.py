@@ -1,0 +1,413 @@
+"""The driver's plain TCP stream (`_stream.connect_tcp`) behaves the same on both backends.
+
+On asyncio `connect_tcp` returns the driver's own `AsyncioSocketStream`; on trio anyio's stream.
+Every test here runs on both, so the asyncio stream is held to what anyio's trio stream does:
+buffered bytes before EOF, EOF, reset, cancellation that loses nothing, idempotent close, and
+TLS on top of it with `TLSStream.wrap`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator
+
+import anyio.abc
+import anyio.lowlevel
+import pytest
+from anyio.streams.tls import TLSStream
+
+import anyio
+from pooledmail_anyio._connection import Connection, ExchangeTimeout
+from pooledmail_anyio._stream import AsyncioSocketStream, DeadlineExceeded, connect_tcp
+from pooledmail_core._config import Host, TLSMode
+from pooledmail_core._session import ClientSession
+
+pytestmark = pytest.mark.anyio
+
+Pair = tuple[anyio.abc.ByteStream, anyio.abc.SocketStream]
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    """(client stream from `connect_tcp`, the server's accepted anyio stream)."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        client = await connect_tcp("127.0.0.1", port)
+        socket_listener = listener.listeners[0]
+        assert isinstance(socket_listener, anyio.abc.SocketListener)
+        server = await socket_listener.accept()
+        try:
+            yield client, server
+        finally:
+            await client.aclose()
+            await server.aclose()
+
+
+async def receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
+    data = bytearray()
+    with anyio.fail_after(30):  # a broken stream fails the test instead of hanging it
+        while len(data) < size:
+            data += await stream.receive(1 << 20)
+    return bytes(data)
+
+
+async def test_asyncio_gets_the_lean_stream(pair: Pair, anyio_backend: str) -> None:
+    client, _ = pair
+    assert isinstance(client, AsyncioSocketStream) == (anyio_backend == "asyncio")
+    nodelay = client.extra(anyio.abc.SocketAttribute.raw_socket).getsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY
+    )
+    assert nodelay
+
+
+async def test_bytes_sent_arrive_whole_and_in_order(pair: Pair) -> None:
+    client, server = pair
+    await client.send(b"EHLO client.test\r\n")
+    assert await receive_exactly(server, 18) == b"EHLO client.test\r\n"
+    payload = bytes(range(256)) * 4096  # 1 MiB: more than one kernel read
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.send, payload)
+        assert await receive_exactly(client, len(payload)) == payload
+
+
+async def test_a_large_send_completes_once_the_peer_reads_it(pair: Pair) -> None:
+    client, server = pair
+    payload = b"z" * (16 << 20)  # more than the socket buffers hold: send() must wait
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.send, payload)
+        assert await receive_exactly(server, len(payload)) == payload
+
+
+async def test_a_reader_that_falls_behind_loses_nothing(pair: Pair) -> None:
+    client, server = pair
+    payload = bytes(range(251)) * 40_000  # ~10 MiB: enough to stop reading for a while
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.send, payload)
+        await anyio.wait_all_tasks_blocked()  # the client reads nothing meanwhile
+        assert await receive_exactly(client, len(payload)) == payload
+
+
+async def test_receive_refuses_a_size_below_one(pair: Pair) -> None:
+    client, _ = pair
+    with pytest.raises(ValueError, match="max_bytes"):
+        await client.receive(0)
+
+
+async def test_receive_never_returns_more_than_asked(pair: Pair) -> None:
+    client, server = pair
+    await server.send(b"250 first\r\n250 second\r\n")
+    first = await client.receive(4)
+    assert first == b"250 "
+    assert await receive_exactly(client, 19) == b"first\r\n250 second\r\n"
+
+
+async def test_buffered_bytes_come_before_end_of_stream(pair: Pair) -> None:
+    client, server = pair
+    await server.send(b"221 bye\r\n")
+    await server.send_eof()
+    assert await receive_exactly(client, 9) == b"221 bye\r\n"
+    with pytest.raises(anyio.EndOfStream):
+        await client.receive()
+    with pytest.raises(anyio.EndOfStream):
+        await client.receive()
+
+
+async def test_send_eof_half_closes_towards_the_peer(pair: Pair) -> None:
+    client, server = pair
+    await client.send(b"QUIT\r\n")
+    await client.send_eof()
+    assert await receive_exactly(server, 6) == b"QUIT\r\n"
+    with pytest.raises(anyio.EndOfStream):
+        await server.receive()
+    await server.send(b"221 bye\r\n")
+    assert await receive_exactly(client, 9) == b"221 bye\r\n"
+
+
+async def test_a_half_closed_peer_still_reads_what_is_sent(pair: Pair) -> None:
+    client, server = pair
+    await server.send_eof()
+    with pytest.raises(anyio.EndOfStream):
+        await client.receive()
+    await client.send(b"QUIT\r\n")
+    assert await receive_exactly(server, 6) == b"QUIT\r\n"
+
+
+async def test_peer_reset_breaks_receive_and_send(pair: Pair) -> None:
+    client, server = pair
+    raw = server.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await server.aclose()  # SO_LINGER 0: the kernel sends RST
+    with pytest.raises(anyio.BrokenResourceError):
+        await client.receive()
+
+    async def keep_sending() -> None:
+        for _ in range(8):  # the first write may still be accepted by the kernel
+            await client.send(b"NOOP\r\n")
+
+    with pytest.raises(anyio.BrokenResourceError):
+        await keep_sending()
+
+
+async def test_peer_reset_breaks_a_blocked_send(pair: Pair) -> None:
+    client, server = pair
+    errors: list[BaseException] = []
+
+    async def flood() -> None:
+        try:
+            await client.send(b"x" * (64 << 20))  # far more than the socket buffers hold
+        except anyio.BrokenResourceError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flood)
+        await anyio.wait_all_tasks_blocked()
+        raw = server.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await server.aclose()
+    assert len(errors) == 1
+
+
+async def test_cancelled_receive_loses_nothing(pair: Pair) -> None:
+    client, server = pair
+    async with anyio.create_task_group() as tg:
+        scope = anyio.CancelScope()
+
+        async def receive() -> None:
+            with scope:
+                await client.receive()
+
+        tg.start_soon(receive)
+        await anyio.wait_all_tasks_blocked()
+        scope.cancel()
+    assert scope.cancelled_caught
+    await server.send(b"250 ok\r\n")
+    assert await receive_exactly(client, 8) == b"250 ok\r\n"
+
+
+async def test_send_blocked_on_a_peer_that_does_not_read_can_be_cancelled(pair: Pair) -> None:
+    client, _ = pair
+    scope = anyio.CancelScope()
+
+    async def flood() -> None:
+        with scope:
+            await client.send(b"x" * (64 << 20))  # far more than the socket buffers hold
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flood)
+        await anyio.wait_all_tasks_blocked()
+        scope.cancel()
+    assert scope.cancelled_caught
+    await client.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await client.send(b"x")
+
+
+async def test_two_concurrent_receives_are_refused(pair: Pair) -> None:
+    client, server = pair
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.receive)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(anyio.BusyResourceError):
+            await client.receive()
+        await server.send(b"x")
+
+
+async def test_two_concurrent_sends_are_refused(pair: Pair) -> None:
+    client, server = pair
+    payload = b"x" * (64 << 20)  # far more than the socket buffers hold: the send waits
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.send, payload)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(anyio.BusyResourceError):
+            await client.send(b"x")
+        assert await receive_exactly(server, len(payload)) == payload
+
+
+async def test_aclose_is_idempotent_and_later_use_is_refused(pair: Pair) -> None:
+    client, server = pair
+    await client.aclose()
+    await client.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await client.receive()
+    with pytest.raises(anyio.ClosedResourceError):
+        await client.send(b"x")
+    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+        await server.receive()
+
+
+async def test_aclose_wakes_a_waiting_receive(pair: Pair) -> None:
+    client, _ = pair
+    errors: list[BaseException] = []
+
+    async def receive() -> None:
+        try:
+            await client.receive()
+        except anyio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receive)
+        await anyio.wait_all_tasks_blocked()
+        await client.aclose()
+    assert len(errors) == 1
+
+
+async def test_tls_wraps_the_stream_both_ways(
+    pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    client, server = pair
+    async with anyio.create_task_group() as tg:
+        wrapped_server: list[TLSStream] = []
+
+        async def accept() -> None:
+            wrapped_server.append(
+                await TLSStream.wrap(
+                    server, server_side=True, ssl_context=server_tls, standard_compatible=False
+                )
+            )
+
+        tg.start_soon(accept)
+        tls = await TLSStream.wrap(
+            client, hostname="127.0.0.1", ssl_context=client_tls, standard_compatible=False
+        )
+    tls_server = wrapped_server[0]
+    payload = b"y" * 300_000
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tls.send, payload)
+        assert await receive_exactly(tls_server, len(payload)) == payload
+    await tls_server.send(b"250 ok\r\n")
+    assert await receive_exactly(tls, 8) == b"250 ok\r\n"
+    await tls_server.aclose()
+    with pytest.raises(anyio.EndOfStream):
+        await tls.receive()
+    await tls.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_reading_pauses_while_a_megabyte_waits_unread_and_resumes(pair: Pair) -> None:
+    client, server = pair
+    assert isinstance(client, AsyncioSocketStream)
+    payload = bytes(range(253)) * 20_000  # ~5 MiB
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.send, payload)
+        with anyio.fail_after(30):
+            while not client._protocol.reading_paused:
+                await anyio.lowlevel.checkpoint()
+        assert await receive_exactly(client, len(payload)) == payload
+    assert not client._protocol.reading_paused
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_past_deadline_ends_a_wait_of_the_asyncio_stream(pair: Pair) -> None:
+    # Asyncio only: on trio the driver bounds its steps with a cancel scope instead.
+    client, server = pair
+    assert isinstance(client, AsyncioSocketStream)
+    client.deadline = anyio.current_time()
+    with pytest.raises(DeadlineExceeded):
+        await client.receive()
+    # Bytes already buffered are returned whatever the deadline: nothing waits. (One small send
+    # on loopback arrives as one segment, so the first receive leaves the rest buffered.)
+    await server.send(b"250 ok\r\n")
+    client.deadline = float("inf")
+    assert await client.receive(4) == b"250 "
+    client.deadline = anyio.current_time()
+    assert await client.receive() == b"ok\r\n"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_past_deadline_passes_through_tls(
+    pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    client, server = pair
+    assert isinstance(client, AsyncioSocketStream)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: TLSStream.wrap(
+                server, server_side=True, ssl_context=server_tls, standard_compatible=False
+            )
+        )
+        tls = await TLSStream.wrap(
+            client, hostname="127.0.0.1", ssl_context=client_tls, standard_compatible=False
+        )
+    client.deadline = anyio.current_time()
+    with pytest.raises(DeadlineExceeded):  # not BrokenResourceError: TLS lets it through
+        await tls.receive()
+
+
+async def test_a_timeout_beneath_tls_still_reads_as_a_timeout(
+    pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    """After STARTTLS a stalled server makes the step time out (`ExchangeTimeout`), not look like a
+    broken connection, although TLS sits between the driver and the plain stream."""
+    client, server = pair
+    session = ClientSession("client.test")
+    connection = Connection(client, session, Host("127.0.0.1", 25, tls=TLSMode.STARTTLS))
+
+    async def serve() -> None:
+        await server.send(b"220 fake ESMTP\r\n")
+        await server.receive()  # EHLO
+        await server.send(b"250-fake\r\n250 STARTTLS\r\n")
+        await server.receive()  # STARTTLS
+        await server.send(b"220 go ahead\r\n")
+        tls = await TLSStream.wrap(
+            server, server_side=True, ssl_context=server_tls, standard_compatible=False
+        )
+        await tls.receive()  # EHLO again
+        await tls.send(b"250 fake\r\n")
+        await tls.receive()  # NOOP, never answered
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        setup = session.setup(tls=TLSMode.STARTTLS)
+        await connection.run(setup, step_timeout=30.0, ssl_context=client_tls)
+        assert setup.result.ok
+        assert session.tls_active
+        # A step timeout of zero: the NOOP goes out, and the wait for its reply ends at once.
+        with pytest.raises(ExchangeTimeout):
+            await connection.run(session.noop(), step_timeout=0.0)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_deadline_ends_a_send_to_a_peer_that_does_not_read(pair: Pair) -> None:
+    client, _ = pair
+    assert isinstance(client, AsyncioSocketStream)
+    client.deadline = anyio.current_time() + 0.1
+    with pytest.raises(DeadlineExceeded):
+        await client.send(b"x" * (64 << 20))  # far more than the socket buffers hold
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_deadline_moved_later_during_a_wait_is_the_one_that_counts(pair: Pair) -> None:
+    client, server = pair
+    assert isinstance(client, AsyncioSocketStream)
+
+    async def move_the_deadline_then_answer() -> None:
+        client.deadline = anyio.current_time() + 30
+        await anyio.sleep(0.2)  # the first deadline passes meanwhile
+        await server.send(b"250 ok\r\n")
+
+    client.deadline = anyio.current_time() + 0.05
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(move_the_deadline_then_answer)
+        assert await client.receive() == b"250 ok\r\n"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_deadline_timer_left_behind_by_a_finished_wait_expires_nothing(
+    pair: Pair,
+) -> None:
+    client, server = pair
+    assert isinstance(client, AsyncioSocketStream)
+    client.deadline = anyio.current_time() + 0.05
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.send, b"250 ok\r\n")
+        assert await client.receive() == b"250 ok\r\n"
+    await anyio.sleep(0.1)  # the timer fires with nothing waiting
+    client.deadline = anyio.current_time() + 30
+    await server.send(b"250 again\r\n")
+    assert await client.receive() == b"250 again\r\n"

@@ -1,0 +1,121 @@
+"""Timeouts, cooldowns and idle retirement in virtual time (trio's MockClock; trio only).
+
+The clock jumps to the next deadline once every task has been blocked for a tenth of a real
+second, so a 30 s command timeout costs a tenth of a second and loopback I/O, which completes in
+microseconds, never races a jump.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
+from pooledmail_anyio._sink import free_port
+
+from .fakesmtp import STALL, FakeSMTPServer, Script
+
+BODY = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+async def send(pool: SMTPPool) -> str:
+    result = await pool.send_raw(BODY, sender="a@example.com", recipients=["b@example.com"])
+    return result.host
+
+
+@pytest.fixture
+def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    mock_clock.autojump_threshold = 0.1
+    return mock_clock
+
+
+@pytest.mark.trio
+async def test_a_stall_after_the_terminator_ends_at_the_command_timeout(
+    clock: trio.testing.MockClock,
+) -> None:
+    server = FakeSMTPServer(Script(data_end=STALL))
+    async with server.running():
+        config = PoolConfig(
+            [Host("127.0.0.1", server.port, tls="none")], command_timeout=30.0, max_retries=3
+        )
+        async with SMTPPool(config) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+            stats = pool.statistics()
+    assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
+    assert caught.value.stage is Stage.DATA_END
+    assert caught.value.attempts == 1
+    assert stats.closed_total.get("broken", 0) + stats.closing == 1
+
+
+@pytest.mark.trio
+async def test_a_full_pool_fails_the_waiter_at_its_acquire_deadline(
+    clock: trio.testing.MockClock,
+) -> None:
+    server = FakeSMTPServer(Script(data_end=STALL))
+    async with server.running():
+        config = PoolConfig(
+            [Host("127.0.0.1", server.port, tls="none")],
+            max_size=1,
+            acquire_timeout=15.0,
+            command_timeout=60.0,
+            max_retries=0,
+        )
+        async with SMTPPool(config) as pool, trio.open_nursery() as nursery:
+            nursery.start_soon(send, pool)  # takes the only connection and stalls
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            started = trio.current_time()
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+            waited = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    assert caught.value.kind is FailureKind.POOL_EXHAUSTED
+    # Virtual seconds: the deadline is absolute, neither early nor restarted.
+    assert 15.0 <= waited < 16.0
+
+
+@pytest.mark.trio
+async def test_an_idle_connection_retires_with_quit_after_idle_timeout(
+    clock: trio.testing.MockClock,
+) -> None:
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        config = PoolConfig(
+            [Host("127.0.0.1", server.port, tls="none")],
+            idle_timeout=120.0,
+            keepalive_interval=None,
+        )
+        async with SMTPPool(config) as pool:
+            await send(pool)
+            await trio.sleep(121)
+            stats = pool.statistics()
+    assert stats.live == 0
+    assert stats.closed_total["idle_timeout"] == 1
+    assert server.connections[0].commands[-1] == "QUIT"
+
+
+@pytest.mark.trio
+async def test_primary_is_used_again_after_its_cooldown(clock: trio.testing.MockClock) -> None:
+    primary_port = free_port()
+    backup = FakeSMTPServer(Script())
+    primary = FakeSMTPServer(Script())
+    async with backup.running():
+        config = PoolConfig(
+            [
+                Host("127.0.0.1", primary_port, tls="none", priority=0),
+                Host("127.0.0.1", backup.port, tls="none", priority=1),
+            ],
+            reconnect_cooldown=30.0,
+            cooldown_jitter=0.0,
+        )
+        async with SMTPPool(config) as pool:
+            assert await send(pool) == f"127.0.0.1:{backup.port}"
+            assert pool.statistics().hosts[f"127.0.0.1:{primary_port}"].cooling_down
+            async with primary.running(port=primary_port):
+                await trio.sleep(31)
+                hosts = [await send(pool) for _ in range(3)]
+                stats = pool.statistics()
+    assert hosts[-1] == f"127.0.0.1:{primary_port}"
+    assert not stats.hosts[f"127.0.0.1:{primary_port}"].cooling_down
+    assert stats.closed_total.get("retired_for_priority", 0) >= 1
