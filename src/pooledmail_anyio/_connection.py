@@ -96,8 +96,10 @@ class Connection:
         """Drive `exchange` until it is done. Raises what the transport or the core raised, or
         `ExchangeTimeout`.
 
-        Each read, write or handshake gets `step_timeout` (up to 10 % more under a cancel scope),
-        never past `deadline`.
+        Time is given per flight, never past `deadline`: the exchange's first read (a greeting),
+        each write together with the wait for its replies, and a TLS handshake each get
+        `step_timeout` (up to 10 % more under a cancel scope). Reads do not extend it, so a
+        server that drips a byte at a time cannot hold a connection beyond one step.
         """
         bounded = self._deadline_stream
         if bounded is None:
@@ -108,8 +110,17 @@ class Connection:
         stream = self.stream
         current_time = self._clock
         try:
+            now = current_time()
+            limit = bounded.deadline = min(deadline, now + step_timeout)
             while True:
                 step = next_step()
+                if step is NEED_DATA:
+                    try:
+                        data = await stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                    receive_data(data)
+                    continue
                 if type(step) is Done:
                     return
                 # As a cancel scope would: a step that starts past its limit does not start.
@@ -117,17 +128,13 @@ class Connection:
                 limit = bounded.deadline = min(deadline, now + step_timeout)
                 if limit <= now:
                     raise DeadlineExceeded
-                if step is NEED_DATA:
-                    try:
-                        data = await stream.receive(_READ_SIZE)
-                    except anyio.EndOfStream:
-                        data = b""
-                    receive_data(data)
-                elif type(step) is Write:
+                if type(step) is Write:
                     await stream.send(step.data)
                 else:
                     assert type(step) is StartTLS
                     stream = await self._start_tls(exchange, ssl_context)
+                # The replies to what was just sent get a full step of their own.
+                bounded.deadline = min(deadline, current_time() + step_timeout)
         except DeadlineExceeded:
             raise ExchangeTimeout("the server did not answer in time") from None
         finally:
@@ -140,8 +147,8 @@ class Connection:
         deadline: float,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
-        # Moving a cancel scope's deadline reschedules a timer, so it is moved only when less
-        # than a full step is left, not on every step.
+        # The same rule as `run`, with a cancel scope. Moving a scope's deadline reschedules a
+        # timer, so it is moved only when less than a full step is left.
         next_step = exchange.next_step
         receive_data = self.session.receive_data
         stream = self.stream
@@ -151,25 +158,25 @@ class Connection:
             while True:
                 step = next_step()
                 if step is NEED_DATA:
-                    now = current_time()
-                    if scope.deadline - now < step_timeout:
-                        scope.deadline = min(deadline, now + allowance)
                     try:
                         data = await stream.receive(_READ_SIZE)
                     except anyio.EndOfStream:
                         data = b""
                     receive_data(data)
-                elif type(step) is Write:
-                    now = current_time()
-                    if scope.deadline - now < step_timeout:
-                        scope.deadline = min(deadline, now + allowance)
-                    await stream.send(step.data)
-                elif type(step) is StartTLS:
-                    scope.deadline = min(deadline, current_time() + allowance)
-                    stream = await self._start_tls(exchange, ssl_context)
-                else:
-                    assert type(step) is Done
+                    continue
+                if type(step) is Done:
                     return
+                now = current_time()
+                if scope.deadline - now < step_timeout:
+                    scope.deadline = min(deadline, now + allowance)
+                if type(step) is Write:
+                    await stream.send(step.data)
+                else:
+                    assert type(step) is StartTLS
+                    stream = await self._start_tls(exchange, ssl_context)
+                now = current_time()
+                if scope.deadline - now < step_timeout:
+                    scope.deadline = min(deadline, now + allowance)
         if scope.cancelled_caught:
             raise ExchangeTimeout("the server did not answer in time")
 

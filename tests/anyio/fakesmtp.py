@@ -41,6 +41,8 @@ class Script:
     starttls: str = "220 2.0.0 ready"
     # Bytes sent right after the STARTTLS reply, in the same write (the injection attack).
     starttls_injection: bytes = b""
+    # Seconds between the bytes of the greeting (a server that drips to hold the client).
+    drip_greeting: float = 0.0
     tls_context: ssl.SSLContext | None = None
 
 
@@ -147,7 +149,12 @@ class _Session:
 
     async def _run(self) -> None:
         script = self.script
-        await self._answer(script.greeting)
+        if script.drip_greeting:
+            for byte in f"{script.greeting}\r\n".encode():
+                await self.stream.send(bytes([byte]))
+                await anyio.sleep(script.drip_greeting)
+        else:
+            await self._answer(script.greeting)
         if not script.greeting.startswith("220"):
             return
         tls_on = False

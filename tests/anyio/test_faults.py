@@ -183,6 +183,18 @@ async def test_refused_greeting_is_connect_failed() -> None:
     assert caught.value.definitely_not_accepted
 
 
+async def test_a_server_dripping_its_greeting_cannot_hold_the_connection() -> None:
+    server = FakeSMTPServer(Script(drip_greeting=0.05))  # about 1 s for the whole greeting
+    options = {"command_timeout": 0.3, "connect_timeout": 5.0}
+    async with server.running(), SMTPPool(config(server, **options)) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+        stats = pool.statistics()
+    assert caught.value.kind in (FailureKind.CONNECT_FAILED, FailureKind.HOSTS_UNAVAILABLE)
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    assert stats.connecting == 0
+
+
 async def test_cancelled_sender_leaves_no_leased_slot() -> None:
     server = FakeSMTPServer(lambda n: Script(data_end=STALL) if n == 0 else Script())
     async with server.running(), SMTPPool(config(server)) as pool:

@@ -119,3 +119,25 @@ async def test_primary_is_used_again_after_its_cooldown(clock: trio.testing.Mock
     assert hosts[-1] == f"127.0.0.1:{primary_port}"
     assert not stats.hosts[f"127.0.0.1:{primary_port}"].cooling_down
     assert stats.closed_total.get("retired_for_priority", 0) >= 1
+
+
+@pytest.mark.trio
+async def test_a_dripping_greeting_fails_at_one_command_timeout(
+    clock: trio.testing.MockClock,
+) -> None:
+    # 10 s per byte: the whole greeting would take minutes; one step is 30 s.
+    server = FakeSMTPServer(Script(drip_greeting=10.0))
+    async with server.running():
+        config = PoolConfig(
+            [Host("127.0.0.1", server.port, tls="none")],
+            command_timeout=30.0,
+            acquire_timeout=300.0,
+            max_retries=0,
+        )
+        async with SMTPPool(config) as pool:
+            started = trio.current_time()
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+            waited = trio.current_time() - started
+    assert caught.value.kind in (FailureKind.CONNECT_FAILED, FailureKind.HOSTS_UNAVAILABLE)
+    assert waited < 40.0  # virtual seconds: one step, not one step per byte
