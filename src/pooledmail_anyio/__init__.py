@@ -7,8 +7,10 @@ async with SMTPPool(PoolConfig([Host("smtp.example.com")])) as pool:
 from pooledmail_core import (
     ConfigError,
     Envelope,
+    EnvelopeError,
     FailureKind,
     Host,
+    InvalidArgument,
     LocalProtocolError,
     PoolConfig,
     PooledMailError,
@@ -25,8 +27,10 @@ from ._results import SendFailed, SendResult
 __all__ = [
     "ConfigError",
     "Envelope",
+    "EnvelopeError",
     "FailureKind",
     "Host",
+    "InvalidArgument",
     "LocalProtocolError",
     "PoolConfig",
     "PoolStatistics",

@@ -28,10 +28,10 @@ from pooledmail_core._classify import (
 )
 from pooledmail_core._config import PoolConfig
 from pooledmail_core._entropy import RandomSource
-from pooledmail_core._envelope import Envelope, PreparedMessage
+from pooledmail_core._envelope import PreparedMessage
 from pooledmail_core._errors import LocalProtocolError
 from pooledmail_core._limits import Limits
-from pooledmail_core._message import prepare_message
+from pooledmail_core._message import checked_envelope, prepare_message
 from pooledmail_core._pool import (
     Action,
     CloseSlot,
@@ -308,12 +308,11 @@ class SMTPPool:
 
     async def send_raw(self, data: bytes, *, sender: str, recipients: Sequence[str]) -> SendResult:
         """Send a message already serialized as bytes (CRLF or LF line endings)."""
-        if isinstance(recipients, str):
-            raise TypeError("recipients: expected a sequence of addresses, not one string")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("data: expected bytes")
-        prepared = PreparedMessage(Envelope(sender, tuple(recipients)), bytes(data))
-        return await self._send(prepared)
+        # A caller's mistake is refused here, before a connection is even asked for.
+        envelope = checked_envelope(sender, recipients)
+        return await self._send(PreparedMessage(envelope, bytes(data)))
 
     async def _send(self, prepared: PreparedMessage) -> SendResult:
         config = self._config

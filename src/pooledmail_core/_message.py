@@ -39,7 +39,7 @@ from typing import Any
 from ._envelope import Envelope, PreparedMessage
 from ._errors import InvalidArgument, LocalProtocolError
 
-__all__ = ["EnvelopeError", "prepare_message"]
+__all__ = ["EnvelopeError", "checked_envelope", "prepare_message"]
 
 
 class EnvelopeError(LocalProtocolError, ValueError):
@@ -177,13 +177,23 @@ def prepare_message(
             sender = _sender_from_headers(msg, prefix)
         if recipients is None:
             recipients = _recipients_from_headers(msg, prefix)
-    if isinstance(recipients, str):
-        recipients = (recipients,)
-    envelope = Envelope(_checked_sender(sender), _checked_recipients(recipients))
+    envelope = checked_envelope(sender, recipients)
     needs_utf8 = not (
         envelope.sender.isascii() and all(r.isascii() for r in envelope.recipients)
     ) or _headers_need_utf8(msg)
     return PreparedMessage(envelope, _serialize(msg, _policy_for(msg, needs_utf8)))
+
+
+def checked_envelope(sender: str, recipients: Sequence[str]) -> Envelope:
+    """An envelope for addresses the caller gave, checked before any connection is used.
+
+    The same rules as `prepare_message`: a single string as `recipients` is one recipient,
+    duplicates are sent once, and an address holding a control character (CR, LF, NUL ...) or an
+    empty recipient raises `InvalidArgument`; no recipient at all raises `EnvelopeError`.
+    """
+    if isinstance(recipients, str):
+        recipients = (recipients,)
+    return Envelope(_checked_sender(sender), _checked_recipients(recipients))
 
 
 def _resent_prefix(msg: Message[Any, Any]) -> str:

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
+from pooledmail_anyio import (
+    EnvelopeError,
+    FailureKind,
+    Host,
+    InvalidArgument,
+    PoolConfig,
+    SendFailed,
+    SMTPPool,
+    Stage,
+)
 
 from .fakesmtp import DISCONNECT, STALL, FakeSMTPServer, Script
 
@@ -230,3 +239,25 @@ def test_send_failed_pickles_with_every_field() -> None:
     assert copy.reply == failure.reply
     assert copy.definitely_not_accepted
     assert str(copy) == str(failure)
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipients", "error"),
+    [
+        ("alice@example.com\r\nRCPT TO:<x@evil>", ["bob@example.com"], InvalidArgument),
+        ("alice@example.com", ["bob@example.com\n"], InvalidArgument),
+        ("alice@example.com", ["bob@exa\x00mple.com"], InvalidArgument),
+        ("alice@example.com", [], EnvelopeError),
+    ],
+)
+async def test_bad_addresses_are_refused_before_any_connection(
+    sender: str, recipients: list[str], error: type[Exception]
+) -> None:
+    server = FakeSMTPServer(Script())
+    async with server.running(), SMTPPool(config(server)) as pool:
+        with pytest.raises(error) as caught:
+            await pool.send_raw(BODY, sender=sender, recipients=recipients)
+        stats = pool.statistics()
+    assert "evil" not in str(caught.value)
+    assert stats.created_total == 0
+    assert server.connections == []
