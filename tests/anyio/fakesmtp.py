@@ -43,6 +43,8 @@ class Script:
     starttls_injection: bytes = b""
     # Seconds between the bytes of the greeting (a server that drips to hold the client).
     drip_greeting: float = 0.0
+    # Bytes sent instead of the greeting, as they are (a hostile or broken server).
+    raw_greeting: bytes | None = None
     tls_context: ssl.SSLContext | None = None
 
 
@@ -149,6 +151,9 @@ class _Session:
 
     async def _run(self) -> None:
         script = self.script
+        if script.raw_greeting is not None:
+            await self.stream.send(script.raw_greeting)
+            await anyio.sleep_forever()
         if script.drip_greeting:
             for byte in f"{script.greeting}\r\n".encode():
                 await self.stream.send(bytes([byte]))

@@ -261,3 +261,26 @@ async def test_bad_addresses_are_refused_before_any_connection(
     assert "evil" not in str(caught.value)
     assert stats.created_total == 0
     assert server.connections == []
+
+
+HOSTILE_GREETINGS = {
+    "garbage": b"\x00\xff\xfe garbage without a code\r\n",
+    "no_line_end": b"220" + b"x" * (2 * 1024 * 1024),
+    "mixed_codes": b"220-hello\r\n250 world\r\n",
+    "invalid_utf8_then_close": b"220 \xc3\x28 hi\r\n421 bye\r\n",
+    "code_out_of_range": b"999 nine nine nine\r\n",
+    "too_many_lines": b"220-x\r\n" * 100_000,
+}
+
+
+@pytest.mark.parametrize("payload", HOSTILE_GREETINGS.values(), ids=HOSTILE_GREETINGS.keys())
+async def test_a_hostile_greeting_fails_the_connect_cleanly(payload: bytes) -> None:
+    server = FakeSMTPServer(Script(raw_greeting=payload))
+    async with server.running(), SMTPPool(config(server, command_timeout=2.0)) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+        stats = pool.statistics()
+    assert caught.value.kind in (FailureKind.CONNECT_FAILED, FailureKind.HOSTS_UNAVAILABLE)
+    assert caught.value.definitely_not_accepted
+    assert stats.connecting == 0
+    assert stats.idle == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -119,3 +120,25 @@ async def test_idle_connection_is_probed_before_reuse_and_replaced_when_dead() -
     assert result.reply.code == 250
     assert "NOOP" in server.connections[0].commands
     assert stats.created_total == 2
+
+
+async def test_many_random_cancellations_leave_the_pool_consistent() -> None:
+    rng = random.Random(20261123)
+    server = FakeSMTPServer(Script())
+    async with server.running(), SMTPPool(config(server, max_size=3)) as pool:
+
+        async def cancelled_sender() -> None:
+            with anyio.move_on_after(rng.uniform(0, 0.004)):
+                await send(pool)
+
+        for _ in range(40):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(cancelled_sender)
+            stats = pool.statistics()
+            assert stats.leased == 0
+            assert stats.waiting == 0
+            assert stats.live <= 3
+        result = await send(pool)
+    assert result.reply.code == 250
+    assert pool.statistics().live == 0
