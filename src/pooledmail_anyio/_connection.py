@@ -12,6 +12,7 @@ import contextlib
 import math
 import ssl
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio.abc
 from anyio.streams.tls import TLSStream
@@ -67,6 +68,12 @@ class ConnectFailure:
         return self.classification.kind
 
 
+class _Limit(Protocol):
+    """What bounds an exchange's waits: a stream's or a cancel scope's `deadline`."""
+
+    deadline: float
+
+
 class Connection:
     """An established SMTP session. Not shared: the pool lends it to one sender at a time."""
 
@@ -97,88 +104,71 @@ class Connection:
         `ExchangeTimeout`.
 
         Time is given per flight, never past `deadline`: the exchange's first read (a greeting),
-        each write together with the wait for its replies, and a TLS handshake each get
-        `step_timeout` (up to 10 % more under a cancel scope). Reads do not extend it, so a
-        server that drips a byte at a time cannot hold a connection beyond one step.
+        each write together with the wait for its replies, and a TLS handshake each get at least
+        `step_timeout` and at most 10 % more. Reads do not extend it, so a server that drips a
+        byte at a time cannot hold a connection beyond one step.
         """
         bounded = self._deadline_stream
-        if bounded is None:
-            await self._run_in_scope(exchange, step_timeout, deadline, ssl_context)
+        if bounded is not None:
+            # The stream bounds its own waits (asyncio): no cancel scope per exchange.
+            try:
+                await self._drive(exchange, bounded, step_timeout, deadline, ssl_context)
+            except DeadlineExceeded:
+                raise ExchangeTimeout("the server did not answer in time") from None
+            finally:
+                bounded.deadline = math.inf
             return
-        next_step = exchange.next_step
-        receive_data = self.session.receive_data
-        stream = self.stream
-        current_time = self._clock
-        try:
-            now = current_time()
-            limit = bounded.deadline = min(deadline, now + step_timeout)
-            while True:
-                step = next_step()
-                if step is NEED_DATA:
-                    try:
-                        data = await stream.receive(_READ_SIZE)
-                    except anyio.EndOfStream:
-                        data = b""
-                    receive_data(data)
-                    continue
-                if type(step) is Done:
-                    return
-                # As a cancel scope would: a step that starts past its limit does not start.
-                now = current_time()
-                limit = bounded.deadline = min(deadline, now + step_timeout)
-                if limit <= now:
-                    raise DeadlineExceeded
-                if type(step) is Write:
-                    await stream.send(step.data)
-                else:
-                    assert type(step) is StartTLS
-                    stream = await self._start_tls(exchange, ssl_context)
-                # The replies to what was just sent get a full step of their own.
-                bounded.deadline = min(deadline, current_time() + step_timeout)
-        except DeadlineExceeded:
-            raise ExchangeTimeout("the server did not answer in time") from None
-        finally:
-            bounded.deadline = math.inf
+        with anyio.CancelScope() as scope:
+            try:
+                await self._drive(exchange, scope, step_timeout, deadline, ssl_context)
+            except DeadlineExceeded:
+                scope.cancel()
+        if scope.cancelled_caught or scope.cancel_called:
+            raise ExchangeTimeout("the server did not answer in time")
 
-    async def _run_in_scope(
+    async def _drive(
         self,
         exchange: Exchange,
+        limit: _Limit,
         step_timeout: float,
         deadline: float,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
-        # The same rule as `run`, with a cancel scope. Moving a scope's deadline reschedules a
-        # timer, so it is moved only when less than a full step is left.
+        # `limit` is the stream or the cancel scope whose `deadline` bounds the waits. Moving a
+        # scope's deadline reschedules a timer, so it is moved only when less than a full step is
+        # left; a step then gets up to `_STEP_SLACK` times its timeout.
         next_step = exchange.next_step
         receive_data = self.session.receive_data
         stream = self.stream
         current_time = self._clock
         allowance = step_timeout * _STEP_SLACK
-        with anyio.CancelScope(deadline=min(deadline, current_time() + allowance)) as scope:
-            while True:
-                step = next_step()
-                if step is NEED_DATA:
-                    try:
-                        data = await stream.receive(_READ_SIZE)
-                    except anyio.EndOfStream:
-                        data = b""
-                    receive_data(data)
-                    continue
-                if type(step) is Done:
-                    return
-                now = current_time()
-                if scope.deadline - now < step_timeout:
-                    scope.deadline = min(deadline, now + allowance)
-                if type(step) is Write:
-                    await stream.send(step.data)
-                else:
-                    assert type(step) is StartTLS
-                    stream = await self._start_tls(exchange, ssl_context)
-                now = current_time()
-                if scope.deadline - now < step_timeout:
-                    scope.deadline = min(deadline, now + allowance)
-        if scope.cancelled_caught:
-            raise ExchangeTimeout("the server did not answer in time")
+        limit.deadline = min(deadline, current_time() + allowance)
+        while True:
+            step = next_step()
+            if step is NEED_DATA:
+                try:
+                    data = await stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    data = b""
+                receive_data(data)
+                continue
+            if type(step) is Done:
+                return
+            now = current_time()
+            if limit.deadline - now < step_timeout:
+                # As a cancel scope would: a step that starts past its limit does not start.
+                if deadline <= now:
+                    raise DeadlineExceeded
+                limit.deadline = min(deadline, now + allowance)
+            if type(step) is Write:
+                await stream.send(step.data)
+            else:
+                assert type(step) is StartTLS
+                stream = await self._start_tls(exchange, ssl_context)
+            # The replies to what was just sent get a full step of their own.
+            now = current_time()
+            if limit.deadline - now < step_timeout:
+                limit.deadline = min(deadline, now + allowance)
 
     async def _start_tls(
         self, exchange: Exchange, ssl_context: ssl.SSLContext | None
