@@ -58,6 +58,7 @@ import heapq
 import math
 from collections import Counter
 from itertools import takewhile
+from operator import attrgetter
 from types import MappingProxyType
 
 from ._classify import FailureKind
@@ -76,7 +77,7 @@ from ._pool_actions import (
     PoolStatistics,
     ProbeSlot,
 )
-from ._slots import SLOT_TRANSITIONS, SlotEvent, SlotState
+from ._slots import LIVE_STATES, SLOT_TRANSITIONS, SlotEvent, SlotState
 
 __all__ = [
     "CLOSE_REASONS",
@@ -92,6 +93,25 @@ __all__ = [
     "SlotState",
 ]
 
+# Members as module constants: looking a member up on its Enum class costs about 100 ns on
+# Python 3.11, several times a global, and the pool reads them on every input.
+_CONNECTING = SlotState.CONNECTING
+_IDLE = SlotState.IDLE
+_PROBING = SlotState.PROBING
+_LEASED = SlotState.LEASED
+_CLOSING = SlotState.CLOSING
+_CLOSED = SlotState.CLOSED
+_CONNECTED = SlotEvent.CONNECTED
+_CONNECT_FAILED = SlotEvent.CONNECT_FAILED
+_GRANT = SlotEvent.GRANT
+_PROBE_SUCCEEDED = SlotEvent.PROBE_SUCCEEDED
+_PROBE_FAILED = SlotEvent.PROBE_FAILED
+_PROBE = SlotEvent.PROBE
+_RELEASE_HEALTHY = SlotEvent.RELEASE_HEALTHY
+_RELEASE_BROKEN = SlotEvent.RELEASE_BROKEN
+_RETIRE = SlotEvent.RETIRE
+_SLOT_CLOSED = SlotEvent.SLOT_CLOSED
+
 # The keys of `PoolStatistics.closed_total`.
 CLOSE_REASONS = (
     "broken",
@@ -103,6 +123,9 @@ CLOSE_REASONS = (
     "probe_failed",
     "retired_for_priority",
 )
+
+
+_connected_at = attrgetter("connected_at")
 
 
 class _Slot:
@@ -122,7 +145,7 @@ class _Slot:
         self.host = host
         # Opened by the pool itself to try a recovered host, not for a waiter; see `_open_trials`.
         self.background_trial = background_trial
-        self.state = SlotState.CONNECTING
+        self.state = _CONNECTING
         self.connected_at = 0.0
         self.idle_since = 0.0
         self.messages = 0
@@ -135,6 +158,12 @@ class PoolMachine:
     def __init__(self, config: PoolConfig, rng: RandomSource) -> None:
         self._config = config
         self._rng = rng
+        # Read on every input: kept as plain attributes rather than looked up on the config.
+        self._idle_timeout = config.idle_timeout
+        self._max_age = config.max_connection_age
+        self._keepalive = config.keepalive_interval
+        self._min_size = config.min_size
+        self._max_messages = config.max_messages_per_connection
         self._hosts = config.hosts
         self._policy = CooldownPolicy(
             base=config.reconnect_cooldown,
@@ -148,7 +177,23 @@ class PoolMachine:
         # Best priority first (ties in configuration order): the order trials are considered in.
         self._by_priority = sorted(range(len(config.hosts)), key=lambda i: config.hosts[i].priority)
         self._cooldowns = [Cooldown() for _ in config.hosts]
+        # Hosts with a failure since their last success: exactly those whose cooldown has an end
+        # (`Cooldown.until` is set by a failure and cleared by a success, together with the count).
+        self._failing: set[int] = set()
+        # The hosts outside the best configured group, by index.
+        self._off_top = [host.priority > self._top_priority for host in config.hosts]
         self._slots: dict[int, _Slot] = {}
+        # Indexes over `_slots` for the per-message path (see "Indexes" below). The truth is each
+        # slot's own `state`; these are kept in step by `_move` and are checked against a
+        # recomputation after every step of the stateful test.
+        self._by_state: dict[SlotState, dict[int, _Slot]] = {state: {} for state in LIVE_STATES}
+        self._idle = self._by_state[_IDLE]
+        self._connecting = self._by_state[_CONNECTING]
+        self._closing = self._by_state[_CLOSING]
+        self._idle_off_top = 0
+        # An idle slot with the earliest `connected_at`, or None when no slot is idle or it must
+        # be looked for again (the one it was stopped being idle).
+        self._earliest_connected_idle: _Slot | None = None
         self._next_slot = 0
         # Waiting waiters by id; ids grow, so insertion order is arrival order (FIFO).
         self._waiters: dict[int, float] = {}
@@ -184,8 +229,10 @@ class PoolMachine:
             slot = self._pick_idle(now, fresh=True)
             if slot is not None:
                 # Usable at once: granted even if the deadline is already due.
-                self._grant(slot, waiter, actions)
-                self._arm_refill(now)
+                self._move(slot, _GRANT)
+                actions.append(GrantSlot(slot.id, waiter))
+                if self._min_size:
+                    self._arm_refill(now)
                 return waiter, actions
         self._waiters[waiter] = float(deadline)
         heapq.heappush(self._deadlines, (float(deadline), waiter))
@@ -210,12 +257,13 @@ class PoolMachine:
 
     def connected(self, slot: int, now: float) -> list[Action]:
         """Slot `slot` finished connecting (through AUTH): usable, and its host is healthy."""
-        record = self._slot(slot, SlotEvent.CONNECTED)
+        record = self._slot(slot, _CONNECTED)
         now = self._advance(now)
-        self._move(record, SlotEvent.CONNECTED)
         record.connected_at = now
         record.idle_since = now
+        self._move(record, _CONNECTED)
         self._cooldowns[record.host].record_success()
+        self._failing.discard(record.host)
         # Every host's latest outcome must be a failure before this error is reported again, and
         # each such failure stores a newer one; dropping it frees the traceback it holds.
         self._last_connect_error = None
@@ -237,12 +285,13 @@ class PoolMachine:
         """
         if not isinstance(kind, FailureKind):
             raise LocalProtocolError("kind must be a FailureKind")
-        record = self._slot(slot, SlotEvent.CONNECT_FAILED)
+        record = self._slot(slot, _CONNECT_FAILED)
         now = self._advance(now)
-        self._move(record, SlotEvent.CONNECT_FAILED)
+        self._move(record, _CONNECT_FAILED)
         del self._slots[record.id]
         self._closed_total["connect_failed"] += 1
         self._cooldowns[record.host].record_failure(now, self._policy, self._rng)
+        self._failing.add(record.host)
         self._last_connect_error = error
         actions: list[Action] = []
         if kind is FailureKind.AUTH_FAILED and self._waiters:
@@ -259,18 +308,19 @@ class PoolMachine:
         """
         if isinstance(messages, bool) or not isinstance(messages, int) or messages < 0:
             raise LocalProtocolError("messages must be a non-negative integer")
-        event = SlotEvent.RELEASE_HEALTHY if healthy else SlotEvent.RELEASE_BROKEN
+        event = _RELEASE_HEALTHY if healthy else _RELEASE_BROKEN
         record = self._slot(slot, event)
         now = self._advance(now)
         record.messages += messages
         actions: list[Action] = []
-        self._move(record, event)
         if not healthy:
+            self._move(record, event)
             record.close_reason = "broken"
             actions.append(CloseSlot(record.id, graceful=False))
         else:
             record.idle_since = now
-            reason = self._retirement_due(record, now, on_release=True)
+            self._move(record, event)
+            reason = self._retirement_on_release(record, now)
             if reason is not None:
                 self._retire(record, reason, actions)
         self._settle(now, actions)
@@ -278,10 +328,10 @@ class PoolMachine:
 
     def probe_succeeded(self, slot: int, now: float) -> list[Action]:
         """The NOOP on `slot` was answered: it is fresh again and goes to the head waiter."""
-        record = self._slot(slot, SlotEvent.PROBE_SUCCEEDED)
+        record = self._slot(slot, _PROBE_SUCCEEDED)
         now = self._advance(now)
-        self._move(record, SlotEvent.PROBE_SUCCEEDED)
         record.idle_since = now
+        self._move(record, _PROBE_SUCCEEDED)
         actions: list[Action] = []
         if self._close_requested:
             self._retire(record, "pool_closed", actions)
@@ -293,9 +343,9 @@ class PoolMachine:
 
         The host does not cool down: servers drop idle connections as a matter of course.
         """
-        record = self._slot(slot, SlotEvent.PROBE_FAILED)
+        record = self._slot(slot, _PROBE_FAILED)
         now = self._advance(now)
-        self._move(record, SlotEvent.PROBE_FAILED)
+        self._move(record, _PROBE_FAILED)
         record.close_reason = "probe_failed"
         actions: list[Action] = [CloseSlot(record.id, graceful=False)]
         self._settle(now, actions)
@@ -303,9 +353,9 @@ class PoolMachine:
 
     def slot_closed(self, slot: int, now: float) -> list[Action]:
         """The driver finished closing `slot`; its room goes to waiters or to the refill."""
-        record = self._slot(slot, SlotEvent.SLOT_CLOSED)
+        record = self._slot(slot, _SLOT_CLOSED)
         now = self._advance(now)
-        self._move(record, SlotEvent.SLOT_CLOSED)
+        self._move(record, _SLOT_CLOSED)
         del self._slots[record.id]
         self._closed_total[record.close_reason] += 1
         actions: list[Action] = []
@@ -345,7 +395,7 @@ class PoolMachine:
         actions: list[Action] = []
         for waiter in list(self._waiters):
             self._fail(waiter, FailureKind.POOL_CLOSED, None, actions)
-        for record in self._slots_in(SlotState.IDLE):
+        for record in self._slots_in(_IDLE):
             self._retire(record, "pool_closed", actions)
         return actions
 
@@ -362,24 +412,36 @@ class PoolMachine:
         The earliest of: a waiter's deadline, an idle slot's idle or age limit, the end of a
         host's cooldown, the scheduled refill.
         """
-        candidates: list[float] = []
-        while self._deadlines and self._deadlines[0][1] not in self._waiters:
-            heapq.heappop(self._deadlines)
-        if self._deadlines:
-            candidates.append(self._deadlines[0][0])
-        config = self._config
-        for record in self._slots_in(SlotState.IDLE):
-            if config.idle_timeout is not None:
-                candidates.append(record.idle_since + config.idle_timeout)
-            if config.max_connection_age is not None:
-                candidates.append(record.connected_at + config.max_connection_age)
-        if not self._close_requested:
-            for cooldown in self._cooldowns:
-                if cooldown.until is not None and cooldown.until > self._now:
-                    candidates.append(cooldown.until)
-        if self._refill_at is not None:
-            candidates.append(self._refill_at)
-        return min(candidates, default=None)
+        # Called by the driver after every input, so every part is O(1) in the usual case: no
+        # finished waiter at the top of the heap, the oldest idle slots at the front of their
+        # indexes, no host failing.
+        deadlines = self._deadlines
+        waiters = self._waiters
+        while deadlines and deadlines[0][1] not in waiters:
+            heapq.heappop(deadlines)
+        earliest = deadlines[0][0] if deadlines else None
+        idle = self._idle
+        if idle:
+            # Addition is monotonic: the earliest idle limit is that of the slot idle the longest
+            # (first in `_idle`), the earliest age limit that of the one connected the earliest.
+            if self._idle_timeout is not None:
+                due = next(iter(idle.values())).idle_since + self._idle_timeout
+                if earliest is None or due < earliest:
+                    earliest = due
+            if self._max_age is not None:
+                due = self._earliest_connection_idle().connected_at + self._max_age
+                if earliest is None or due < earliest:
+                    earliest = due
+        if self._failing and not self._close_requested:
+            cooldowns = self._cooldowns
+            for host in self._failing:
+                until = cooldowns[host].until
+                if until is not None and until > self._now and (earliest is None or until < earliest):
+                    earliest = until
+        refill_at = self._refill_at
+        if refill_at is not None and (earliest is None or refill_at < earliest):
+            earliest = refill_at
+        return earliest
 
     def slot_host(self, slot: int) -> Host:
         """The host a live slot is connected (or connecting) to."""
@@ -393,7 +455,7 @@ class PoolMachine:
         if not isinstance(slot, int) or not 0 <= slot < self._next_slot:
             raise LocalProtocolError(f"unknown slot {slot!r}")
         record = self._slots.get(slot)
-        return SlotState.CLOSED if record is None else record.state
+        return _CLOSED if record is None else record.state
 
     def statistics(self, now: float | None = None) -> PoolStatistics:
         """A frozen snapshot. `cooling_down` is judged at `now`, or at the latest `now` seen."""
@@ -411,17 +473,57 @@ class PoolMachine:
         }
         return PoolStatistics(
             live=len(self._slots),
-            connecting=by_state[SlotState.CONNECTING],
-            idle=by_state[SlotState.IDLE],
-            probing=by_state[SlotState.PROBING],
-            leased=by_state[SlotState.LEASED],
-            closing=by_state[SlotState.CLOSING],
+            connecting=by_state[_CONNECTING],
+            idle=by_state[_IDLE],
+            probing=by_state[_PROBING],
+            leased=by_state[_LEASED],
+            closing=by_state[_CLOSING],
             waiting=len(self._waiters),
             created_total=self._created_total,
             closed_total=MappingProxyType(dict(self._closed_total)),
             hosts=MappingProxyType(hosts),
             close_requested=self._close_requested,
         )
+
+    # ---------------------------------------------------------------------- index self-check
+
+    def _cached_indexes(self) -> dict[str, object]:
+        """The indexes kept beside the slots' states, as the tests compare them with
+        `_recomputed_indexes()` after every step: equal means every index is in step."""
+        earliest = self._earliest_connected_idle
+        return {
+            "by_state": {state: sorted(slots) for state, slots in self._by_state.items()},
+            "idle_since": [record.idle_since for record in self._idle.values()],
+            "idle_off_top": self._idle_off_top,
+            "earliest_connected_idle": (
+                None if earliest is None else (earliest.state, earliest.connected_at)
+            ),
+            "failing": sorted(self._failing),
+        }
+
+    def _recomputed_indexes(self) -> dict[str, object]:
+        """What `_cached_indexes()` must be, derived from the slots and cooldowns alone."""
+        idle = [record for record in self._slots.values() if record.state is _IDLE]
+        return {
+            "by_state": {
+                state: sorted(slot for slot, record in self._slots.items() if record.state is state)
+                for state in self._by_state
+            },
+            # `_idle` must hold the idle slots in order of idle_since.
+            "idle_since": sorted(record.idle_since for record in idle),
+            "idle_off_top": sum(1 for record in idle if self._off_top[record.host]),
+            # None is always allowed: it means "look for it again".
+            "earliest_connected_idle": (
+                None
+                if self._earliest_connected_idle is None
+                else (_IDLE, min(record.connected_at for record in idle))
+            ),
+            "failing": [
+                index
+                for index, cooldown in enumerate(self._cooldowns)
+                if cooldown.consecutive_failures > 0 and cooldown.until is not None
+            ],
+        }
 
     # --------------------------------------------------------------------------------- plumbing
 
@@ -442,17 +544,37 @@ class PoolMachine:
             )
         return record
 
-    @staticmethod
-    def _move(record: _Slot, event: SlotEvent) -> None:
+    def _move(self, record: _Slot, event: SlotEvent) -> None:
         # Inputs are checked by `_slot` and decisions are only taken for slots in the right
-        # state, so a KeyError here would be a bug in this module, not in the caller.
-        record.state = SLOT_TRANSITIONS[record.state][event]
+        # state, so a KeyError here would be a bug in this module, not in the caller. This is the
+        # one place a slot changes state, so the indexes over states are kept here.
+        old = record.state
+        new = SLOT_TRANSITIONS[old][event]
+        record.state = new
+        by_state = self._by_state
+        del by_state[old][record.id]
+        if new is not _CLOSED:
+            by_state[new][record.id] = record
+        if old is _IDLE:
+            pass
+            if self._off_top[record.host]:
+                self._idle_off_top -= 1
+        elif new is _IDLE:
+            # `connected_at` is set before a slot first becomes idle and never changes after.
+            earliest = self._earliest_connected_idle
+            if len(by_state[_IDLE]) == 1 or (
+                earliest is not None and record.connected_at < earliest.connected_at
+            ):
+                self._earliest_connected_idle = record
+            if self._off_top[record.host]:
+                self._idle_off_top += 1
 
     def _slots_in(self, state: SlotState) -> list[_Slot]:
+        # In slot id order, which is the order actions about several slots are returned in.
         return [record for record in self._slots.values() if record.state is state]
 
     def _count(self, *states: SlotState) -> int:
-        return sum(1 for record in self._slots.values() if record.state in states)
+        return sum(len(self._by_state[state]) for state in states)
 
     def _host_live(self, host: int) -> int:
         return sum(1 for record in self._slots.values() if record.host == host)
@@ -467,52 +589,68 @@ class PoolMachine:
             return False
         if cooldown.on_probation(now):
             # One trial connection at a time to a host that has just come out of cooldown.
-            return not any(
-                record.host == host and record.state is SlotState.CONNECTING
-                for record in self._slots.values()
-            )
+            return not any(record.host == host for record in self._connecting.values())
         return True
 
     def _all_hosts_cooling(self, now: float) -> bool:
         return all(cooldown.is_cooling(now) for cooldown in self._cooldowns)
 
-    def _needs_probe(self, record: _Slot, now: float) -> bool:
-        interval = self._config.keepalive_interval
-        return interval is not None and now - record.idle_since >= interval
-
     def _pick_idle(self, now: float, *, fresh: bool) -> _Slot | None:
         # Most recently used first: it is the least likely to need a probe, and the rest age
-        # out by idle_timeout, so the pool shrinks back after a burst.
-        best: _Slot | None = None
-        for record in self._slots_in(SlotState.IDLE):
-            if fresh and self._needs_probe(record, now):
-                continue
-            if best is None or (record.idle_since, record.id) > (best.idle_since, best.id):
+        # out by idle_timeout, so the pool shrinks back after a burst. "Most recently used" is
+        # the greatest (idle_since, id); `_idle` is in order of idle_since, so it is among the
+        # last entries that share the newest idle_since. A slot needs a probe when
+        # `now - idle_since` reaches keepalive_interval, which holds for every slot idle at least
+        # as long once it holds for the newest: so if the newest needs a probe, every one does.
+        idle = self._idle
+        if not idle:
+            return None
+        newest_first = reversed(idle.values())
+        best = next(newest_first)
+        newest = best.idle_since
+        for record in newest_first:
+            if record.idle_since != newest:
+                break
+            if record.id > best.id:
                 best = record
+        if fresh and self._keepalive is not None and now - newest >= self._keepalive:
+            return None
         return best
 
-    def _retirement_due(self, record: _Slot, now: float, *, on_release: bool) -> str | None:
-        config = self._config
+    def _earliest_connection_idle(self) -> _Slot:
+        # Only asked while some slot is idle. Usually cached: see `_move`.
+        record = self._earliest_connected_idle
+        if record is None:
+            record = min(self._idle.values(), key=_connected_at)
+            self._earliest_connected_idle = record
+        return record
+
+    def _retirement_on_release(self, record: _Slot, now: float) -> str | None:
         if self._close_requested:
             return "pool_closed"
-        age_limit = config.max_connection_age
-        if age_limit is not None and now - record.connected_at >= age_limit:
+        if self._max_age is not None and now - record.connected_at >= self._max_age:
             return "max_age"
-        if on_release:
-            limit = config.max_messages_per_connection
-            if limit is not None and record.messages >= limit:
-                return "max_messages"
-        elif config.idle_timeout is not None and now - record.idle_since >= config.idle_timeout:
+        limit = self._max_messages
+        if limit is not None and record.messages >= limit:
+            return "max_messages"
+        return None
+
+    def _retirement_while_idle(self, record: _Slot, now: float) -> str | None:
+        if self._close_requested:
+            return "pool_closed"
+        if self._max_age is not None and now - record.connected_at >= self._max_age:
+            return "max_age"
+        if self._idle_timeout is not None and now - record.idle_since >= self._idle_timeout:
             return "idle_timeout"
         return None
 
     def _retire(self, record: _Slot, reason: str, actions: list[Action]) -> None:
-        self._move(record, SlotEvent.RETIRE)
+        self._move(record, _RETIRE)
         record.close_reason = reason
         actions.append(CloseSlot(record.id, graceful=True))
 
     def _grant(self, record: _Slot, waiter: int, actions: list[Action]) -> None:
-        self._move(record, SlotEvent.GRANT)
+        self._move(record, _GRANT)
         self._waiters.pop(waiter, None)
         actions.append(GrantSlot(record.id, waiter))
 
@@ -534,6 +672,7 @@ class PoolMachine:
         record = _Slot(self._next_slot, host, background_trial=background_trial)
         self._next_slot += 1
         self._slots[record.id] = record
+        self._connecting[record.id] = record
         self._created_total += 1
         actions.append(OpenConnection(record.id, self._hosts[host]))
 
@@ -546,45 +685,66 @@ class PoolMachine:
 
     def _refill_deficit(self) -> int:
         # Only asked while the pool is open: close() cancels the refill and stops settling.
-        return self._config.min_size - (len(self._slots) - self._count(SlotState.CLOSING))
+        return self._min_size - (len(self._slots) - len(self._closing))
 
     # ---------------------------------------------------------------------------- the settling
 
     def _settle(
         self, now: float, actions: list[Action], *, retired_from: int | None = None
     ) -> None:
-        self._expire_waiters(now, actions)
-        for record in self._slots.values():
-            if record.state is SlotState.IDLE:
-                reason = self._retirement_due(record, now, on_release=False)
+        # Each step is guarded by an O(1) test of whether it can have anything to do, so that an
+        # input on a warm pool with nobody waiting (the driver's per-message path) costs little.
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self._expire_waiters(now, actions)
+        idle = self._idle
+        # Whether `_retirement_while_idle` holds for some idle slot, by the very comparisons it makes:
+        # with `now` fixed, subtraction is monotonic, so if any idle slot is past idle_timeout
+        # the one idle the longest (first in `_idle`) is, and if any is past
+        # max_connection_age the one connected the earliest is.
+        if idle and (
+            self._close_requested
+            or (
+                self._idle_timeout is not None
+                and now - next(iter(idle.values())).idle_since >= self._idle_timeout
+            )
+            or (
+                self._max_age is not None
+                and now - self._earliest_connection_idle().connected_at >= self._max_age
+            )
+        ):
+            for record in self._slots_in(_IDLE):
+                reason = self._retirement_while_idle(record, now)
                 if reason is not None:
                     self._retire(record, reason, actions)
         if self._close_requested:
             return
-        self._serve(now, actions)
-        self._fail_hopeless(now, actions)
-        self._open_trials(now, actions, retired_from)
-        if not self._waiters:
+        if self._waiters:
+            self._serve(now, actions)
+            self._fail_hopeless(now, actions)
+        # A host can be on probation only after a failure.
+        if self._failing and not self._single_priority:
+            self._open_trials(now, actions, retired_from)
+        # Zero whenever every host is in one priority group.
+        if self._idle_off_top and not self._waiters:
             self._retire_for_priority(actions)
-        self._arm_refill(now)
+        if self._min_size:
+            self._arm_refill(now)
 
     def _expire_waiters(self, now: float, actions: list[Action]) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, waiter = heapq.heappop(self._deadlines)
             if waiter not in self._waiters:
                 continue
-            if self._hosts_failing(now):
+            if self._hosts_failing():
                 self._fail(waiter, FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error, actions)
             else:
                 self._fail(waiter, FailureKind.POOL_EXHAUSTED, None, actions)
 
-    def _hosts_failing(self, now: float) -> bool:
+    def _hosts_failing(self) -> bool:
         # "Cooling down or failing": out of cooldown but with no success since the last failure
-        # counts as failing too (a trial connection may be hanging right now).
-        return all(
-            cooldown.is_cooling(now) or cooldown.consecutive_failures > 0
-            for cooldown in self._cooldowns
-        )
+        # counts as failing too (a trial connection may be hanging right now). A host cools down
+        # only after a failure, so this is "every host failed since its last success".
+        return len(self._failing) == len(self._hosts)
 
     def _serve(self, now: float, actions: list[Action]) -> None:
         if not self._waiters:
@@ -596,18 +756,15 @@ class PoolMachine:
             self._grant(record, next(iter(self._waiters)), actions)
         # A background trial covers nobody: it goes to a host that failed last time, and may hang
         # for connect_timeout while the next group could serve the waiter now.
-        covering = sum(
-            1
-            for record in self._slots.values()
-            if record.state is SlotState.PROBING
-            or (record.state is SlotState.CONNECTING and not record.background_trial)
+        covering = len(self._by_state[_PROBING]) + sum(
+            1 for record in self._connecting.values() if not record.background_trial
         )
         uncovered = len(self._waiters) - covering
         while uncovered > 0:
             # Every idle slot left needs a probe, or the loop above would have granted it.
             record = self._pick_idle(now, fresh=False)
             if record is not None:
-                self._move(record, SlotEvent.PROBE)
+                self._move(record, _PROBE)
                 actions.append(ProbeSlot(record.id))
             elif not self._open(now, actions):
                 break
@@ -616,7 +773,7 @@ class PoolMachine:
     def _fail_hopeless(self, now: float, actions: list[Action]) -> None:
         if not self._waiters or not self._all_hosts_cooling(now):
             return
-        if self._count(SlotState.CONNECTING, SlotState.PROBING, SlotState.LEASED):
+        if self._count(_CONNECTING, _PROBING, _LEASED):
             return
         recovery = min(cooldown.until for cooldown in self._cooldowns if cooldown.until is not None)
         for waiter, deadline in list(self._waiters.items()):
@@ -628,12 +785,11 @@ class PoolMachine:
         # slots serve every acquire, none does, and traffic would stay on the backup forever. So
         # the pool tries a recovered better host itself. One trial at a time per host, and a
         # failed trial starts a longer cooldown, so this costs one connect per cooldown period.
-        if self._single_priority:
-            return
+        # Only called with several priority groups and some host failing.
         hosts = self._hosts
         cooldowns = self._cooldowns
-        # Cheap first: usually no host is on probation.
-        if not any(cooldown.on_probation(now) for cooldown in cooldowns):
+        # Cheap first: usually no failing host is out of its cooldown yet.
+        if all(cooldowns[index].is_cooling(now) for index in self._failing):
             return
         # The priorities in use. A slot retired for priority counts until it is gone, and in the
         # input that reports it gone (`retired_from`): it may be the last backup slot, retired to
@@ -641,7 +797,7 @@ class PoolMachine:
         in_use = [
             hosts[record.host].priority
             for record in self._slots.values()
-            if record.state is not SlotState.CLOSING
+            if record.state is not _CLOSING
             or record.close_reason == "retired_for_priority"
         ]
         if retired_from is not None:
@@ -661,7 +817,7 @@ class PoolMachine:
                 continue
             if len(self._slots) < self._config.max_size:
                 self._add_slot(index, actions, background_trial=True)
-            elif not self._waiters and not self._count(SlotState.CLOSING):
+            elif not self._waiters and not self._closing:
                 # Full: retire one idle slot to a worse host and open the trial when it is gone.
                 # Only while no slot is closing (one already frees room), and never ahead of a
                 # waiter, who would get that idle slot now.
@@ -672,7 +828,7 @@ class PoolMachine:
         # The worst host's least recently used idle slot: the least likely to be missed.
         candidates = [
             record
-            for record in self._slots_in(SlotState.IDLE)
+            for record in self._slots_in(_IDLE)
             if hosts[record.host].priority > priority
         ]
         if candidates:
@@ -683,22 +839,16 @@ class PoolMachine:
             self._retire(victim, "retired_for_priority", actions)
 
     def _retire_for_priority(self, actions: list[Action]) -> None:
-        if self._single_priority:
-            return
+        # Only called while some idle slot sits on a host outside the best configured group.
         hosts = self._hosts
-        top = self._top_priority
-        # Cheap first: usually no idle slot sits on a host outside the top configured group.
+        off_top = self._off_top
         worse = [
             record
             for record in self._slots.values()
-            if record.state is SlotState.IDLE and hosts[record.host].priority > top
+            if record.state is _IDLE and off_top[record.host]
         ]
-        if not worse:
-            return
         # A success resets the failures and the cooldown together, so "no failures" is healthy.
-        healthy = [
-            i for i, cooldown in enumerate(self._cooldowns) if cooldown.consecutive_failures == 0
-        ]
+        healthy = [index for index in range(len(hosts)) if index not in self._failing]
         best = self._selector.best_priority(healthy)
         if best is None:
             return
@@ -707,8 +857,7 @@ class PoolMachine:
                 self._retire(record, "retired_for_priority", actions)
 
     def _arm_refill(self, now: float) -> None:
-        if self._config.min_size == 0:
-            return
+        # Only called when min_size > 0.
         if self._refill_deficit() <= 0:
             self._refill_at = None
         elif self._refill_at is None and self._can_open(now):

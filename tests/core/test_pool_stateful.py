@@ -92,6 +92,9 @@ class PoolWorld(RuleBasedStateMachine):
         self.down: set[str] = set()
         # Hosts whose latest connection attempt succeeded: they are healthy and out of cooldown.
         self.proven: set[str] = set()
+        # When each slot last became idle, and when it connected: what next_deadline() follows.
+        self.idle_since: dict[int, float] = {}
+        self.connected_at: dict[int, float] = {}
 
     @initialize(config=configs(), seed=st.integers(0, 2**32 - 1))
     def start(self, config: PoolConfig, seed: int) -> None:
@@ -149,6 +152,12 @@ class PoolWorld(RuleBasedStateMachine):
         assert not self.expect_abrupt, "a broken slot was not closed at once"
         assert not self.auth_failure_pending, "AUTH_FAILED did not fail the oldest waiter"
 
+    def becomes_idle(self, slot: int, *, connected: bool = False) -> None:
+        self.slot_state[slot] = "idle"
+        self.idle_since[slot] = self.now
+        if connected:
+            self.connected_at[slot] = self.now
+
     def slots_in(self, state: str) -> list[int]:
         return sorted(slot for slot, s in self.slot_state.items() if s == state)
 
@@ -195,7 +204,7 @@ class PoolWorld(RuleBasedStateMachine):
     def connect_succeeds(self, data: st.DataObject, dt: float) -> None:
         slot = data.draw(st.sampled_from(self.slots_in("connecting")))
         self.tick(dt)
-        self.slot_state[slot] = "idle"
+        self.becomes_idle(slot, connected=True)
         self.proven.add(self.slot_host[slot])
         self.apply(self.machine.connected(slot, self.now))
 
@@ -243,7 +252,7 @@ class PoolWorld(RuleBasedStateMachine):
     def release_slot(self, slot: int, healthy: bool, messages: int) -> None:
         del self.owner[slot]
         if healthy:
-            self.slot_state[slot] = "idle"
+            self.becomes_idle(slot)
         else:
             self.expect_abrupt.add(slot)
         better_is_back = any(
@@ -299,7 +308,7 @@ class PoolWorld(RuleBasedStateMachine):
                 self.proven.discard(key)
                 self.apply(self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED))
             else:
-                self.slot_state[slot] = "idle"
+                self.becomes_idle(slot, connected=True)
                 self.proven.add(key)
                 self.apply(self.machine.connected(slot, self.now))
         for slot, owner in list(self.owner.items()):
@@ -319,7 +328,7 @@ class PoolWorld(RuleBasedStateMachine):
         for slot in self.slots_in("connecting"):
             if self.slot_host[slot] == key:
                 if works:
-                    self.slot_state[slot] = "idle"
+                    self.becomes_idle(slot, connected=True)
                     self.proven.add(key)
                     self.apply(self.machine.connected(slot, self.now))
                 else:
@@ -340,7 +349,7 @@ class PoolWorld(RuleBasedStateMachine):
     def probe_result(self, data: st.DataObject, ok: bool) -> None:
         slot = data.draw(st.sampled_from(self.slots_in("probing")))
         if ok:
-            self.slot_state[slot] = "idle"
+            self.becomes_idle(slot)
             self.apply(self.machine.probe_succeeded(slot, self.now))
         else:
             self.expect_abrupt.add(slot)
@@ -399,6 +408,34 @@ class PoolWorld(RuleBasedStateMachine):
             assert getattr(stats, state) == len(self.slots_in(state))
         assert stats.waiting == len(self.waiting)
         assert stats.created_total == stats.live + sum(stats.closed_total.values())
+
+    @invariant()
+    def indexes_agree_with_the_slots(self) -> None:
+        # The machine keeps indexes over its slots' states for speed; they must always say what
+        # recounting the slots says.
+        assert self.machine._cached_indexes() == self.machine._recomputed_indexes()
+
+    @invariant()
+    def next_deadline_is_the_earliest_time_something_is_due(self) -> None:
+        config = self.config
+        due = list(self.waiting.values())
+        for slot in self.slots_in("idle"):
+            if config.idle_timeout is not None:
+                due.append(self.idle_since[slot] + config.idle_timeout)
+            if config.max_connection_age is not None:
+                due.append(self.connected_at[slot] + config.max_connection_age)
+        if not self.closed:
+            for host in self.machine.statistics().hosts.values():
+                until = host.cooldown_until
+                if until is not None and until > self.now:
+                    due.append(until)
+        expected = min(due, default=None)
+        deadline = self.machine.next_deadline()
+        if self.config.min_size == 0:
+            assert deadline == expected
+        elif expected is not None:
+            # The refill (not observable from outside) may come first.
+            assert deadline is not None and deadline <= expected
 
     @invariant()
     def live_within_limits(self) -> None:
@@ -471,14 +508,14 @@ class PoolWorld(RuleBasedStateMachine):
         self.close()
         for _ in range(4 * self.config.max_size + 4):
             for slot in self.slots_in("connecting"):
-                self.slot_state[slot] = "idle"
+                self.becomes_idle(slot, connected=True)
                 self.apply(self.machine.connected(slot, self.now))
             for slot in self.slots_in("leased"):
                 del self.owner[slot]
-                self.slot_state[slot] = "idle"
+                self.becomes_idle(slot)
                 self.apply(self.machine.release(slot, self.now, healthy=True))
             for slot in self.slots_in("probing"):
-                self.slot_state[slot] = "idle"
+                self.becomes_idle(slot)
                 self.apply(self.machine.probe_succeeded(slot, self.now))
             for slot in self.slots_in("closing"):
                 del self.slot_state[slot]
