@@ -63,8 +63,9 @@ def per_message_us(machine: PoolMachine, start: float, *, number: int, rounds: i
         best = min(best, time.perf_counter() - began)
         # Check outside the timed loop that every acquire was indeed granted at once.
         _, actions = acquire(now, now + 15.0)
-        assert len(actions) == 1 and type(actions[0]) is GrantSlot, actions
-        release(actions[0].slot, now, healthy=True, messages=1)
+        (grant,) = actions
+        assert type(grant) is GrantSlot, actions
+        release(grant.slot, now, healthy=True, messages=1)
         assert machine.statistics().idle == SIZE
     return best / number * 1e6
 

@@ -50,6 +50,17 @@ connection to the next group (or the first slot released), whichever the trial's
 
 Time only moves forward: an input whose `now` is older than one already seen (two driver tasks
 read the clock in one order and call in the other) is treated as happening at the newest `now`.
+
+Indexes: the driver makes an acquire, a release and two `next_deadline()` calls per message, so
+none of them walks the slots on a warm pool. Each slot's `state` field is the truth; beside it the
+machine keeps one dict of slots per live state, the count of idle slots outside the best priority
+group, the set of hosts failing since their last success, and a cached idle slot with the earliest
+`connected_at`. `_move` (the one place a slot changes state) and the two cooldown inputs keep them
+in step; `_cached_indexes()` is checked against `_recomputed_indexes()` after every step of the
+stateful test. The idle dict is in order of `idle_since` (a slot enters it at the newest `now`,
+which never decreases); as float subtraction and addition are monotonic, the first idle slot and
+the one connected the earliest decide, with the same comparisons, whether any idle slot is due and
+when the first will be.
 """
 
 from __future__ import annotations
@@ -229,10 +240,10 @@ class PoolMachine:
             slot = self._pick_idle(now, fresh=True)
             if slot is not None:
                 # Usable at once: granted even if the deadline is already due.
+                # No refill re-arming: the settling pass just did it, and a grant changes
+                # nothing it depends on (live and closing counts, hosts' room and cooldowns).
                 self._move(slot, _GRANT)
                 actions.append(GrantSlot(slot.id, waiter))
-                if self._min_size:
-                    self._arm_refill(now)
                 return waiter, actions
         self._waiters[waiter] = float(deadline)
         heapq.heappush(self._deadlines, (float(deadline), waiter))
@@ -436,7 +447,11 @@ class PoolMachine:
             cooldowns = self._cooldowns
             for host in self._failing:
                 until = cooldowns[host].until
-                if until is not None and until > self._now and (earliest is None or until < earliest):
+                if (
+                    until is not None
+                    and until > self._now
+                    and (earliest is None or until < earliest)
+                ):
                     earliest = until
         refill_at = self._refill_at
         if refill_at is not None and (earliest is None or refill_at < earliest):
@@ -556,7 +571,8 @@ class PoolMachine:
         if new is not _CLOSED:
             by_state[new][record.id] = record
         if old is _IDLE:
-            pass
+            if record is self._earliest_connected_idle:
+                self._earliest_connected_idle = None
             if self._off_top[record.host]:
                 self._idle_off_top -= 1
         elif new is _IDLE:
@@ -636,8 +652,8 @@ class PoolMachine:
         return None
 
     def _retirement_while_idle(self, record: _Slot, now: float) -> str | None:
-        if self._close_requested:
-            return "pool_closed"
+        # No slot is idle once close() was called: close() retires the idle ones, and a slot that
+        # becomes idle afterwards is retired by the same input.
         if self._max_age is not None and now - record.connected_at >= self._max_age:
             return "max_age"
         if self._idle_timeout is not None and now - record.idle_since >= self._idle_timeout:
@@ -697,13 +713,12 @@ class PoolMachine:
         if self._deadlines and self._deadlines[0][0] <= now:
             self._expire_waiters(now, actions)
         idle = self._idle
-        # Whether `_retirement_while_idle` holds for some idle slot, by the very comparisons it makes:
-        # with `now` fixed, subtraction is monotonic, so if any idle slot is past idle_timeout
-        # the one idle the longest (first in `_idle`) is, and if any is past
+        # Whether `_retirement_while_idle` holds for some idle slot, by the very comparisons it
+        # makes: with `now` fixed, subtraction is monotonic, so if any idle slot is past
+        # idle_timeout the one idle the longest (first in `_idle`) is, and if any is past
         # max_connection_age the one connected the earliest is.
         if idle and (
-            self._close_requested
-            or (
+            (
                 self._idle_timeout is not None
                 and now - next(iter(idle.values())).idle_since >= self._idle_timeout
             )
@@ -747,8 +762,7 @@ class PoolMachine:
         return len(self._failing) == len(self._hosts)
 
     def _serve(self, now: float, actions: list[Action]) -> None:
-        if not self._waiters:
-            return
+        # Only called while some waiter waits.
         while self._waiters:
             record = self._pick_idle(now, fresh=True)
             if record is None:
@@ -797,8 +811,7 @@ class PoolMachine:
         in_use = [
             hosts[record.host].priority
             for record in self._slots.values()
-            if record.state is not _CLOSING
-            or record.close_reason == "retired_for_priority"
+            if record.state is not _CLOSING or record.close_reason == "retired_for_priority"
         ]
         if retired_from is not None:
             in_use.append(retired_from)
@@ -827,9 +840,7 @@ class PoolMachine:
         hosts = self._hosts
         # The worst host's least recently used idle slot: the least likely to be missed.
         candidates = [
-            record
-            for record in self._slots_in(_IDLE)
-            if hosts[record.host].priority > priority
+            record for record in self._slots_in(_IDLE) if hosts[record.host].priority > priority
         ]
         if candidates:
             victim = max(
@@ -858,7 +869,7 @@ class PoolMachine:
 
     def _arm_refill(self, now: float) -> None:
         # Only called when min_size > 0.
-        if self._refill_deficit() <= 0:
+        if self._min_size <= len(self._slots) - len(self._closing):
             self._refill_at = None
         elif self._refill_at is None and self._can_open(now):
             self._refill_at = now + self._config.refill_delay

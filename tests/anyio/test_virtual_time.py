@@ -131,7 +131,9 @@ async def test_a_dripping_greeting_fails_at_one_command_timeout(
         config = PoolConfig(
             [Host("127.0.0.1", server.port, tls="none")],
             command_timeout=30.0,
-            acquire_timeout=300.0,
+            # The cooldown ends after the waiter's deadline, so no trial follows the failure.
+            acquire_timeout=45.0,
+            reconnect_cooldown=60.0,
             max_retries=0,
         )
         async with SMTPPool(config) as pool:

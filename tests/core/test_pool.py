@@ -80,6 +80,25 @@ def test_most_recently_used_idle_slot_is_granted_first() -> None:
     assert actions == [GrantSlot(first, waiter)]
 
 
+@pytest.mark.parametrize("release_order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_slots_idle_since_the_same_moment_are_granted_greatest_id_first(
+    release_order: tuple[int, int, int],
+) -> None:
+    m = machine()
+    slots = [leased_slot(m, 0.0) for _ in range(3)]
+    m.release(slots[0], 0.5, healthy=True)  # idle longer than the other two
+    for index in release_order:
+        if index != 0:
+            m.release(slots[index], 1.0, healthy=True)
+    granted = []
+    for now in (2.0, 2.0, 2.0):
+        waiter, actions = m.acquire(now, now + 10.0)
+        (grant,) = actions
+        assert grant == GrantSlot(grant.slot, waiter)
+        granted.append(grant.slot)
+    assert granted == [slots[2], slots[1], slots[0]]
+
+
 def test_idle_slot_is_granted_even_when_the_deadline_is_already_due() -> None:
     m = machine()
     slot = idle_slot(m)
@@ -594,6 +613,21 @@ def test_idle_slot_past_idle_timeout_retires_on_the_timer() -> None:
     assert m.next_deadline() is None
 
 
+@pytest.mark.parametrize("limit", ["idle_timeout", "max_connection_age"])
+def test_only_the_idle_slots_past_their_limit_retire(limit: str) -> None:
+    options: dict[str, Any] = {"idle_timeout": None, "max_connection_age": None, limit: 50.0}
+    m = machine(keepalive_interval=None, **options)
+    older = leased_slot(m, 0.0)
+    # The second connection is 10 s younger, or was used 10 s later.
+    newer = leased_slot(m, 10.0 if limit == "max_connection_age" else 0.0)
+    m.release(older, 10.0 if limit == "max_connection_age" else 0.0, healthy=True)
+    m.release(newer, 10.0, healthy=True)
+    assert m.next_deadline() == 50.0
+    assert m.handle_timer(50.0) == [CloseSlot(older, graceful=True)]
+    assert m.slot_state(newer) is SlotState.IDLE
+    assert m.next_deadline() == 60.0
+
+
 def test_idle_slot_past_max_age_retires_on_the_timer() -> None:
     m = machine(idle_timeout=None, keepalive_interval=None, max_connection_age=80.0)
     slot = leased_slot(m, 0.0)
@@ -617,6 +651,20 @@ def test_stale_idle_slot_is_probed_before_it_is_granted() -> None:
     assert actions == [ProbeSlot(slot)]
     assert m.slot_state(slot) is SlotState.PROBING
     assert m.probe_succeeded(slot, 31.0) == [GrantSlot(slot, waiter)]
+
+
+def test_next_deadline_is_a_waiters_deadline_when_no_idle_limit_comes_sooner() -> None:
+    m = machine(keepalive_interval=30.0, idle_timeout=100.0, max_connection_age=200.0)
+    first = leased_slot(m, 0.0)
+    second = leased_slot(m, 0.0)
+    m.release(first, 0.0, healthy=True)
+    m.release(second, 0.0, healthy=True)
+    # Both idle slots are stale: one is probed for the waiter, the other stays idle.
+    waiter, actions = m.acquire(40.0, 45.0)
+    assert actions == [ProbeSlot(second)]
+    assert m.next_deadline() == 45.0
+    assert m.handle_timer(45.0) == [FailWaiter(waiter, FailureKind.POOL_EXHAUSTED)]
+    assert m.next_deadline() == 100.0
 
 
 def test_failed_probe_closes_the_slot_and_serves_the_waiter_elsewhere() -> None:

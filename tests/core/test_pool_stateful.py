@@ -435,7 +435,8 @@ class PoolWorld(RuleBasedStateMachine):
             assert deadline == expected
         elif expected is not None:
             # The refill (not observable from outside) may come first.
-            assert deadline is not None and deadline <= expected
+            assert deadline is not None
+            assert deadline <= expected
 
     @invariant()
     def live_within_limits(self) -> None:
