@@ -169,30 +169,24 @@ class SMTPPool:
     def _perform(self, actions: Sequence[Action]) -> None:
         """Carry out the actions the pool machine returned for one input, in order."""
         for action in actions:
-            kind = type(action)
-            if kind is GrantSlot:
-                assert isinstance(action, GrantSlot)
+            if type(action) is GrantSlot:
                 waiter = self._waiters.pop(action.waiter, None)
                 if waiter is not None:
                     waiter.slot = action.slot
                     if waiter.event is not None:
                         waiter.event.set()
-            elif kind is FailWaiter:
-                assert isinstance(action, FailWaiter)
+            elif type(action) is FailWaiter:
                 waiter = self._waiters.pop(action.waiter, None)
                 if waiter is not None:
                     waiter.kind = action.kind
                     waiter.error = action.error
                     if waiter.event is not None:
                         waiter.event.set()
-            elif kind is OpenConnection:
-                assert isinstance(action, OpenConnection)
+            elif type(action) is OpenConnection:
                 self._spawn(self._open, action.slot)
-            elif kind is ProbeSlot:
-                assert isinstance(action, ProbeSlot)
+            elif type(action) is ProbeSlot:
                 self._spawn(self._probe, action.slot)
-            elif kind is CloseSlot:
-                assert isinstance(action, CloseSlot)
+            elif type(action) is CloseSlot:
                 self._spawn(self._close, action.slot, action.graceful)
             else:  # pragma: no cover - the machine returns only the actions above
                 raise AssertionError(f"unknown action {action!r}")
@@ -318,7 +312,7 @@ class SMTPPool:
         config = self._config
         clock = self._clock
         start = clock()
-        deadline = start + config.send_timeout if config.send_timeout is not None else math.inf
+        deadline = start + config.send_timeout
         attempts = 0
         while True:
             attempts += 1
@@ -366,12 +360,13 @@ class SMTPPool:
     ) -> SendResult | tuple[Classification, Reply | None, BaseException | None]:
         """One attempt on a leased connection. Always gives the slot back to the machine."""
         healthy = False
+        messages = 1
         try:
             try:
                 transaction = connection.session.transaction(prepared)
             except LocalProtocolError as exc:
-                # Refused before any byte: the session is untouched.
-                healthy = True
+                # Refused before any byte: the session is untouched and carried no message.
+                healthy, messages = True, 0
                 local = classify(Stage.MAIL, local_refusal=True)
                 return local, None, exc
             try:
@@ -398,7 +393,9 @@ class SMTPPool:
             healthy = result.in_sync and refused.keep_connection
             return refused, result.reply, None
         finally:
-            self._perform(self._machine.release(slot, self._clock(), healthy=healthy, messages=1))
+            self._perform(
+                self._machine.release(slot, self._clock(), healthy=healthy, messages=messages)
+            )
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's state."""
