@@ -284,3 +284,15 @@ async def test_a_hostile_greeting_fails_the_connect_cleanly(payload: bytes) -> N
     assert caught.value.definitely_not_accepted
     assert stats.connecting == 0
     assert stats.idle == 0
+
+
+async def test_a_local_refusal_does_not_count_against_max_messages() -> None:
+    server = FakeSMTPServer(Script(extensions=("PIPELINING", "SIZE 100")))
+    async with server.running(), SMTPPool(config(server, max_messages_per_connection=1)) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await pool.send_raw(BODY * 10, sender="a@example.com", recipients=["b@example.com"])
+        result = await send(pool)
+        stats = pool.statistics()
+    assert caught.value.kind is FailureKind.PERMANENT
+    assert result.reply.code == 250
+    assert stats.created_total == 1
