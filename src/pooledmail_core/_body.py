@@ -8,7 +8,7 @@ no copy beyond the terminator.
 
 from __future__ import annotations
 
-__all__ = ["normalise_line_endings", "stuffed_with_terminator"]
+__all__ = ["dot_stuffed", "normalise_line_endings", "stuffed_with_terminator"]
 
 
 def normalise_line_endings(data: bytes) -> bytes:
@@ -21,10 +21,18 @@ def normalise_line_endings(data: bytes) -> bytes:
     return data
 
 
-def stuffed_with_terminator(normalised: bytes) -> bytes:
-    """Dot-stuffed `normalised` data followed by the end-of-data line ".\\r\\n"."""
+def dot_stuffed(normalised: bytes) -> bytes:
+    """Dot-stuffed `normalised` data (RFC 5321 §4.5.2), without the end-of-data line.
+
+    The same object comes back when no line starts with ".", so a large body is not copied.
+    """
     if b"\r\n." in normalised:
         normalised = normalised.replace(b"\r\n.", b"\r\n..")
     if normalised[:1] == b".":
         normalised = b"." + normalised
-    return normalised + b".\r\n"
+    return normalised
+
+
+def stuffed_with_terminator(normalised: bytes) -> bytes:
+    """Dot-stuffed `normalised` data followed by the end-of-data line ".\\r\\n"."""
+    return dot_stuffed(normalised) + b".\r\n"

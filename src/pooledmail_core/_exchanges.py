@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._session import ClientSession
 
 __all__ = [
+    "COALESCE_LIMIT",
     "DONE",
     "NEED_DATA",
     "Done",
@@ -53,9 +54,12 @@ __all__ = [
 # Don't subclass this.
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One flight of bytes to hand to the transport in one write. The repr hides the bytes."""
+    """One flight of bytes to hand to the transport in one write. The repr hides the bytes.
 
-    data: bytes
+    `data` is a memoryview when it is a slice of a large message, which is never copied.
+    """
+
+    data: bytes | memoryview
 
     def __repr__(self) -> str:
         return f"Write(<{len(self.data)} bytes>)"
@@ -88,6 +92,12 @@ _MAIL, _RCPT, _DATA, _END_OF_DATA = (Verb.MAIL,), (Verb.RCPT,), (Verb.DATA,), (V
 _BDAT, _BDAT_LAST, _RSET = (Verb.BDAT,), (Verb.BDAT_LAST,), (Verb.RSET,)
 
 Step = Write | StartTLS | NeedData | Done
+
+# Message data up to this size travels in the same write as the commands before it (and, for
+# DATA, with the "." line after it): one system call per flight. Larger data gets writes of its
+# own, so that it is never copied to be joined with a few bytes of commands, and the terminator
+# leaves only after the whole body has been handed over.
+COALESCE_LIMIT: Final = 1 << 16
 _Steps = Generator[Write | StartTLS | NeedData, None, None]
 _T = TypeVar("_T")
 
@@ -337,7 +347,15 @@ class SetupExchange(Exchange):
 class TransactionExchange(Exchange):
     """One mail transaction: MAIL, RCPT..., then DATA and the data, or BDAT chunks."""
 
-    __slots__ = ("_accepted", "_plan", "_refused", "_result", "_stage", "_terminator_sent")
+    __slots__ = (
+        "_accepted",
+        "_last_chunk_reply",
+        "_plan",
+        "_refused",
+        "_result",
+        "_stage",
+        "_terminator_sent",
+    )
 
     def __init__(self, session: ClientSession, plan: TransactionPlan) -> None:
         # Exchange.__init__ spelled out: one of these is built for every message.
@@ -346,6 +364,7 @@ class TransactionExchange(Exchange):
         self._stage = _STAGE_MAIL
         self._finished = self._failed = self._tls_wait = self._halted = False
         self._terminator_sent = False
+        self._last_chunk_reply: Reply | None = None
         self._accepted: list[str] = []
         self._refused: list[tuple[str, Reply]] = []
         self._result: TransactionOutcome | None = None
@@ -357,14 +376,16 @@ class TransactionExchange(Exchange):
     @property
     def stage(self) -> Stage:
         """Where the transaction is: the command whose reply is awaited next, BODY while the data
-        is not yet written, DATA_END once the terminator was produced."""
+        is being written, DATA_END once the terminator was handed to the transport."""
         return self._stage
 
     @property
     def terminator_sent(self) -> bool:
-        """True from the moment `next_step()` returned the Write carrying the message terminator
-        (the "." line or the `BDAT ... LAST` chunk). The one place that decides whether a lost
-        reply leaves the message's fate unknown (RFC 5321 §4.5.3.2, RFC 1047)."""
+        """True once the message terminator (the "." line, or the whole `BDAT ... LAST` chunk)
+        has been handed to the transport: from the first `next_step()` call after the driver
+        finished the Write that carried it. A write that failed, or was cut short, leaves it
+        False. The one place that decides whether a lost reply leaves the message's fate unknown
+        (RFC 5321 §4.5.3.2, RFC 1047); `classify` is the only reader that turns it into a kind."""
         return self._terminator_sent
 
     @property
@@ -412,14 +433,10 @@ class TransactionExchange(Exchange):
         if not chunks:
             yield Write(emit(plan.flight_verbs, plan.flight))
         else:
-            last = len(chunks) - 1
-            flight, verbs = plan.flight, plan.flight_verbs
-            for index, chunk in enumerate(chunks):
-                write = emit(verbs + (_BDAT_LAST if index == last else _BDAT), flight + chunk)
-                if index == last:
-                    self._terminator_sent = True
-                yield Write(write)
-                flight, verbs = b"", ()
+            # The data leaves before any reply is read: the stage says so until it is written.
+            self._stage = _STAGE_BODY
+            yield from self._bdat_chunks(plan.flight, plan.flight_verbs, wait=False)
+            self._stage = _STAGE_MAIL
         while (mail := next_event()) is NEED_DATA:
             yield NEED_DATA
         if mail.code == 421:
@@ -464,15 +481,7 @@ class TransactionExchange(Exchange):
             return self._closed(failure or (_STAGE_DATA, data))
         if data.code < 400:  # a 3xx: the table refuses a 2xx to DATA
             if failure is None:
-                body = emit(_END_OF_DATA, plan.body)
-                self._stage = _STAGE_DATA_END
-                self._terminator_sent = True
-                yield Write(body)
-                while (final_reply := next_event()) is NEED_DATA:
-                    yield NEED_DATA
-                # RFC 5321 §4.1.1.4: after the final reply, failed or not, it is over.
-                code = final_reply.code
-                return self._end(final_reply, None if code < 300 else _STAGE_DATA_END, code != 421)
+                return (yield from self._send_data())
             # RFC 2920 §3.1: DATA was accepted although no recipient was; end it with a lone
             # "." (an empty message for nobody) before resetting.
             yield Write(emit(_END_OF_DATA, b".\r\n"))
@@ -511,26 +520,51 @@ class TransactionExchange(Exchange):
             if not reply.is_intermediate:
                 return (yield from self._reset(_STAGE_DATA, reply))
             return (yield from self._send_data())
+        yield from self._bdat_chunks(b"", (), wait=True)
+        if self._result is None:
+            self._end(self._last_chunk_reply, None, True)
+
+    def _bdat_chunks(self, flight: bytes, verbs: tuple[Verb, ...], *, wait: bool) -> _Steps:
+        """Write the BDAT chunks (RFC 3030), the first after `flight`. With `wait`, read each
+        chunk's reply before the next chunk and stop at a refusal (after RSET)."""
+        emit = self._session._emit
+        next_event = self._session.next_event
+        chunks = self._plan.chunks
         last = len(chunks) - 1
-        for index, chunk in enumerate(chunks):
-            if index == last:
-                self._stage = _STAGE_DATA_END
-                self._terminator_sent = True
+        for index, (command, payload) in enumerate(chunks):
+            self._stage = _STAGE_BODY
+            chunk_verbs = verbs + (_BDAT_LAST if index == last else _BDAT)
+            if len(payload) <= COALESCE_LIMIT:
+                yield Write(emit(chunk_verbs, flight + command + payload))
             else:
-                self._stage = _STAGE_BODY
-            yield Write(emit(_BDAT_LAST if index == last else _BDAT, chunk))
-            while (reply := next_event()) is NEED_DATA:
-                yield NEED_DATA
-            if not reply.is_positive:
-                return (yield from self._reset(self._stage, reply))
-        self._end(reply, None, True)
+                yield Write(emit(chunk_verbs, flight + command))
+                yield Write(payload)
+            flight, verbs = b"", ()
+            if index == last:
+                # Resumed only once the driver has handed the whole last chunk to the transport.
+                self._terminator_sent = True
+                self._stage = _STAGE_DATA_END
+            if wait:
+                while (reply := next_event()) is NEED_DATA:
+                    yield NEED_DATA
+                if not reply.is_positive:
+                    return (yield from self._reset(self._stage, reply))
+                self._last_chunk_reply = reply
 
     def _send_data(self) -> _Steps:
+        # The body of DATA (RFC 5321 §4.1.1.4), then the "." line. Called once DATA got its 354.
+        emit = self._session._emit
         next_event = self._session.next_event
-        data = self._session._emit(_END_OF_DATA, self._plan.body)
-        self._stage = _STAGE_DATA_END
+        body = self._plan.body
+        self._stage = _STAGE_BODY
+        if len(body) <= COALESCE_LIMIT:
+            yield Write(emit(_END_OF_DATA, body + b".\r\n"))
+        else:
+            yield Write(body)
+            yield Write(emit(_END_OF_DATA, b".\r\n"))
+        # Resumed only once the driver has handed the "." line to the transport.
         self._terminator_sent = True
-        yield Write(data)
+        self._stage = _STAGE_DATA_END
         while (final := next_event()) is NEED_DATA:
             yield NEED_DATA
         # RFC 5321 §4.1.1.4: after the final reply, failed or not, the transaction is over.

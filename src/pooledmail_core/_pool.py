@@ -122,6 +122,7 @@ _RELEASE_HEALTHY = SlotEvent.RELEASE_HEALTHY
 _RELEASE_BROKEN = SlotEvent.RELEASE_BROKEN
 _RETIRE = SlotEvent.RETIRE
 _SLOT_CLOSED = SlotEvent.SLOT_CLOSED
+_CONNECT_CANCELLED = SlotEvent.CONNECT_CANCELLED
 
 # The keys of `PoolStatistics.closed_total`.
 CLOSE_REASONS = (
@@ -133,7 +134,11 @@ CLOSE_REASONS = (
     "pool_closed",
     "probe_failed",
     "retired_for_priority",
+    "stale",
+    "out_of_sync",
 )
+# The reasons `release(healthy=False)` accepts.
+_BROKEN_REASONS = ("broken", "stale", "out_of_sync")
 
 
 _connected_at = attrgetter("connected_at")
@@ -308,17 +313,39 @@ class PoolMachine:
         if kind is FailureKind.AUTH_FAILED and self._waiters:
             head = next(iter(self._waiters))
             self._fail(head, FailureKind.AUTH_FAILED, error, actions)
+        # Waiters that this failure leaves with nothing to wait for learn why from it, not from
+        # a generic HOSTS_UNAVAILABLE: it is the attempt that was made for them.
+        self._settle(now, actions, hopeless=(kind, error))
+        return actions
+
+    def connect_cancelled(self, slot: int, now: float) -> list[Action]:
+        """The driver abandoned slot `slot`'s connection attempt because the pool is closing.
+
+        Nothing is held against the host: it was never given the chance to answer.
+        """
+        record = self._slot(slot, _CONNECT_CANCELLED)
+        now = self._advance(now)
+        self._move(record, _CONNECT_CANCELLED)
+        del self._slots[record.id]
+        self._closed_total["pool_closed"] += 1
+        actions: list[Action] = []
         self._settle(now, actions)
         return actions
 
-    def release(self, slot: int, now: float, *, healthy: bool, messages: int = 0) -> list[Action]:
+    def release(
+        self, slot: int, now: float, *, healthy: bool, messages: int = 0, reason: str = "broken"
+    ) -> list[Action]:
         """The lease on `slot` ended. `healthy=False` (transport error, timeout, protocol error,
         421, out of sync) closes it abruptly; a healthy slot is reused unless it is too old or has
         carried `max_messages_per_connection` messages, in which case it is retired with QUIT.
-        `messages` is how many messages the lease sent.
+        `messages` is how many messages the lease sent. `reason` says why an unhealthy slot is
+        closed, for `closed_total`: "broken" (the exchange failed), "stale" (found closed or
+        unusable by the server before it was used) or "out_of_sync" (bytes left unread).
         """
         if isinstance(messages, bool) or not isinstance(messages, int) or messages < 0:
             raise LocalProtocolError("messages must be a non-negative integer")
+        if reason not in _BROKEN_REASONS:
+            raise LocalProtocolError(f"reason must be one of {', '.join(_BROKEN_REASONS)}")
         event = _RELEASE_HEALTHY if healthy else _RELEASE_BROKEN
         record = self._slot(slot, event)
         now = self._advance(now)
@@ -326,14 +353,14 @@ class PoolMachine:
         actions: list[Action] = []
         if not healthy:
             self._move(record, event)
-            record.close_reason = "broken"
+            record.close_reason = reason
             actions.append(CloseSlot(record.id, graceful=False))
         else:
             record.idle_since = now
             self._move(record, event)
-            reason = self._retirement_on_release(record, now)
-            if reason is not None:
-                self._retire(record, reason, actions)
+            retirement = self._retirement_on_release(record, now)
+            if retirement is not None:
+                self._retire(record, retirement, actions)
         self._settle(now, actions)
         return actions
 
@@ -357,7 +384,8 @@ class PoolMachine:
         record = self._slot(slot, _PROBE_FAILED)
         now = self._advance(now)
         self._move(record, _PROBE_FAILED)
-        record.close_reason = "probe_failed"
+        # A probe cut short by close() says nothing about the connection.
+        record.close_reason = "pool_closed" if self._close_requested else "probe_failed"
         actions: list[Action] = [CloseSlot(record.id, graceful=False)]
         self._settle(now, actions)
         return actions
@@ -706,7 +734,12 @@ class PoolMachine:
     # ---------------------------------------------------------------------------- the settling
 
     def _settle(
-        self, now: float, actions: list[Action], *, retired_from: int | None = None
+        self,
+        now: float,
+        actions: list[Action],
+        *,
+        retired_from: int | None = None,
+        hopeless: tuple[FailureKind, object] | None = None,
     ) -> None:
         # Each step is guarded by an O(1) test of whether it can have anything to do, so that an
         # input on a warm pool with nobody waiting (the driver's per-message path) costs little.
@@ -735,7 +768,7 @@ class PoolMachine:
             return
         if self._waiters:
             self._serve(now, actions)
-            self._fail_hopeless(now, actions)
+            self._fail_hopeless(now, actions, hopeless)
         # A host can be on probation only after a failure.
         if self._failing and not self._single_priority:
             self._open_trials(now, actions, retired_from)
@@ -784,15 +817,18 @@ class PoolMachine:
                 break
             uncovered -= 1
 
-    def _fail_hopeless(self, now: float, actions: list[Action]) -> None:
+    def _fail_hopeless(
+        self, now: float, actions: list[Action], cause: tuple[FailureKind, object] | None
+    ) -> None:
         if not self._waiters or not self._all_hosts_cooling(now):
             return
         if self._count(_CONNECTING, _PROBING, _LEASED):
             return
         recovery = min(cooldown.until for cooldown in self._cooldowns if cooldown.until is not None)
+        kind, error = cause or (FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error)
         for waiter, deadline in list(self._waiters.items()):
             if deadline <= recovery:
-                self._fail(waiter, FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error, actions)
+                self._fail(waiter, kind, error, actions)
 
     def _open_trials(self, now: float, actions: list[Action], retired_from: int | None) -> None:
         # Recovery must not depend on a waiter needing a new connection: while a worse host's

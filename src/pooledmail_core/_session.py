@@ -132,6 +132,18 @@ class ClientSession:
         return self._closed_by_server
 
     @property
+    def has_unread(self) -> bool:
+        """Whether anything the server sent is still unconsumed: bytes, a complete reply nobody
+        asked for, or the end of the stream.
+
+        Between exchanges a session in step with its server has nothing unread (RFC 5321 §4.2:
+        one reply per command; RFC 2920 §3.1). Anything else means the next reply read would be
+        judged against the wrong command, so the connection must not carry another transaction.
+        """
+        parser = self._parser
+        return bool(parser.buffered or parser.eof or self._state is _ERROR)
+
+    @property
     def awaiting(self) -> tuple[Verb, ...]:
         """The verbs whose replies are still expected, oldest first."""
         return tuple(self._pending)

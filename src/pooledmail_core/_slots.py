@@ -9,8 +9,10 @@ connection object. (A pool that infers "is this idle?" from flags on the connect
 or later, a slot that matches no cleanup rule after a cancellation, and waits on it forever.) Every
 count the pool reports — live, idle, leased … — is derived by counting states.
 
-    CONNECTING  the driver is connecting: TCP, greeting, TLS, EHLO, AUTH. Ends in `connected` (IDLE)
-                or `connect_failed` (CLOSED: the driver already dropped the half-open connection).
+    CONNECTING  the driver is connecting: TCP, greeting, TLS, EHLO, AUTH. Ends in `connected`
+                (IDLE), `connect_failed` (CLOSED: the driver already dropped the half-open
+                connection; the host cools down) or `connect_cancelled` (CLOSED: the pool closed
+                meanwhile).
     IDLE        usable and owned by nobody. It is granted to the head waiter (LEASED), probed
                 first when it has been idle for `keepalive_interval` (PROBING), or retired
                 (CLOSING): idle or age limit, a better-priority host came back (or needs room
@@ -57,6 +59,7 @@ class SlotEvent(enum.Enum):
 
     CONNECTED = "connected"
     CONNECT_FAILED = "connect_failed"
+    CONNECT_CANCELLED = "connect_cancelled"
     GRANT = "grant"
     PROBE = "probe"
     PROBE_SUCCEEDED = "probe_succeeded"
@@ -71,6 +74,7 @@ SLOT_TRANSITIONS: dict[SlotState, dict[SlotEvent, SlotState]] = {
     SlotState.CONNECTING: {
         SlotEvent.CONNECTED: SlotState.IDLE,
         SlotEvent.CONNECT_FAILED: SlotState.CLOSED,
+        SlotEvent.CONNECT_CANCELLED: SlotState.CLOSED,
     },
     SlotState.IDLE: {
         SlotEvent.GRANT: SlotState.LEASED,

@@ -19,7 +19,7 @@ Decisions (see docs/protocol.md):
 
 from __future__ import annotations
 
-from ._body import normalise_line_endings, stuffed_with_terminator
+from ._body import dot_stuffed, normalise_line_endings
 from ._capabilities import Capabilities
 from ._commands import check_address
 from ._envelope import PreparedMessage
@@ -60,7 +60,7 @@ class TransactionPlan:
         flight_verbs: tuple[Verb, ...],
         lines: tuple[bytes, ...],
         body: bytes,
-        chunks: tuple[bytes, ...],
+        chunks: tuple[tuple[bytes, bytes | memoryview], ...],
     ) -> None:
         self.recipients = recipients
         self.pipelined = pipelined
@@ -69,7 +69,8 @@ class TransactionPlan:
         self.flight = flight
         self.flight_verbs = flight_verbs
         self.lines = lines
-        # DATA: the stuffed data with its "." line; BDAT: each chunk with its BDAT command.
+        # DATA: the dot-stuffed data, without its "." line; BDAT: each chunk's BDAT command line
+        # and its data.
         self.body = body
         self.chunks = chunks
 
@@ -157,15 +158,23 @@ def plan_transaction(
         lines = tuple(commands.encode().splitlines(keepends=True))
 
     if not chunking:
-        body = stuffed_with_terminator(data)
+        body = dot_stuffed(data)
         return TransactionPlan(recipients, pipelined, flight, flight_verbs, lines, body, ())
     if len(data) <= chunk_size:
-        chunks: tuple[bytes, ...] = (b"BDAT %d LAST\r\n%s" % (len(data), data),)
+        chunks: tuple[tuple[bytes, bytes | memoryview], ...] = (
+            (b"BDAT %d LAST\r\n" % len(data), data),
+        )
     else:
-        pieces = [data[start : start + chunk_size] for start in range(0, len(data), chunk_size)]
+        # Slices of one memoryview: the chunks share the message's buffer instead of copying it.
+        view = memoryview(data)
+        starts = range(0, len(data), chunk_size)
         chunks = tuple(
-            b"BDAT %d%s\r\n%s" % (len(piece), b" LAST" if index == len(pieces) - 1 else b"", piece)
-            for index, piece in enumerate(pieces)
+            (
+                b"BDAT %d%s\r\n"
+                % (len(view[start : start + chunk_size]), b" LAST" if start == starts[-1] else b""),
+                view[start : start + chunk_size],
+            )
+            for start in starts
         )
     return TransactionPlan(recipients, pipelined, flight, flight_verbs, lines, b"", chunks)
 

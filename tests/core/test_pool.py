@@ -230,8 +230,9 @@ def test_auth_failure_fails_the_oldest_waiter_with_its_error_and_does_not_fail_o
     assert actions[0] == FailWaiter(w1, FailureKind.AUTH_FAILED, error)
     assert isinstance(actions[0], FailWaiter)
     assert actions[0].error is error
-    # Nothing else can serve w2 before the cooldown ends, so it does not wait in vain.
-    assert actions[1:] == [FailWaiter(w2, FailureKind.HOSTS_UNAVAILABLE, error)]
+    # Nothing else can serve w2 before the cooldown ends, so it does not wait in vain, and it
+    # learns why from the attempt that was made.
+    assert actions[1:] == [FailWaiter(w2, FailureKind.AUTH_FAILED, error)]
 
 
 def test_auth_failure_with_another_host_lets_later_waiters_use_it() -> None:
@@ -253,8 +254,9 @@ def test_when_every_host_cools_down_waiters_fail_at_once_with_the_last_error() -
     m = machine([A, B])
     w, _ = m.acquire(0.0, 10.0)
     m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED, "first")
-    assert m.connect_failed(1, 2.0, FailureKind.CONNECT_FAILED, "second") == [
-        FailWaiter(w, FailureKind.HOSTS_UNAVAILABLE, "second")
+    # The waiter learns the failure of the attempt made for it, with its own kind.
+    assert m.connect_failed(1, 2.0, FailureKind.TLS_FAILED, "second") == [
+        FailWaiter(w, FailureKind.TLS_FAILED, "second")
     ]
     # And a new acquire during the outage fails at once too, without any connection attempt.
     w2, actions = m.acquire(3.0, 10.0)
@@ -920,3 +922,54 @@ def test_the_state_diagram_in_the_docs_is_the_transition_table() -> None:
         for event, target in events.items()
     }
     assert documented == table
+
+
+def test_a_connection_abandoned_at_close_is_gone_without_cooling_its_host() -> None:
+    m = machine()
+    w, actions = m.acquire(0.0, 15.0)
+    assert actions == [OpenConnection(0, A)]
+    assert m.close(1.0) == [FailWaiter(w, FailureKind.POOL_CLOSED)]
+    assert m.connect_cancelled(0, 1.5) == []
+    stats = m.statistics()
+    assert m.is_closed
+    assert stats.closed_total == {"pool_closed": 1}
+    assert stats.hosts[A.key].consecutive_failures == 0
+    with pytest.raises(LocalProtocolError):
+        m.connect_cancelled(0, 2.0)
+
+
+def test_an_unhealthy_release_is_counted_under_its_reason() -> None:
+    m = machine()
+    for reason in ("stale", "out_of_sync", "broken"):
+        _, actions = m.acquire(0.0, 15.0)
+        (open_,) = actions
+        assert isinstance(open_, OpenConnection)
+        (grant,) = m.connected(open_.slot, 0.0)
+        assert isinstance(grant, GrantSlot)
+        assert m.release(grant.slot, 0.0, healthy=False, reason=reason) == [
+            CloseSlot(grant.slot, graceful=False)
+        ]
+        m.slot_closed(grant.slot, 0.0)
+    assert m.statistics().closed_total == {"stale": 1, "out_of_sync": 1, "broken": 1}
+
+
+def test_release_refuses_an_unknown_reason() -> None:
+    m = machine()
+    m.acquire(0.0, 15.0)
+    m.connected(0, 0.0)
+    with pytest.raises(LocalProtocolError, match="reason"):
+        m.release(0, 0.0, healthy=False, reason="tired")
+    assert m.slot_state(0) is SlotState.LEASED
+
+
+def test_a_probe_cut_short_by_close_is_counted_as_closing_not_as_a_failed_probe() -> None:
+    m = machine(keepalive_interval=5.0)
+    m.acquire(0.0, 15.0)
+    m.connected(0, 0.0)
+    m.release(0, 0.0, healthy=True, messages=1)
+    _, actions = m.acquire(10.0, 25.0)
+    assert actions == [ProbeSlot(0)]
+    m.close(11.0)
+    assert m.probe_failed(0, 11.0) == [CloseSlot(0, graceful=False)]
+    m.slot_closed(0, 11.5)
+    assert m.statistics().closed_total == {"pool_closed": 1}

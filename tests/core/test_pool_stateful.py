@@ -87,6 +87,8 @@ class PoolWorld(RuleBasedStateMachine):
         self.closed = False
         self.expect_abrupt: set[int] = set()
         self.auth_failure_pending = False
+        # The kind of the connect failure being applied, if any.
+        self.failing_with: FailureKind | None = None
         self.steps = 0
         # Hosts that refuse connections in `send_one` (the other rules decide outcomes directly).
         self.down: set[str] = set()
@@ -144,11 +146,13 @@ class PoolWorld(RuleBasedStateMachine):
                     assert deadline <= self.now, "exhausted before its deadline"
                 elif action.kind is FailureKind.POOL_CLOSED:
                     assert self.closed
-                elif action.kind is FailureKind.AUTH_FAILED:
-                    assert self.auth_failure_pending
+                elif action.kind is FailureKind.AUTH_FAILED and self.auth_failure_pending:
+                    assert action.waiter == min([action.waiter, *self.waiting]), "not the oldest"
                     self.auth_failure_pending = False
                 else:
-                    assert action.kind is FailureKind.HOSTS_UNAVAILABLE
+                    # Waiters a connect failure leaves hopeless learn its kind; otherwise the
+                    # hosts are all cooling down since before.
+                    assert action.kind in (FailureKind.HOSTS_UNAVAILABLE, self.failing_with)
         assert not self.expect_abrupt, "a broken slot was not closed at once"
         assert not self.auth_failure_pending, "AUTH_FAILED did not fail the oldest waiter"
 
@@ -222,7 +226,22 @@ class PoolWorld(RuleBasedStateMachine):
         del self.slot_state[slot]
         self.proven.discard(self.slot_host[slot])
         self.auth_failure_pending = kind is FailureKind.AUTH_FAILED and bool(self.waiting)
-        self.apply(self.machine.connect_failed(slot, self.now, kind, OSError("refused")))
+        self.connect_failed(slot, kind)
+
+    def connect_failed(self, slot: int, kind: FailureKind) -> None:
+        self.failing_with = kind
+        try:
+            self.apply(self.machine.connect_failed(slot, self.now, kind, OSError("refused")))
+        finally:
+            self.failing_with = None
+
+    @precondition(lambda self: self.closed and bool(self.slots_in("connecting")))
+    @rule(data=st.data())
+    def connect_cancelled(self, data: st.DataObject) -> None:
+        """The driver abandons a connection attempt because the pool is closing."""
+        slot = data.draw(st.sampled_from(self.slots_in("connecting")))
+        del self.slot_state[slot]
+        assert self.machine.connect_cancelled(slot, self.now) == []
 
     @precondition(lambda self: bool(self.slots_in("connecting")))
     @rule(data=st.data())
@@ -233,9 +252,7 @@ class PoolWorld(RuleBasedStateMachine):
             if self.slot_host[slot] == key:
                 del self.slot_state[slot]
                 self.proven.discard(key)
-                self.apply(
-                    self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED, None)
-                )
+                self.connect_failed(slot, FailureKind.CONNECT_FAILED)
 
     @precondition(lambda self: bool(self.slots_in("leased")))
     @rule(
@@ -243,13 +260,16 @@ class PoolWorld(RuleBasedStateMachine):
         healthy=st.booleans(),
         messages=st.integers(0, 3),
         dt=st.floats(0.0, 10.0),
+        reason=st.sampled_from(["broken", "stale", "out_of_sync"]),
     )
-    def release(self, data: st.DataObject, healthy: bool, messages: int, dt: float) -> None:
+    def release(
+        self, data: st.DataObject, healthy: bool, messages: int, dt: float, reason: str
+    ) -> None:
         slot = data.draw(st.sampled_from(self.slots_in("leased")))
         self.tick(dt)
-        self.release_slot(slot, healthy, messages)
+        self.release_slot(slot, healthy, messages, reason)
 
-    def release_slot(self, slot: int, healthy: bool, messages: int) -> None:
+    def release_slot(self, slot: int, healthy: bool, messages: int, reason: str = "broken") -> None:
         del self.owner[slot]
         if healthy:
             self.becomes_idle(slot)
@@ -258,7 +278,9 @@ class PoolWorld(RuleBasedStateMachine):
         better_is_back = any(
             self.priority(key) < self.priority(self.slot_host[slot]) for key in self.proven
         )
-        self.apply(self.machine.release(slot, self.now, healthy=healthy, messages=messages))
+        self.apply(
+            self.machine.release(slot, self.now, healthy=healthy, messages=messages, reason=reason)
+        )
         if better_is_back:
             # Granted to a waiter, or retired: never back to idle on a worse host.
             assert self.slot_state[slot] != "idle", "LEASED -> IDLE on a worse host"
@@ -306,7 +328,7 @@ class PoolWorld(RuleBasedStateMachine):
             if key in self.down:
                 del self.slot_state[slot]
                 self.proven.discard(key)
-                self.apply(self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED))
+                self.connect_failed(slot, FailureKind.CONNECT_FAILED)
             else:
                 self.becomes_idle(slot, connected=True)
                 self.proven.add(key)
@@ -334,9 +356,7 @@ class PoolWorld(RuleBasedStateMachine):
                 else:
                     del self.slot_state[slot]
                     self.proven.discard(key)
-                    self.apply(
-                        self.machine.connect_failed(slot, self.now, FailureKind.CONNECT_FAILED)
-                    )
+                    self.connect_failed(slot, FailureKind.CONNECT_FAILED)
 
     def cooling_hosts(self) -> list[str]:
         if self.closed:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pooledmail_core._auth import Credentials, choose_mechanism
 from pooledmail_core._body import normalise_line_endings, stuffed_with_terminator
 from pooledmail_core._capabilities import Capabilities
+from pooledmail_core._classify import Stage
 from pooledmail_core._config import TLSMode
 from pooledmail_core._envelope import Envelope, PreparedMessage
 from pooledmail_core._errors import (
@@ -25,6 +26,8 @@ from pooledmail_core._errors import (
     SMTPUTF8NotSupported,
 )
 from pooledmail_core._exchanges import (
+    COALESCE_LIMIT,
+    DONE,
     NEED_DATA,
     SetupResult,
     StartTLS,
@@ -467,6 +470,9 @@ def test_the_data_write_of_a_transaction_is_the_line_by_line_form(
     step = tx.next_step()
     assert isinstance(step, Write)
     assert step.data == reference_wire(data)
+    # Not handed to the transport yet: only the next step says the write was done.
+    assert not tx.terminator_sent
+    assert tx.next_step() is NEED_DATA
     assert tx.terminator_sent
 
 
@@ -482,6 +488,8 @@ def test_a_pipelined_bdat_transaction_is_one_write_of_the_normalised_data(data: 
     assert head.startswith(b"MAIL FROM:<a@b>")
     assert head.endswith(b"\r\nRCPT TO:<c@d>")
     assert chunk == b"%d LAST\r\n%s" % (len(normalised), normalised)
+    assert not tx.terminator_sent
+    assert tx.next_step() is NEED_DATA
     assert tx.terminator_sent
 
 
@@ -502,3 +510,68 @@ def test_parsed_and_outcome_values_are_ordinary_frozen_dataclasses() -> None:
         outcome.reply.code = 550  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         outcome.in_sync = False  # type: ignore[misc]
+
+
+# -- large bodies: written apart from the commands, never copied, terminator last ------------
+
+_LARGE = b"".join(b"line %06d of a large body\r\n" % n for n in range(4000))  # over 64 KiB
+
+
+def test_a_large_data_body_is_written_uncopied_then_the_dot_line_on_its_own() -> None:
+    assert len(_LARGE) > COALESCE_LIMIT
+    session = session_with(caps(pipelining=True))
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), _LARGE))
+    assert isinstance(tx.next_step(), Write)
+    session.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    body = tx.next_step()
+    assert isinstance(body, Write)
+    assert body.data is _LARGE  # already CRLF, no leading dot: the caller's bytes as they are
+    assert tx.stage is Stage.BODY
+    dot = tx.next_step()
+    assert isinstance(dot, Write)
+    assert dot.data == b".\r\n"
+    assert not tx.terminator_sent  # the "." line is in hand, not yet handed over
+    assert tx.stage is Stage.BODY
+    assert tx.next_step() is NEED_DATA
+    assert tx.terminator_sent
+    assert tx.stage is Stage.DATA_END
+    session.receive_data(b"250 queued\r\n")
+    assert tx.next_step() is DONE
+    assert tx.result.failed_stage is None
+
+
+def test_a_large_bdat_chunk_follows_its_command_uncopied() -> None:
+    session = session_with(caps(pipelining=True, chunking=True))
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), _LARGE))
+    head = tx.next_step()
+    assert isinstance(head, Write)
+    assert head.data.endswith(b"RCPT TO:<c@d>\r\nBDAT %d LAST\r\n" % len(_LARGE))
+    assert tx.stage is Stage.BODY
+    payload = tx.next_step()
+    assert isinstance(payload, Write)
+    assert payload.data is _LARGE
+    assert not tx.terminator_sent
+    assert tx.next_step() is NEED_DATA
+    assert tx.terminator_sent
+    assert tx.stage is Stage.MAIL  # now waiting for the replies, MAIL's first
+
+
+def test_bdat_chunks_share_the_message_buffer() -> None:
+    session = session_with(caps(chunking=True))
+    session.limits = Limits(bdat_chunk_size=COALESCE_LIMIT * 2)
+    data = _LARGE * 3
+    tx = session.transaction(PreparedMessage(Envelope("a@b", ("c@d",)), data))
+    writes: list[bytes | memoryview] = []
+    step = tx.next_step()
+    replies = [b"250 ok\r\n", b"250 ok\r\n"]
+    while step is not DONE:
+        if isinstance(step, Write):
+            writes.append(step.data)
+            step = tx.next_step()
+            continue
+        session.receive_data(replies.pop(0) if replies else b"250 chunk ok\r\n")
+        step = tx.next_step()
+    payloads = [w for w in writes if isinstance(w, memoryview)]
+    assert b"".join(payloads) == data
+    assert all(p.obj is data for p in payloads)
+    assert tx.result.failed_stage is None

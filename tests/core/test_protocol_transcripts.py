@@ -88,14 +88,24 @@ def run(
     exchange = start(session)
     error: type[BaseException] | None = None
     result: object = None
+    # For each write, `terminator_sent` as the driver sees it once the write is done: before the
+    # next `next_step()` call the write may still fail, so the flag is read after that call.
+    unflagged = 0
     try:
         while True:
             step = exchange.next_step()
+            for _ in range(unflagged):
+                flags.append(bool(getattr(exchange, "terminator_sent", False)))
+            unflagged = 0
             if step is DONE:
                 break
             if isinstance(step, Write):
                 writes.append(step.data)
-                flags.append(bool(getattr(exchange, "terminator_sent", False)))
+                # A write in hand is not yet done: the flag is still what the last write left.
+                assert bool(getattr(exchange, "terminator_sent", False)) == (
+                    flags[-1] if flags else False
+                ), "terminator_sent was set before the write that carries it was done"
+                unflagged = 1
                 assert entries, f"unexpected write {step.data!r}"
                 kind, expected = entries.pop(0)
                 assert kind == "C", f"client wrote {step.data!r} where {kind} was expected"
@@ -1051,6 +1061,9 @@ def test_stage_follows_the_replies_in_a_pipelined_flight() -> None:
         step = tx.next_step()
         stages.append(tx.stage)
     assert isinstance(step, Write)
+    assert not tx.terminator_sent
+    assert tx.next_step() is NEED_DATA
+    stages.append(tx.stage)
     assert tx.terminator_sent
     session.receive_data(QUEUED)
     assert tx.next_step() is DONE
@@ -1060,6 +1073,7 @@ def test_stage_follows_the_replies_in_a_pipelined_flight() -> None:
         Stage.RCPT,
         Stage.RCPT,
         Stage.DATA,
+        Stage.BODY,
         Stage.DATA_END,
     ]
 
@@ -1075,6 +1089,10 @@ def test_stage_is_body_while_the_data_is_not_yet_written() -> None:
     step = tx.next_step()
     assert isinstance(step, Write)
     assert step.data.endswith(b"\r\n.\r\n")
+    # Being written: a failure now is a failure during the body, before the terminator.
+    assert not tx.terminator_sent
+    assert tx.stage is Stage.BODY
+    assert tx.next_step() is NEED_DATA
     assert tx.terminator_sent
     assert tx.stage is Stage.DATA_END
 
