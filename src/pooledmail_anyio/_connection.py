@@ -4,31 +4,57 @@ The core decides every byte; this module only moves bytes and enforces time. An 
 by one loop (`Connection.run`): write what the core says, read when it needs data, hand TLS over
 when it asks. Each read and write is bounded by the step timeout and by the caller's absolute
 deadline, whichever comes first.
+
+The ambiguity boundary (docs/design.md) depends on one property of this loop: after a `Write`, the
+exchange's `next_step()` is called again only once the stream's `send()` returned, that is once
+every byte of the write was handed to the transport. A `send()` that raised, timed out or was
+cancelled hands nothing more over (the asyncio stream aborts a transport it could not drain; trio
+and TLS keep unsent bytes in memory), so the exchange never sees a write it cannot trust as done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio.abc
-from anyio.streams.tls import TLSStream
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 import anyio
-from pooledmail_core._classify import Classification, FailureKind, Stage, classify
-from pooledmail_core._config import Host, TLSMode
-from pooledmail_core._errors import LocalProtocolError, RemoteProtocolError
-from pooledmail_core._exchanges import NEED_DATA, Done, Exchange, StartTLS, Write
-from pooledmail_core._limits import Limits
-from pooledmail_core._reply import Reply
-from pooledmail_core._session import ClientSession
+from pooledmail_core import (
+    NEED_DATA,
+    Classification,
+    ClientSession,
+    Done,
+    Exchange,
+    FailureKind,
+    Host,
+    Limits,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Stage,
+    StartTLS,
+    TLSMode,
+    Write,
+    classify,
+)
 
 from ._stream import AsyncioSocketStream, DeadlineExceeded, backend_clock, connect_tcp
 
-__all__ = ["TRANSPORT_ERRORS", "Connection", "ConnectFailure", "open_connection"]
+__all__ = [
+    "TRANSPORT_ERRORS",
+    "ConnectFailure",
+    "Connection",
+    "ExchangeTimeout",
+    "describe_transport_failure",
+    "open_connection",
+]
 
 # What a broken or hostile peer can make a read, a write or a handshake raise. Anything else is a
 # bug and propagates.
@@ -44,6 +70,10 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 # Reads take whatever the kernel has, up to this much: the core drains every reply it holds.
 _READ_SIZE = 65536
+# A large write is handed to the stream in slices of this size: the TLS layer and asyncio's
+# transport copy what they are given, so slicing bounds those copies to one slice, and each slice
+# that leaves renews the step's time (a big body over a slow link is not a stalled server).
+_WRITE_SLICE = 1 << 18
 # Under a cancel scope (any stream but `AsyncioSocketStream`), a step's time limit is moved
 # forward only when less than one step is left; it then gets this multiple of the step timeout.
 _STEP_SLACK = 1.1
@@ -55,17 +85,25 @@ class ExchangeTimeout(TimeoutError):
 
 @dataclass(frozen=True, slots=True)
 class ConnectFailure:
-    """Why opening a usable connection failed; handed to the pool machine and back."""
+    """Why opening a usable connection failed; handed to the pool machine and back.
+
+    `reason` is one line for people (never a secret): what went wrong and, where one is likely, a
+    hint at the fix.
+    """
 
     host: str
     classification: Classification
     reply: Reply | None
     error: BaseException | None
-    reason: str = ""
+    reason: str
 
     @property
     def kind(self) -> FailureKind:
         return self.classification.kind
+
+    @property
+    def stage(self) -> Stage:
+        return self.classification.stage
 
 
 class _Limit(Protocol):
@@ -77,7 +115,7 @@ class _Limit(Protocol):
 class Connection:
     """An established SMTP session. Not shared: the pool lends it to one sender at a time."""
 
-    __slots__ = ("_clock", "_deadline_stream", "host", "session", "stream")
+    __slots__ = ("_clock", "_deadline_stream", "_peek_socket", "host", "session", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream, session: ClientSession, host: Host) -> None:
         self.stream = stream
@@ -91,6 +129,50 @@ class Connection:
         if isinstance(stream, TLSStream):
             raw = stream.transport_stream
         self._deadline_stream = raw if isinstance(raw, AsyncioSocketStream) else None
+        # Elsewhere (trio) the kernel is asked directly whether anything arrived while idle.
+        self._peek_socket: socket.socket | None = None
+        if self._deadline_stream is None:
+            with contextlib.suppress(anyio.TypedAttributeLookupError):
+                self._peek_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+
+    def unusable(self) -> str | None:
+        """Why this connection must not carry another exchange, or None; never a round trip.
+
+        Between exchanges a session in step with its server has nothing to read (RFC 5321 §4.2,
+        RFC 2920 §3.1). A byte left over after the last exchange, or one that arrived while the
+        connection was idle, means the next reply would be matched to the wrong command; the end
+        of the stream or a reset means the server is gone. Either way the connection is closed,
+        never lent.
+        """
+        if self.session.has_unread:
+            return "out_of_sync"
+        stream = self.stream
+        if isinstance(stream, TLSStream):
+            # A complete TLS record may sit decrypted or undecrypted in the TLS layer. Reading
+            # from the TLS object itself (no I/O: it only looks at what it holds) finds it; post-
+            # handshake messages such as session tickets are consumed and are not data.
+            ssl_object = stream.extra(TLSAttribute.ssl_object)
+            try:
+                if ssl_object.read(1):
+                    return "out_of_sync"
+                return "stale"  # close_notify
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLError, ValueError):
+                return "stale"
+        bounded = self._deadline_stream
+        if bounded is not None:
+            return bounded.unusable()
+        sock = self._peek_socket
+        if sock is None:
+            return None
+        try:
+            peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return "stale"
+        return "out_of_sync" if peeked else "stale"
 
     async def run(
         self,
@@ -161,7 +243,13 @@ class Connection:
                     raise DeadlineExceeded
                 limit.deadline = min(deadline, now + allowance)
             if type(step) is Write:
-                await stream.send(step.data)
+                flight = step.data
+                if len(flight) <= _WRITE_SLICE:
+                    await stream.send(flight)  # type: ignore[arg-type]
+                else:
+                    await self._send_sliced(
+                        stream, memoryview(flight), limit, step_timeout, deadline
+                    )
             else:
                 assert type(step) is StartTLS
                 stream = await self._start_tls(exchange, ssl_context)
@@ -169,6 +257,24 @@ class Connection:
             now = current_time()
             if limit.deadline - now < step_timeout:
                 limit.deadline = min(deadline, now + allowance)
+
+    async def _send_sliced(
+        self,
+        stream: anyio.abc.ByteStream,
+        view: memoryview,
+        limit: _Limit,
+        step_timeout: float,
+        deadline: float,
+    ) -> None:
+        # Each slice handed over is progress: the next one gets a full step again.
+        allowance = step_timeout * _STEP_SLACK
+        for start in range(0, len(view), _WRITE_SLICE):
+            now = self._clock()
+            if limit.deadline - now < step_timeout:
+                if deadline <= now:
+                    raise DeadlineExceeded
+                limit.deadline = min(deadline, now + allowance)
+            await stream.send(view[start : start + _WRITE_SLICE])  # type: ignore[arg-type]
 
     async def _start_tls(
         self, exchange: Exchange, ssl_context: ssl.SSLContext | None
@@ -194,8 +300,7 @@ class Connection:
     async def abort(self, grace: float) -> None:
         """Close the transport now, bounded and shielded."""
         with anyio.move_on_after(grace, shield=True):
-            with contextlib.suppress(Exception):
-                await self.stream.aclose()
+            await anyio.aclose_forcefully(self.stream)
 
 
 async def open_connection(
@@ -203,20 +308,21 @@ async def open_connection(
     *,
     local_hostname: str,
     connect_timeout: float,
-    command_timeout: float,
-    ssl_context: ssl.SSLContext,
+    ssl_context: ssl.SSLContext | None,
     limits: Limits,
     quit_grace: float,
 ) -> Connection | ConnectFailure:
     """Connect, read the greeting, EHLO, STARTTLS and AUTH as the host asks.
 
-    Returns a ready `Connection`, or a `ConnectFailure` saying at which stage it went wrong.
-    Nothing is left open on failure.
+    `connect_timeout` bounds all of it, as one deadline: a session ready for MAIL, or a
+    `ConnectFailure` saying at which stage it went wrong and why. Nothing is left open on failure.
     """
     implicit = host.tls is TLSMode.IMPLICIT
+    deadline = backend_clock()() + connect_timeout
     stage = Stage.CONNECT
+    stream: anyio.abc.ByteStream | None = None
     try:
-        with anyio.fail_after(connect_timeout):
+        with anyio.CancelScope(deadline=deadline) as scope:
             stream = await connect_tcp(host.hostname, host.port)
             if implicit:
                 stage = Stage.TLS
@@ -226,8 +332,18 @@ async def open_connection(
                     ssl_context=ssl_context,
                     standard_compatible=False,
                 )
+        if scope.cancelled_caught:
+            raise ExchangeTimeout
     except TRANSPORT_ERRORS as exc:
-        return ConnectFailure(host.key, classify(stage), None, exc, "could not connect")
+        if stream is not None:
+            await _abort(stream, quit_grace)
+        reason = describe_transport_failure(exc, stage, host, connect_timeout, connecting=True)
+        return ConnectFailure(host.key, classify(stage), None, exc, reason)
+    except BaseException:
+        if stream is not None:
+            await _abort(stream, quit_grace)
+        raise
+    assert stream is not None
     session = ClientSession(local_hostname=local_hostname, limits=limits)
     connection = Connection(stream, session, host)
     setup = session.setup(
@@ -239,17 +355,24 @@ async def open_connection(
         allow_plaintext_auth=host.allow_plaintext_auth,
     )
     try:
-        await connection.run(setup, step_timeout=command_timeout, ssl_context=ssl_context)
+        await connection.run(
+            setup, step_timeout=connect_timeout, deadline=deadline, ssl_context=ssl_context
+        )
     except TRANSPORT_ERRORS as exc:
         await connection.abort(quit_grace)
         stage = setup.stage
-        return ConnectFailure(host.key, classify(stage), None, exc)
+        reason = describe_transport_failure(exc, stage, host, connect_timeout, connecting=True)
+        return ConnectFailure(host.key, classify(stage), None, exc, reason)
     except BaseException:
         await connection.abort(quit_grace)
         raise
     result = setup.result
     if not result.ok:
         await connection.quit(quit_grace)
+        if result.reply is not None:
+            reason = f"{result.reason}: server said {result.reply}"
+        else:
+            reason = result.reason
         return ConnectFailure(
             host.key,
             # No reply means the core refused locally (no STARTTLS offered, AUTH not possible).
@@ -257,6 +380,74 @@ async def open_connection(
             result.reply,
             # Refused locally: the reason becomes the cause a caller sees on SendFailed.
             LocalProtocolError(result.reason) if result.reply is None else None,
-            result.reason,
+            reason,
         )
     return connection
+
+
+async def _abort(stream: anyio.abc.ByteStream, grace: float) -> None:
+    with anyio.move_on_after(grace, shield=True):
+        await anyio.aclose_forcefully(stream)
+
+
+def describe_transport_failure(
+    error: BaseException,
+    stage: Stage,
+    host: Host,
+    timeout: float,
+    *,
+    connecting: bool,
+) -> str:
+    """One line saying what a transport failure at `stage` means, for `SendFailed`'s reason.
+
+    `timeout` is the limit that expired if it was a timeout (`connect_timeout` while
+    `connecting`, else `command_timeout`). Never quotes anything the server could use to smuggle
+    text into logs beyond its own error strings, and never a secret.
+    """
+    option = "connect_timeout" if connecting else "command_timeout"
+    if isinstance(error, (TimeoutError, DeadlineExceeded)):
+        if stage is Stage.CONNECT:
+            return f"no TCP connection within {timeout:g} s ({option})"
+        if stage is Stage.GREETING:
+            hint = ""
+            if host.tls is not TLSMode.IMPLICIT:
+                hint = ": is this an implicit-TLS port? try tls='implicit'"
+            return f"no greeting within {timeout:g} s{hint}"
+        if stage is Stage.TLS and connecting:
+            return f"the TLS handshake did not finish within {timeout:g} s ({option})"
+        return f"no reply during {stage.name} within {timeout:g} s ({option})"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        what = error.reason or type(error).__name__
+        hint = ""
+        if what == "WRONG_VERSION_NUMBER" and host.tls is TLSMode.IMPLICIT:
+            hint = ": is this a plaintext or STARTTLS port? try tls='starttls'"
+        return f"TLS failed: {what}{hint}"
+    if isinstance(error, LocalProtocolError):
+        return str(error)
+    if isinstance(error, RemoteProtocolError):
+        return f"protocol error during {stage.name}: {error}"
+    # The error that says what happened may be a cause: anyio wraps a reset in
+    # BrokenResourceError, and its connect_tcp the last attempt's error in a bare OSError.
+    cause: BaseException = error
+    while cause.__cause__ is not None and (
+        isinstance(cause, anyio.BrokenResourceError)
+        or (type(cause) is OSError and cause.errno is None)
+    ):
+        cause = cause.__cause__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve {host.hostname!r}: {cause.strerror or cause}"
+    if isinstance(cause, (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)):
+        if stage is Stage.GREETING:
+            return "the server closed the connection before its greeting"
+        return f"the server closed the connection during {stage.name}"
+    if isinstance(cause, anyio.ClosedResourceError):
+        return f"the connection was closed during {stage.name}"
+    if isinstance(cause, OSError):
+        if cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"{host.hostname} is unreachable: {cause.strerror}"
+        return cause.strerror or str(cause) or type(cause).__name__
+    return str(cause) or type(cause).__name__

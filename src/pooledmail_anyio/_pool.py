@@ -1,59 +1,74 @@
 """`SMTPPool`: the public async API over the core's pool machine and protocol machine.
 
 The pool machine owns every decision about slots and waiters; this module performs the actions
-it returns, right after each input, and nothing else. Background work (connecting, probing,
-closing, the timer that wakes on `next_deadline()`) runs in the pool's own task group, so nothing
-outlives the `async with`.
+it returns, right after each input, and nothing else.
+
+Lifecycle. `__aenter__` opens a task group and starts one runner task in it; the runner owns a
+second task group, entered and left in that one task, in which all background work runs
+(connecting, probing, closing, the timer that wakes on `next_deadline()`). Shutting down is a
+request: `aclose()`, from any task and any number of times, asks the runner to close and waits for
+it; `__aexit__` does the same and then leaves the outer task group, which by then holds nothing.
+The runner closes in three steps: refuse new work and QUIT idle connections, give leased
+connections up to `DRAIN_GRACE` to come back, then abort whatever is left. A close that is itself
+cancelled (or a block left by cancellation) skips the wait and aborts at once. Either way nothing
+the pool started runs after the block exits, and the body's own exception leaves the block as
+itself, never wrapped in an exception group.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random as _random
 import ssl
+from collections import Counter
 from collections.abc import Callable, Sequence
-from email.message import EmailMessage
-from types import TracebackType
+from dataclasses import dataclass
+from email.message import Message
+from types import MappingProxyType, TracebackType
+from typing import Any, NoReturn
 
 import anyio.abc
 
 import anyio
-from pooledmail_core._classify import (
+from pooledmail_core import (
+    Action,
     Classification,
+    CloseSlot,
     FailureKind,
+    FailWaiter,
+    GrantSlot,
+    Limits,
+    LocalProtocolError,
+    OpenConnection,
+    PoolConfig,
+    PoolMachine,
+    PoolStatistics,
+    PreparedMessage,
+    ProbeSlot,
+    RandomSource,
+    Reply,
     Stage,
     classify,
     classify_pool_failure,
+    prepare_message,
     retry_delay,
 )
-from pooledmail_core._config import PoolConfig
-from pooledmail_core._entropy import RandomSource
-from pooledmail_core._envelope import PreparedMessage
-from pooledmail_core._errors import LocalProtocolError
-from pooledmail_core._limits import Limits
-from pooledmail_core._message import checked_envelope, prepare_message
-from pooledmail_core._pool import (
-    Action,
-    CloseSlot,
-    FailWaiter,
-    GrantSlot,
-    OpenConnection,
-    PoolMachine,
-    PoolStatistics,
-    ProbeSlot,
-)
-from pooledmail_core._reply import Reply
+from pooledmail_core._message import checked_envelope
 
 from ._connection import (
     TRANSPORT_ERRORS,
     ConnectFailure,
     Connection,
+    describe_transport_failure,
     open_connection,
 )
-from ._results import SendFailed, SendResult
+from ._results import SendFailed, SendResult, SendStatistics
 from ._stream import backend_clock
 
 __all__ = ["SMTPPool"]
+
+logger = logging.getLogger("pooledmail")
 
 # Bounds for closing: a healthy connection gets this long to say QUIT; a broken one is aborted.
 QUIT_GRACE = 2.0
@@ -76,6 +91,22 @@ class _Waiter:
         self.error: object = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """One failed attempt, as the driver reports it."""
+
+    classification: Classification
+    reply: Reply | None
+    cause: BaseException | None
+    host: str | None
+    reason: str
+
+
+class _AcquireFailed(Exception):
+    def __init__(self, failure: _Failure) -> None:
+        self.failure = failure
+
+
 class SMTPPool:
     """A pool of SMTP connections shared by concurrent senders.
 
@@ -93,6 +124,10 @@ class SMTPPool:
     ) -> None:
         if not isinstance(config, PoolConfig):
             raise TypeError("config: expected a PoolConfig")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError("ssl_context: expected an ssl.SSLContext")
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError("limits: expected a pooledmail_core.Limits")
         self._config = config
         self._ssl_context = ssl_context
         # Resolved on entry (the event loop's own clock, read without anyio's per-call backend
@@ -105,11 +140,28 @@ class SMTPPool:
         self._machine = PoolMachine(config, self._rng)
         self._connections: dict[int, Connection] = {}
         self._waiters: dict[int, _Waiter] = {}
+        # Cancel scopes of the connect and probe tasks in flight, cancelled when the pool closes.
+        self._setup_scopes: dict[int, anyio.CancelScope] = {}
+        # Leased slots whose connection the close aborted under their sender.
+        self._aborted_by_close: set[int] = set()
+        # The latest failure to connect to each host, cleared by a success (for messages).
+        self._host_failures: dict[str, ConnectFailure] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._background: anyio.abc.TaskGroup | None = None
         self._timer_wakeup: anyio.Event | None = None
         self._timer_deadline = math.inf
         self._state = "new"  # new -> open -> closing -> closed
-        self._drained: anyio.Event | None = None
+        self._forced = False
+        self._shutdown: anyio.Event | None = None
+        self._closing: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
+        self._closer_wakeup: anyio.Event | None = None
+        # Send outcomes, for `send_statistics()`.
+        self._accepted = 0
+        self._failed: Counter[str] = Counter()
+        self._retries = 0
+        self._cancelled_after_terminator = 0
+        self._stale_discarded = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -120,11 +172,19 @@ class SMTPPool:
             self._ssl_context = ssl.create_default_context()
         if not self._custom_clock:
             self._clock = backend_clock()
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._state = "open"
-        self._task_group.start_soon(self._timer_loop)
-        self._perform(self._machine.handle_timer(self._clock()))
+        self._shutdown = anyio.Event()
+        self._closing = anyio.Event()
+        self._closed = anyio.Event()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self._run)
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await task_group.__aexit__(None, None, None)
+            raise
+        self._task_group = task_group
         return self
 
     async def __aexit__(
@@ -132,43 +192,132 @@ class SMTPPool:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
+        if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
+            # The block is being cancelled: nobody will wait for leased connections to drain.
+            self._force()
         task_group = self._task_group
-        assert task_group is not None
         try:
             with anyio.CancelScope(shield=True):
-                await self._drain()
+                await self.aclose()
         finally:
-            task_group.cancel_scope.cancel()
-            try:
-                suppress = await task_group.__aexit__(exc_type, exc, tb)
-            finally:
-                self._state = "closed"
-                self._connections.clear()
-        return suppress
+            if task_group is not None:
+                self._task_group = None
+                # The runner has finished (or is finishing): leaving the task group collects it.
+                # It is left with no exception of the body's, so that nothing is ever wrapped in
+                # an exception group, and not under a new cancel scope, which would break the
+                # nesting of scopes.
+                try:
+                    await task_group.__aexit__(None, None, None)
+                except BaseException as collected:
+                    if exc is None:
+                        raise
+                    # The block's own exception goes out as itself. A cancellation met while
+                    # collecting the runner comes again at the caller's next checkpoint.
+                    if not isinstance(collected, anyio.get_cancelled_exc_class()):
+                        logger.error("the pool's runner failed", exc_info=collected)
+        # The body's exception, if any, propagates as itself.
 
     async def aclose(self) -> None:
-        """Close the pool: the same as leaving the `async with` block."""
-        if self._state == "open":
-            await self.__aexit__(None, None, None)
+        """Close the pool: refuse new sends, QUIT idle connections, give leased ones up to
+        10 s to come back, then abort the rest. Safe from any task, any number of times.
 
-    async def _drain(self) -> None:
-        """Refuse new work, QUIT idle connections, wait (bounded) for leases to come back."""
+        If the call is cancelled, the pool still closes, at once: leased connections are aborted
+        and their senders fail (POOL_CLOSED, or UNKNOWN_AFTER_DATA after the terminator).
+        """
+        if self._state == "new":
+            self._state = "closed"  # never opened: nothing to close, and it cannot open now
+            return
+        assert self._shutdown is not None
+        assert self._closed is not None
+        self._shutdown.set()
+        try:
+            await self._closed.wait()
+        except BaseException:
+            self._force()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(QUIT_GRACE + ABORT_GRACE):
+                await self._closed.wait()
+            raise
+
+    def _force(self) -> None:
+        """Close without waiting for leased connections (a close that was cancelled)."""
+        self._forced = True
+        if self._shutdown is not None:
+            self._shutdown.set()
+        self._wake_closer()
+
+    def _wake_closer(self) -> None:
+        wakeup = self._closer_wakeup
+        if wakeup is not None:
+            wakeup.set()
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The runner: owns the background task group from start to end, in this one task."""
+        assert self._shutdown is not None
+        assert self._closed is not None
+        try:
+            async with anyio.create_task_group() as background:
+                self._background = background
+                self._state = "open"
+                background.start_soon(self._timer_loop)
+                self._perform(self._machine.handle_timer(self._clock()))
+                task_status.started()
+                try:
+                    await self._shutdown.wait()
+                except BaseException:
+                    # Cancelled from outside (the block's scope): close at once.
+                    self._forced = True
+                    raise
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._shut_down()
+                    background.cancel_scope.cancel()
+        finally:
+            self._background = None
+            self._state = "closed"
+            # Slots whose task was cancelled with the task group are gone with their sockets.
+            for connection in self._connections.values():
+                await connection.abort(ABORT_GRACE)
+            self._closed.set()
+
+    async def _shut_down(self) -> None:
+        assert self._closing is not None
         self._state = "closing"
-        self._drained = anyio.Event()
+        self._closing.set()
         self._perform(self._machine.close(self._clock()))
-        with anyio.move_on_after(DRAIN_GRACE):
-            if not self._machine.is_closed:
-                await self._drained.wait()
-        # Whatever is still open now is closed abruptly, shielded and bounded.
-        for connection in list(self._connections.values()):
-            await connection.abort(ABORT_GRACE)
+        for scope in list(self._setup_scopes.values()):
+            scope.cancel()
+        clock = backend_clock()
+        drain_until = clock() + DRAIN_GRACE
+        while not self._forced and self._machine.statistics().leased:
+            self._closer_wakeup = anyio.Event()
+            with anyio.move_on_after(drain_until - clock()) as waited:
+                await self._closer_wakeup.wait()
+            if waited.cancelled_caught:
+                break
+        # Whatever is still leased is aborted under its sender, who learns it from the failure.
+        for slot, connection in list(self._connections.items()):
+            if self._forced or self._machine.slot_state(slot).value == "leased":
+                if self._machine.slot_state(slot).value == "leased":
+                    self._aborted_by_close.add(slot)
+                await connection.abort(ABORT_GRACE)
+        # Closing tasks (QUIT, abort) and senders whose connection was aborted report back.
+        close_until = clock() + QUIT_GRACE + ABORT_GRACE
+        while not self._machine.is_closed:
+            self._closer_wakeup = anyio.Event()
+            with anyio.move_on_after(close_until - clock()) as waited:
+                await self._closer_wakeup.wait()
+            if waited.cancelled_caught:
+                break
+        self._closer_wakeup = None
 
     # -- the machine's actions ---------------------------------------------------------------
 
     def _perform(self, actions: Sequence[Action]) -> None:
         """Carry out the actions the pool machine returned for one input, in order."""
-        for action in actions:
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
             if type(action) is GrantSlot:
                 waiter = self._waiters.pop(action.waiter, None)
                 if waiter is not None:
@@ -183,20 +332,28 @@ class SMTPPool:
                     if waiter.event is not None:
                         waiter.event.set()
             elif type(action) is OpenConnection:
-                self._spawn(self._open, action.slot)
+                if not self._spawn(self._open, action.slot):
+                    pending += self._machine.connect_cancelled(action.slot, self._clock())
             elif type(action) is ProbeSlot:
-                self._spawn(self._probe, action.slot)
+                if not self._spawn(self._probe, action.slot):
+                    pending += self._machine.probe_failed(action.slot, self._clock())
             elif type(action) is CloseSlot:
-                self._spawn(self._close, action.slot, action.graceful)
+                if not self._spawn(self._close, action.slot, action.graceful):
+                    # After shutdown every connection has been aborted already.
+                    self._connections.pop(action.slot, None)
+                    pending += self._machine.slot_closed(action.slot, self._clock())
             else:  # pragma: no cover - the machine returns only the actions above
                 raise AssertionError(f"unknown action {action!r}")
         self._rearm_timer()
-        if self._drained is not None and self._machine.is_closed:
-            self._drained.set()
+        if self._state == "closing":
+            self._wake_closer()
 
-    def _spawn(self, func: Callable[..., object], *args: object) -> None:
-        if self._task_group is not None and self._state != "closed":
-            self._task_group.start_soon(func, *args)  # type: ignore[arg-type]
+    def _spawn(self, func: Callable[..., Any], *args: object) -> bool:
+        background = self._background
+        if background is None:
+            return False
+        background.start_soon(func, *args)
+        return True
 
     def _rearm_timer(self) -> None:
         deadline = self._machine.next_deadline()
@@ -218,54 +375,74 @@ class SMTPPool:
             self._perform(self._machine.handle_timer(self._clock()))
 
     async def _open(self, slot: int) -> None:
-        config = self._config
         host = self._machine.slot_host(slot)
-        assert self._ssl_context is not None or host.tls.value == "none"
-        outcome = await open_connection(
-            host,
-            local_hostname=self._local_hostname,
-            connect_timeout=config.connect_timeout,
-            command_timeout=config.command_timeout,
-            ssl_context=self._ssl_context,  # type: ignore[arg-type]
-            limits=self._limits,
-            quit_grace=QUIT_GRACE,
-        )
+        outcome: Connection | ConnectFailure | None = None
+        scope = self._setup_scopes[slot] = anyio.CancelScope()
+        try:
+            with scope:
+                outcome = await open_connection(
+                    host,
+                    local_hostname=self._local_hostname,
+                    connect_timeout=self._config.connect_timeout,
+                    ssl_context=self._ssl_context,
+                    limits=self._limits,
+                    quit_grace=QUIT_GRACE,
+                )
+        except Exception as exc:  # a bug must not leave a slot connecting for ever
+            logger.exception("unexpected error while connecting to %s", host.key)
+            outcome = ConnectFailure(
+                host.key, classify(Stage.CONNECT), None, exc, f"unexpected {type(exc).__name__}"
+            )
+        finally:
+            self._setup_scopes.pop(slot, None)
+            if outcome is None:  # cancelled: the pool is closing
+                self._perform(self._machine.connect_cancelled(slot, self._clock()))
         if isinstance(outcome, ConnectFailure):
+            self._host_failures[host.key] = outcome
             self._perform(self._machine.connect_failed(slot, self._clock(), outcome.kind, outcome))
             return
-        self._connections[slot] = outcome
-        self._perform(self._machine.connected(slot, self._clock()))
+        if outcome is not None:
+            self._host_failures.pop(host.key, None)
+            self._connections[slot] = outcome
+            self._perform(self._machine.connected(slot, self._clock()))
 
     async def _probe(self, slot: int) -> None:
         connection = self._connections[slot]
         ok = False
+        scope = self._setup_scopes[slot] = anyio.CancelScope()
         try:
-            probe = connection.session.noop()
-            await connection.run(probe, step_timeout=self._config.probe_timeout)
-            ok = probe.result.is_positive
+            with scope:
+                if connection.unusable() is None:
+                    probe = connection.session.noop()
+                    await connection.run(probe, step_timeout=self._config.probe_timeout)
+                    ok = probe.result.is_positive and connection.unusable() is None
         except PROBE_ERRORS:
             ok = False
-        now = self._clock()
-        if ok:
-            self._perform(self._machine.probe_succeeded(slot, now))
-        else:
-            self._perform(self._machine.probe_failed(slot, now))
+        finally:
+            self._setup_scopes.pop(slot, None)
+            now = self._clock()
+            if ok:
+                self._perform(self._machine.probe_succeeded(slot, now))
+            else:
+                self._perform(self._machine.probe_failed(slot, now))
 
     async def _close(self, slot: int, graceful: bool) -> None:
         connection = self._connections.pop(slot, None)
-        if connection is not None:
-            if graceful:
-                await connection.quit(QUIT_GRACE)
-            else:
-                await connection.abort(ABORT_GRACE)
-        self._perform(self._machine.slot_closed(slot, self._clock()))
+        try:
+            if connection is not None:
+                if graceful and not self._forced:
+                    await connection.quit(QUIT_GRACE)
+                else:
+                    await connection.abort(ABORT_GRACE)
+        finally:
+            self._perform(self._machine.slot_closed(slot, self._clock()))
 
     # -- acquiring ---------------------------------------------------------------------------
 
     async def _acquire(self, deadline: float) -> int:
         """Wait for a slot; returns it, or raises `_AcquireFailed`."""
         if self._state != "open":
-            raise _AcquireFailed(FailureKind.POOL_CLOSED, None)
+            raise _AcquireFailed(self._closed_failure(Stage.ACQUIRE, None))
         waiter = _Waiter()
         waiter_id, actions = self._machine.acquire(self._clock(), deadline)
         self._waiters[waiter_id] = waiter
@@ -286,51 +463,157 @@ class SMTPPool:
         if waiter.slot is not None:
             return waiter.slot
         assert waiter.kind is not None
-        raise _AcquireFailed(waiter.kind, waiter.error)
+        raise _AcquireFailed(self._acquire_failure(waiter.kind, waiter.error, deadline))
+
+    async def _lease(self, deadline: float) -> tuple[int, Connection]:
+        """A slot and its connection, checked usable without a round trip.
+
+        A connection the server closed while it was idle, or that holds bytes nobody asked for,
+        is discarded and another one taken, within the same deadline: it costs the sender no
+        attempt and no back-off. A server that closes connection after connection before they
+        can be used ends this after `max_size + 1` of them.
+        """
+        for _ in range(self._config.max_size + 1):
+            slot = await self._acquire(deadline)
+            connection = self._connections[slot]
+            why = connection.unusable()
+            if why is None:
+                return slot, connection
+            self._stale_discarded += 1
+            self._perform(self._machine.release(slot, self._clock(), healthy=False, reason=why))
+        raise _AcquireFailed(
+            _Failure(
+                classify(Stage.CONNECT),
+                None,
+                None,
+                connection.host.key,
+                "the server closed every connection before it could be used",
+            )
+        )
+
+    def _closed_failure(self, stage: Stage, host: str | None) -> _Failure:
+        if self._state == "new":
+            raise RuntimeError(
+                "the pool is not open: use `async with SMTPPool(config) as pool:` around sends"
+            )
+        classification = classify_pool_failure(FailureKind.POOL_CLOSED)
+        if stage is not Stage.ACQUIRE:
+            classification = _relabel(classification, FailureKind.POOL_CLOSED, stage)
+        return _Failure(classification, None, None, host, "the pool is closed")
+
+    def _acquire_failure(self, kind: FailureKind, error: object, deadline: float) -> _Failure:
+        """The failure a waiter ends with, in words."""
+        if kind is FailureKind.POOL_CLOSED:
+            return self._closed_failure(Stage.ACQUIRE, None)
+        if isinstance(error, ConnectFailure) and kind is error.kind:
+            # The connection opened for this waiter failed and no other host could take over.
+            reason = error.reason
+            others = [
+                f"{key}: {failure.reason}"
+                for key, failure in self._host_failures.items()
+                if key != error.host
+            ]
+            if others:
+                reason += f" (also failing: {'; '.join(others)})"
+            return _Failure(error.classification, error.reply, error.error, error.host, reason)
+        classification = classify_pool_failure(kind)
+        if kind is FailureKind.HOSTS_UNAVAILABLE:
+            return _Failure(classification, None, _cause(error), None, self._hosts_unavailable())
+        stats = self._machine.statistics()
+        waited = self._config.acquire_timeout
+        reason = (
+            f"no connection became free in time (acquire_timeout {waited:g} s or the send's "
+            f"deadline): {stats.leased} of max_size {self._config.max_size} in use, "
+            f"{stats.waiting} other sender(s) waiting"
+        )
+        if stats.connecting:
+            reason += f", {stats.connecting} connection(s) still being set up"
+        return _Failure(classification, None, None, None, reason)
+
+    def _hosts_unavailable(self) -> str:
+        now = self._clock()
+        parts = []
+        for key, host in self._machine.statistics(now).hosts.items():
+            failure = self._host_failures.get(key)
+            why = f" after {failure.kind.name} ({failure.reason})" if failure else ""
+            if host.cooling_down and host.cooldown_until is not None:
+                parts.append(f"{key} cooling down for {host.cooldown_until - now:.1f} s more{why}")
+            else:
+                parts.append(f"{key} failing{why}")
+        return "no host can take a connection now: " + "; ".join(parts)
 
     # -- sending -----------------------------------------------------------------------------
 
     async def send(
         self,
-        message: EmailMessage,
+        message: Message,
         *,
         sender: str | None = None,
         recipients: Sequence[str] | None = None,
+        retry_unknown: bool = False,
     ) -> SendResult:
-        """Send an `EmailMessage`; the envelope comes from its headers unless given."""
-        return await self._send(prepare_message(message, sender=sender, recipients=recipients))
+        """Send an `EmailMessage`; the envelope comes from its headers unless given.
 
-    async def send_raw(self, data: bytes, *, sender: str, recipients: Sequence[str]) -> SendResult:
-        """Send a message already serialized as bytes (CRLF or LF line endings)."""
+        `retry_unknown=True` lets pooledmail send the message again after UNKNOWN_AFTER_DATA,
+        which may deliver it twice: only for messages where a duplicate is harmless.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(
+                f"message: expected an email.message.EmailMessage, got {type(message).__name__}"
+                "; use send_raw() for a message already serialized as bytes"
+            )
+        _check_flag("retry_unknown", retry_unknown)
+        prepared = prepare_message(message, sender=sender, recipients=recipients)  # type: ignore[arg-type]
+        return await self._send(prepared, retry_unknown)
+
+    async def send_raw(
+        self,
+        data: bytes,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        retry_unknown: bool = False,
+    ) -> SendResult:
+        """Send a message already serialized as bytes (CRLF or LF line endings), as it is."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError("data: expected bytes")
+            raise TypeError(f"data: expected bytes, got {type(data).__name__}")
+        _check_flag("retry_unknown", retry_unknown)
         # A caller's mistake is refused here, before a connection is even asked for.
         envelope = checked_envelope(sender, recipients)
-        return await self._send(PreparedMessage(envelope, bytes(data)))
+        return await self._send(PreparedMessage(envelope, bytes(data)), retry_unknown)
 
-    async def _send(self, prepared: PreparedMessage) -> SendResult:
+    async def _send(self, prepared: PreparedMessage, retry_unknown: bool) -> SendResult:
+        if self._state != "open":
+            self._refuse(self._closed_failure(Stage.ACQUIRE, None), 0)
         config = self._config
         clock = self._clock
-        start = clock()
-        deadline = start + config.send_timeout
+        deadline = clock() + config.send_timeout
         attempts = 0
+        previous: _Failure | None = None
         while True:
             attempts += 1
-            host_key: str | None = None
             try:
                 acquire_deadline = min(deadline, clock() + config.acquire_timeout)
-                slot = await self._acquire(acquire_deadline)
-            except _AcquireFailed as failure:
-                classification, reply, cause, host_key = failure.describe()
+                slot, connection = await self._lease(acquire_deadline)
+            except _AcquireFailed as failed:
+                failure = failed.failure
             else:
-                connection = self._connections[slot]
-                host_key = connection.host.key
                 outcome = await self._transact(slot, connection, prepared, deadline, attempts)
-                if isinstance(outcome, SendResult):
+                if type(outcome) is SendResult:
+                    self._accepted += 1
                     return outcome
-                classification, reply, cause = outcome
+                assert isinstance(outcome, _Failure)
+                failure = outcome
+            if previous is not None and failure.classification.kind is (
+                FailureKind.HOSTS_UNAVAILABLE
+            ):
+                # The retry found every host cooling down, the one that just failed included:
+                # the failure that made us retry says more than "unavailable".
+                self._refuse(previous, attempts - 1, f"; no host to retry on: {failure.reason}")
+            if self._state != "open":
+                self._refuse(self._closing_failure(failure), attempts)
             delay = retry_delay(
-                classification,
+                failure.classification,
                 attempt=attempts,
                 max_retries=config.max_retries,
                 base_delay=config.retry_base_delay,
@@ -338,17 +621,47 @@ class SMTPPool:
                 now=clock(),
                 deadline=deadline,
                 rng=self._rng,
+                retry_unknown=retry_unknown,
             )
             if delay is None:
-                raise SendFailed(
-                    classification.kind,
-                    classification.stage,
-                    host=host_key,
-                    attempts=attempts,
-                    reply=reply,
-                    definitely_not_accepted=classification.definitely_not_accepted,
-                ) from cause
-            await anyio.sleep(delay)
+                self._refuse(failure, attempts)
+            previous = failure
+            self._retries += 1
+            assert self._closing is not None
+            with anyio.move_on_after(delay):
+                await self._closing.wait()  # a closing pool ends the wait, and the send
+
+    def _closing_failure(self, failure: _Failure) -> _Failure:
+        """A failure that would be retried, but the pool is closing: POOL_CLOSED, with the truth
+        about the message (a failure after the terminator stays UNKNOWN_AFTER_DATA)."""
+        classification = failure.classification
+        if not classification.definitely_not_accepted or classification.kind in (
+            FailureKind.POOL_CLOSED,
+            FailureKind.PERMANENT,
+            FailureKind.AUTH_FAILED,
+        ):
+            return failure
+        return _Failure(
+            _relabel(classification, FailureKind.POOL_CLOSED, classification.stage),
+            failure.reply,
+            failure.cause,
+            failure.host,
+            f"the pool closed; the last attempt had failed: {failure.reason}",
+        )
+
+    def _refuse(self, failure: _Failure, attempts: int, note: str = "") -> NoReturn:
+        """Raise the `SendFailed` for `failure`, counting it."""
+        classification = failure.classification
+        self._failed[classification.kind.value] += 1
+        raise SendFailed(
+            classification.kind,
+            classification.stage,
+            host=failure.host,
+            attempts=attempts,
+            reply=failure.reply,
+            definitely_not_accepted=classification.definitely_not_accepted,
+            reason=failure.reason + note,
+        ) from failure.cause
 
     async def _transact(
         self,
@@ -357,18 +670,19 @@ class SMTPPool:
         prepared: PreparedMessage,
         deadline: float,
         attempts: int,
-    ) -> SendResult | tuple[Classification, Reply | None, BaseException | None]:
+    ) -> SendResult | _Failure:
         """One attempt on a leased connection. Always gives the slot back to the machine."""
         healthy = False
+        reason = "broken"
         messages = 1
+        host = connection.host.key
         try:
             try:
                 transaction = connection.session.transaction(prepared)
             except LocalProtocolError as exc:
                 # Refused before any byte: the session is untouched and carried no message.
                 healthy, messages = True, 0
-                local = classify(Stage.MAIL, local_refusal=True)
-                return local, None, exc
+                return _Failure(classify(Stage.MAIL, local_refusal=True), None, exc, host, str(exc))
             try:
                 await connection.run(
                     transaction,
@@ -376,53 +690,114 @@ class SMTPPool:
                     deadline=deadline,
                 )
             except TRANSPORT_ERRORS as exc:
-                failed = classify(transaction.stage, terminator_sent=transaction.terminator_sent)
-                return failed, None, exc
+                classification = classify(
+                    transaction.stage, terminator_sent=transaction.terminator_sent
+                )
+                if slot in self._aborted_by_close:
+                    return self._aborted(classification, exc, host)
+                why = describe_transport_failure(
+                    exc,
+                    transaction.stage,
+                    connection.host,
+                    self._config.command_timeout,
+                    connecting=False,
+                )
+                if not classification.definitely_not_accepted:
+                    why += "; the message was handed over in full and the server may have stored it"
+                return _Failure(classification, None, exc, host, why)
+            except BaseException:
+                if transaction.terminator_sent:
+                    self._cancelled_after_terminator += 1
+                    logger.warning(
+                        "send cancelled after the message was handed to %s and before its final "
+                        "reply: it may have been delivered (Message-ID %s)",
+                        host,
+                        prepared.message_id if hasattr(prepared, "message_id") else None,
+                        extra={"host": host, "stage": transaction.stage.value},
+                    )
+                raise
             result = transaction.result
+            if result.in_sync:
+                leftover = connection.unusable()
+                healthy = leftover is None
+                if leftover is not None:
+                    reason = leftover
             if result.failed_stage is None:
-                healthy = result.in_sync
                 assert result.reply is not None
                 return SendResult(
-                    connection.host.key, attempts, result.accepted, result.refused, result.reply
+                    host,
+                    attempts,
+                    result.accepted,
+                    result.refused,
+                    result.reply,
+                    getattr(prepared, "message_id", None),
                 )
             refused = classify(
                 result.failed_stage,
                 reply=result.reply,
                 terminator_sent=transaction.terminator_sent,
             )
-            healthy = result.in_sync and refused.keep_connection
-            return refused, result.reply, None
+            healthy = healthy and refused.keep_connection
+            return _Failure(refused, result.reply, None, host, f"server said {result.reply}")
         finally:
+            self._aborted_by_close.discard(slot)
             self._perform(
-                self._machine.release(slot, self._clock(), healthy=healthy, messages=messages)
+                self._machine.release(
+                    slot, self._clock(), healthy=healthy, messages=messages, reason=reason
+                )
             )
+
+    def _aborted(self, classification: Classification, error: BaseException, host: str) -> _Failure:
+        """The pool's close aborted this connection under its sender."""
+        if classification.definitely_not_accepted:
+            return _Failure(
+                _relabel(classification, FailureKind.POOL_CLOSED, classification.stage),
+                None,
+                error,
+                host,
+                "the pool closed while the message was being sent; it was not handed over",
+            )
+        return _Failure(
+            classification,
+            None,
+            error,
+            host,
+            "the pool closed after the message was handed over and before the server's final "
+            "reply; the server may have stored it",
+        )
 
     def statistics(self) -> PoolStatistics:
-        """A frozen snapshot of the pool's state."""
+        """A frozen snapshot of the pool's connections and waiters."""
         return self._machine.statistics()
 
-
-class _AcquireFailed(Exception):
-    def __init__(self, kind: FailureKind, error: object) -> None:
-        self.kind = kind
-        self.error = error
-
-    def describe(self) -> tuple[Classification, Reply | None, BaseException | None, str | None]:
-        """The classification of a failed acquire, the server's reply, the cause, the host."""
-        error = self.error
-        failure = error if isinstance(error, ConnectFailure) else None
-        if failure is not None and self.kind is failure.kind:
-            # The connection opened for this waiter failed and no other host could take over.
-            return (
-                failure.classification,
-                failure.reply,
-                failure.error,
-                failure.host,
-            )
-        cause = failure.error if failure is not None else error
-        return (
-            classify_pool_failure(self.kind),
-            failure.reply if failure is not None else None,
-            cause if isinstance(cause, BaseException) else None,
-            failure.host if failure is not None else None,
+    def send_statistics(self) -> SendStatistics:
+        """A frozen snapshot of what the pool's sends have come to so far."""
+        return SendStatistics(
+            accepted=self._accepted,
+            failed=MappingProxyType(dict(self._failed)),
+            retries=self._retries,
+            cancelled_after_terminator=self._cancelled_after_terminator,
+            stale_discarded=self._stale_discarded,
         )
+
+
+def _relabel(classification: Classification, kind: FailureKind, stage: Stage) -> Classification:
+    return Classification(
+        kind,
+        stage,
+        retryable=False,
+        definitely_not_accepted=classification.definitely_not_accepted,
+        keep_connection=False,
+        cool_down_host=False,
+    )
+
+
+def _cause(error: object) -> BaseException | None:
+    if isinstance(error, ConnectFailure):
+        return error.error
+    return error if isinstance(error, BaseException) else None
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")

@@ -252,7 +252,12 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
             raise self._broken()
         if protocol.write_waiter is not None:
             raise anyio.BusyResourceError("writing to")
-        self._transport.write(item)
+        transport = self._transport
+        transport.write(item)
+        if transport.is_closing():
+            # The write failed inside the transport (a reset, a broken pipe): asyncio reports
+            # it only through connection_lost() later. Nothing of `item` can be trusted as sent.
+            raise self._broken()
         if protocol.writing_paused:
             # Woken by resume_writing() or connection_lost(), which both end the pause.
             waiter = protocol.write_waiter = self._loop.create_future()
@@ -260,11 +265,32 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
                 self._guard()
             try:
                 await waiter
+            except BaseException:
+                # Timed out or cancelled with bytes still in the transport's buffer. Left there,
+                # they would keep leaving while the loop runs, after the caller was told the
+                # write failed: the terminator of a message could reach the server after the
+                # driver decided it never left. Abort, so that "send() did not return" always
+                # means "not every byte was handed over, and no more will be".
+                if self._transport.get_write_buffer_size():
+                    self._transport.abort()
+                raise
             finally:
                 protocol.write_waiter = None
             if self._closed or protocol.lost:
                 # Aborted (by us or by a reset) before the kernel took every byte.
                 raise self._broken()
+
+    def unusable(self) -> str | None:
+        """Whether anything arrived unasked or the connection ended, judged from what the
+        transport already delivered (the protocol keeps reading while idle, so this needs no
+        system call): "out_of_sync" for unread bytes, "stale" for an end of stream, a reset or
+        a close, None when it looks usable."""
+        protocol = self._protocol
+        if protocol.chunks:
+            return "out_of_sync"
+        if protocol.eof or protocol.lost or self._closed:
+            return "stale"
+        return None
 
     async def send_eof(self) -> None:
         if not self._closed and not self._protocol.lost:

@@ -8,6 +8,7 @@ never quote a value that may be private (usernames, passwords, tokens).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,21 @@ def _check_line_safe(option: str, value: object, *, allow_space: bool) -> str:
     return value
 
 
+def _check_hostname(value: object) -> str:
+    hostname = _check_line_safe("hostname", value, allow_space=False)
+    if ":" in hostname:
+        # Only an IPv6 address has a colon (RFC 3986 §3.2.2 brackets it; both forms are taken).
+        literal = hostname[1:-1] if hostname[:1] == "[" and hostname[-1:] == "]" else hostname
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ConfigError(
+                "hostname", "must not include a port: give it as Host(hostname, port)"
+            ) from None
+        hostname = literal
+    return hostname
+
+
 def _check_tls(value: object) -> TLSMode:
     if isinstance(value, TLSMode):
         return value
@@ -139,7 +155,7 @@ class Host:
         max_connections: int | None = None,
         allow_plaintext_auth: bool = False,
     ) -> None:
-        hostname = _check_line_safe("hostname", hostname, allow_space=False)
+        hostname = _check_hostname(hostname)
         port = _check_int("port", port, minimum=1)
         if port > 65535:
             raise ConfigError("port", "must be at most 65535")
@@ -272,7 +288,7 @@ class PoolConfig:
         max_connection_age: float | None = 300.0,
         max_messages_per_connection: int | None = 100,
         refill_delay: float = 0.0,
-        connect_timeout: float = 15.0,
+        connect_timeout: float = 10.0,
         command_timeout: float = 30.0,
         send_timeout: float = 60.0,
         reconnect_cooldown: float = 30.0,

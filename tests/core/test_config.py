@@ -48,6 +48,15 @@ def test_host_tls_is_normalised_to_the_enum(given_tls: Any, mode: TLSMode) -> No
 def test_ipv6_literal_key_is_bracketed() -> None:
     assert Host("2001:db8::1", 25).key == "[2001:db8::1]:25"
     assert Host("[2001:db8::1]", 25).key == "[2001:db8::1]:25"
+    # Brackets are how URLs write an IPv6 address; the socket wants it bare.
+    assert Host("[2001:db8::1]", 25).hostname == "2001:db8::1"
+
+
+def test_a_port_inside_the_hostname_is_refused_with_the_fix() -> None:
+    with pytest.raises(
+        ConfigError, match=r"hostname: must not include a port.*Host\(hostname, port\)"
+    ):
+        Host("smtp.example.com:587")
 
 
 @pytest.mark.parametrize(
@@ -57,6 +66,9 @@ def test_ipv6_literal_key_is_bracketed() -> None:
         ({"hostname": "mx.example\r\nRCPT"}, "hostname"),
         ({"hostname": "mx example"}, "hostname"),
         ({"hostname": 42}, "hostname"),
+        ({"hostname": "smtp.example.com:587"}, "hostname"),
+        ({"hostname": "[smtp.example.com]:587"}, "hostname"),
+        ({"hostname": "[2001:db8::1]:25"}, "hostname"),
         ({"port": 0}, "port"),
         ({"port": 65536}, "port"),
         ({"port": "25"}, "port"),
@@ -143,7 +155,7 @@ def test_pool_config_defaults_match_the_documented_table() -> None:
     assert c.max_connection_age == 300.0
     assert c.max_messages_per_connection == 100
     assert c.refill_delay == 0.0
-    assert (c.connect_timeout, c.command_timeout, c.send_timeout) == (15.0, 30.0, 60.0)
+    assert (c.connect_timeout, c.command_timeout, c.send_timeout) == (10.0, 30.0, 60.0)
     assert (c.reconnect_cooldown, c.max_reconnect_cooldown, c.cooldown_jitter) == (30.0, 300.0, 0.2)
     assert (c.max_retries, c.retry_base_delay) == (1, 1.0)
     assert c.local_hostname is None
