@@ -11,6 +11,7 @@ from pooledmail_core import (
     FailureKind,
     Host,
     InvalidArgument,
+    Limits,
     LocalProtocolError,
     PoolConfig,
     PooledMailError,
@@ -22,7 +23,7 @@ from pooledmail_core import (
 )
 
 from ._pool import SMTPPool
-from ._results import SendFailed, SendResult
+from ._results import SendFailed, SendResult, SendStatistics
 
 __all__ = [
     "ConfigError",
@@ -31,6 +32,7 @@ __all__ = [
     "FailureKind",
     "Host",
     "InvalidArgument",
+    "Limits",
     "LocalProtocolError",
     "PoolConfig",
     "PoolStatistics",
@@ -40,6 +42,7 @@ __all__ = [
     "SMTPPool",
     "SendFailed",
     "SendResult",
+    "SendStatistics",
     "Stage",
     "TLSMode",
 ]

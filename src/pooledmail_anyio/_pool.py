@@ -629,7 +629,10 @@ class SMTPPool:
             self._retries += 1
             assert self._closing is not None
             with anyio.move_on_after(delay):
-                await self._closing.wait()  # a closing pool ends the wait, and the send
+                await self._closing.wait()
+            if self._state != "open":
+                # The pool closed during the wait: say so now rather than after the delay.
+                self._refuse(self._closing_failure(failure), attempts)
 
     def _closing_failure(self, failure: _Failure) -> _Failure:
         """A failure that would be retried, but the pool is closing: POOL_CLOSED, with the truth
@@ -694,6 +697,13 @@ class SMTPPool:
                     transaction.stage, terminator_sent=transaction.terminator_sent
                 )
                 if slot in self._aborted_by_close:
+                    # A close that was forced by cancelling the block cancels this caller too:
+                    # then the cancellation, not the close it caused, is what the caller sees.
+                    try:
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    except BaseException:
+                        self._note_cancelled(transaction, prepared, host)
+                        raise
                     return self._aborted(classification, exc, host)
                 why = describe_transport_failure(
                     exc,
@@ -706,15 +716,7 @@ class SMTPPool:
                     why += "; the message was handed over in full and the server may have stored it"
                 return _Failure(classification, None, exc, host, why)
             except BaseException:
-                if transaction.terminator_sent:
-                    self._cancelled_after_terminator += 1
-                    logger.warning(
-                        "send cancelled after the message was handed to %s and before its final "
-                        "reply: it may have been delivered (Message-ID %s)",
-                        host,
-                        prepared.message_id if hasattr(prepared, "message_id") else None,
-                        extra={"host": host, "stage": transaction.stage.value},
-                    )
+                self._note_cancelled(transaction, prepared, host)
                 raise
             result = transaction.result
             if result.in_sync:
@@ -746,6 +748,22 @@ class SMTPPool:
                     slot, self._clock(), healthy=healthy, messages=messages, reason=reason
                 )
             )
+
+    def _note_cancelled(self, transaction: Any, prepared: PreparedMessage, host: str) -> None:
+        """A caller cancelled a send: if the message had been handed over in full, it may have
+        been delivered, and nobody will be told by an exception. Say so in the log and count it,
+        so that an application can find the messages to reconcile."""
+        if not transaction.terminator_sent:
+            return
+        self._cancelled_after_terminator += 1
+        message_id = getattr(prepared, "message_id", None)
+        logger.warning(
+            "send cancelled after the message was handed to %s and before its final reply: "
+            "it may have been delivered (Message-ID %s)",
+            host,
+            message_id,
+            extra={"host": host, "stage": transaction.stage.value, "message_id": message_id},
+        )
 
     def _aborted(self, classification: Classification, error: BaseException, host: str) -> _Failure:
         """The pool's close aborted this connection under its sender."""

@@ -8,7 +8,9 @@ flight arrived in one read) and every message it accepted.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +35,8 @@ class Script:
     mail: str = "250 2.1.0 ok"
     rcpt: Callable[[str], str] | str = "250 2.1.5 ok"
     data: str = "354 go ahead"
-    data_end: str = "250 2.0.0 queued"
+    # The final reply; a callable gets the message's number on the whole server (0-based).
+    data_end: str | Callable[[int], str] = "250 2.0.0 queued"
     bdat: str = "250 2.0.0 chunk ok"
     rset: str = "250 2.0.0 reset"
     noop: str = "250 2.0.0 ok"
@@ -46,12 +49,24 @@ class Script:
     # Bytes sent instead of the greeting, as they are (a hostile or broken server).
     raw_greeting: bytes | None = None
     tls_context: ssl.SSLContext | None = None
+    # Raw bytes written right after the final reply to message n (0-based, whole server), in the
+    # same write: a reply nobody asked for, as a desynchronised or hostile server sends.
+    extra_after: Callable[[int], bytes] | None = None
+    # Close the connection (FIN, or RST with `close_with_reset`) once it has carried this many
+    # messages, without waiting for the client: as servers that limit messages per session do.
+    close_after_messages: int | None = None
+    close_with_reset: bool = False
+    # Stop reading once the message data starts (after DATA's 354, or the BDAT command line):
+    # a server that applies flow control, or hangs, during the body.
+    stop_reading_in_body: bool = False
 
 
 @dataclass
 class Connection:
     reads: list[bytes] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    # Messages the server stored: the final reply was 2xx, or the server stored it and then
+    # disconnected or stalled instead of replying (the case that makes a resend a duplicate).
     messages: list[bytes] = field(default_factory=list)
     closed_by_client: bool = False
 
@@ -64,6 +79,9 @@ class FakeSMTPServer:
         self.connections: list[Connection] = []
         self.port = 0
         self.accepting = True
+        # Messages whose terminator arrived, stored or not, numbered across connections.
+        self.received = 0
+        self.sessions: list[_Session] = []
 
     @property
     def messages(self) -> list[bytes]:
@@ -91,10 +109,11 @@ class FakeSMTPServer:
         record = Connection()
         self.connections.append(record)
         script = self._script_for(len(self.connections) - 1)
-        session = _Session(stream, script, record)
+        session = _Session(stream, script, record, self)
+        self.sessions.append(session)
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             await session.run()
-        with anyio.move_on_after(1, shield=True):
+        with anyio.move_on_after(1, shield=True), contextlib.suppress(Exception):
             await session.stream.aclose()
 
 
@@ -103,11 +122,35 @@ class _Stop(Exception):
 
 
 class _Session:
-    def __init__(self, stream: anyio.abc.ByteStream, script: Script, record: Connection) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        script: Script,
+        record: Connection,
+        server: FakeSMTPServer,
+    ) -> None:
         self.stream = stream
         self.script = script
         self.record = record
+        self.server = server
         self.buffer = b""
+
+    async def _final(self, message: bytes) -> None:
+        """Answer a message's terminator as the script says, storing the message if it does."""
+        number = self.server.received
+        self.server.received += 1
+        data_end = self.script.data_end
+        reply = data_end(number) if callable(data_end) else data_end
+        if not reply.startswith(("4", "5")):
+            self.record.messages.append(message)
+        extra = self.script.extra_after(number) if self.script.extra_after else b""
+        await self._answer(reply, extra)
+        limit = self.script.close_after_messages
+        if limit is not None and len(self.record.messages) >= limit:
+            if self.script.close_with_reset:
+                raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise _Stop
 
     async def _read(self) -> None:
         try:
@@ -166,6 +209,7 @@ class _Session:
         # Like a real server: RCPT needs an accepted MAIL, DATA/BDAT an accepted RCPT.
         mail_ok = False
         rcpts_ok = 0
+        chunks = b""  # BDAT chunks of the message in progress
         while True:
             line = await self._line()
             verb = line.split(" ", 1)[0].upper()
@@ -206,12 +250,15 @@ class _Session:
                 await self._answer(script.data)
                 if not script.data.startswith("354"):
                     continue
+                if script.stop_reading_in_body:
+                    await anyio.sleep_forever()
                 while b"\r\n.\r\n" not in self.buffer:
                     await self._read()
                 body, _, self.buffer = self.buffer.partition(b"\r\n.\r\n")
-                self.record.messages.append(body + b"\r\n")
-                await self._answer(script.data_end)
+                await self._final(body + b"\r\n")
             elif verb == "BDAT":
+                if script.stop_reading_in_body:
+                    await anyio.sleep_forever()
                 parts = line.split()
                 chunk = await self._exactly(int(parts[1]))
                 last = len(parts) > 2 and parts[2].upper() == "LAST"
@@ -219,9 +266,10 @@ class _Session:
                     await self._answer("554 5.5.1 no valid recipients")
                 elif last:
                     mail_ok, rcpts_ok = False, 0
-                    self.record.messages.append(chunk)
-                    await self._answer(script.data_end)
+                    await self._final(chunks + chunk)
+                    chunks = b""
                 else:
+                    chunks += chunk
                     await self._answer(script.bdat)
             elif verb == "RSET":
                 mail_ok, rcpts_ok = False, 0

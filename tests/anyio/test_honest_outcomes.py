@@ -1,0 +1,280 @@
+"""Every verdict true, judged against the server's own record of what it stored.
+
+Desynchronised replies, connections the server closed while idle, a server that stops reading
+during the body, closing the pool from anywhere, and a caller's cancellation after the terminator:
+each on both backends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+import anyio
+from pooledmail_anyio import FailureKind, Host, Limits, PoolConfig, SendFailed, SMTPPool, Stage
+from pooledmail_anyio._sink import free_port
+
+from .fakesmtp import STALL, FakeSMTPServer, Script
+
+pytestmark = pytest.mark.anyio
+
+CHUNKING = ("PIPELINING", "CHUNKING", "8BITMIME")
+
+
+def config(server: FakeSMTPServer, **options: Any) -> PoolConfig:
+    options = {"max_retries": 0, "command_timeout": 5.0, **options}
+    return PoolConfig([Host("127.0.0.1", server.port, tls="none")], **options)
+
+
+def body(n: int, size: int = 0) -> bytes:
+    filler = b"x" * 76 + b"\r\n"
+    return b"Subject: message %d\r\n\r\n" % n + filler * (size // len(filler) + 1)
+
+
+async def send(pool: SMTPPool, n: int, size: int = 0) -> Any:
+    return await pool.send_raw(body(n, size), sender="a@example.com", recipients=["b@example.com"])
+
+
+def stored_subjects(server: FakeSMTPServer) -> list[int]:
+    return [int(m.split(b"\r\n", 1)[0].split()[-1]) for m in server.messages]
+
+
+# -- 1. a reply too many ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extensions", [CHUNKING, ("PIPELINING",), ()], ids=["bdat", "data", "one"])
+async def test_an_extra_reply_closes_the_connection_and_judges_no_later_message(
+    extensions: tuple[str, ...],
+) -> None:
+    # After message 0 the server sends one reply too many; it then refuses message 1 and
+    # stores message 2. Read on the same connection, the stale reply would make message 1
+    # "accepted" and message 2 "refused".
+    server = FakeSMTPServer(
+        Script(
+            extensions=extensions,
+            extra_after=lambda n: b"250 2.0.0 one too many\r\n" if n == 0 else b"",
+            data_end=lambda n: "554 5.7.1 refused" if n == 1 else "250 2.0.0 queued",
+        )
+    )
+    async with server.running(), SMTPPool(config(server)) as pool:
+        first = await send(pool, 0)
+        with pytest.raises(SendFailed) as second:
+            await send(pool, 1)
+        third = await send(pool, 2)
+        stats = pool.statistics()
+    assert first.reply.code == 250
+    assert second.value.kind is FailureKind.PERMANENT
+    assert second.value.reply is not None
+    assert second.value.reply.code == 554
+    assert third.reply.code == 250
+    assert stored_subjects(server) == [0, 2]
+    assert stats.closed_total.get("out_of_sync", 0) == 1
+    assert len(server.connections) == 2
+
+
+async def test_bytes_arriving_while_idle_keep_the_connection_from_being_lent() -> None:
+    # The extra reply comes in its own write, after the client has finished message 0.
+    server = FakeSMTPServer(
+        Script(extensions=CHUNKING, data_end=lambda n: "250 2.0.0 queued", noop="250 ok")
+    )
+    async with server.running(), SMTPPool(config(server)) as pool:
+        await send(pool, 0)
+        await anyio.sleep(0.05)
+        connection = next(iter(pool._connections.values()))
+        # A server pushing a line while the session is idle (here: written by the test).
+        assert connection.unusable() is None
+        server_side = server.connections[0]
+        await _push_from_server(server, b"250 2.0.0 unsolicited\r\n")
+        await anyio.sleep(0.05)
+        result = await send(pool, 1)
+        stats = pool.send_statistics()
+    assert result.reply.code == 250
+    assert stored_subjects(server) == [0, 1]
+    assert stats.stale_discarded == 1
+    assert server_side.closed_by_client or len(server.connections) == 2
+
+
+async def _push_from_server(server: FakeSMTPServer, data: bytes) -> None:
+    await server.sessions[0].stream.send(data)
+
+
+# -- 2. a connection the server closed while idle --------------------------------------------
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+@pytest.mark.parametrize("extensions", [CHUNKING, ("PIPELINING",)], ids=["bdat", "data"])
+async def test_a_connection_the_server_closed_while_idle_costs_the_next_send_nothing(
+    reset: bool, extensions: tuple[str, ...]
+) -> None:
+    server = FakeSMTPServer(
+        Script(extensions=extensions, close_after_messages=1, close_with_reset=reset)
+    )
+    async with server.running(), SMTPPool(config(server)) as pool:
+        await send(pool, 0)
+        await anyio.sleep(0.05)  # the FIN or RST arrives while the connection is idle
+        result = await send(pool, 1)
+        stats = pool.statistics()
+    assert result.attempts == 1
+    assert stored_subjects(server) == [0, 1]
+    # Found at release (the FIN came with the reply) or when next lent; never used.
+    assert stats.closed_total.get("stale", 0) == 1
+
+
+# -- 3. the body never left: a server that stops reading -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extensions", "limits"),
+    [
+        (("PIPELINING",), None),
+        ((), None),
+        (CHUNKING, None),
+        (("CHUNKING",), None),
+        (CHUNKING, Limits(bdat_chunk_size=1 << 20)),
+        (("CHUNKING",), Limits(bdat_chunk_size=1 << 20)),
+    ],
+    ids=[
+        "data-pipelined",
+        "data",
+        "bdat-pipelined",
+        "bdat",
+        "bdat-chunks-pipelined",
+        "bdat-chunks",
+    ],
+)
+async def test_a_body_the_server_stopped_reading_is_definitely_not_accepted(
+    extensions: tuple[str, ...], limits: Limits | None
+) -> None:
+    server = FakeSMTPServer(Script(extensions=extensions, stop_reading_in_body=True))
+    async with (
+        server.running(),
+        SMTPPool(config(server, command_timeout=0.5), limits=limits) as pool,
+    ):
+        with pytest.raises(SendFailed) as caught:
+            await send(pool, 0, size=12 << 20)  # more than the socket buffers hold
+    assert caught.value.kind is FailureKind.TRANSIENT
+    assert caught.value.stage is Stage.BODY
+    assert caught.value.definitely_not_accepted
+    assert server.received == 0
+
+
+# -- 4. closing from anywhere -----------------------------------------------------------------
+
+
+async def test_aclose_inside_the_block_under_a_timeout_and_again_is_fine() -> None:
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        async with SMTPPool(config(server)) as pool:
+            await send(pool, 0)
+            with anyio.fail_after(5):
+                await pool.aclose()
+            await pool.aclose()
+            with pytest.raises(SendFailed) as caught:
+                await send(pool, 1)
+        await pool.aclose()
+    assert caught.value.kind is FailureKind.POOL_CLOSED
+    assert pool.statistics().live == 0
+    assert server.connections[0].commands[-1] == "QUIT"
+
+
+async def test_aclose_from_another_task_and_aclose_forcefully() -> None:
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        async with SMTPPool(config(server)) as pool, anyio.create_task_group() as tg:
+            await send(pool, 0)
+            tg.start_soon(pool.aclose)
+        async with SMTPPool(config(server)) as other:
+            await send(other, 1)
+            await anyio.aclose_forcefully(other)
+        assert other.statistics().live == 0
+    assert pool.statistics().live == 0
+
+
+async def test_a_cancelled_close_aborts_leased_connections_and_fails_their_senders() -> None:
+    server = FakeSMTPServer(Script(data=STALL))
+    outcome: list[SendFailed] = []
+
+    async def sender(pool: SMTPPool) -> None:
+        try:
+            await send(pool, 0)
+        except SendFailed as failure:
+            outcome.append(failure)
+
+    async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender, pool)
+            await anyio.sleep(0.1)  # the sender waits for the 354 that never comes
+            with anyio.move_on_after(0.1) as scope:
+                await pool.aclose()  # would drain for 10 s
+        assert scope.cancelled_caught
+        stats = pool.statistics()
+    (failure,) = outcome
+    assert failure.kind is FailureKind.POOL_CLOSED
+    assert failure.stage is Stage.DATA
+    assert failure.definitely_not_accepted
+    assert stats.live == 0
+
+
+async def test_a_sender_whose_pool_closes_during_its_retry_delay_fails_at_once() -> None:
+    server = FakeSMTPServer(Script(mail="451 4.3.0 later"))
+    options = {"max_retries": 3, "retry_base_delay": 30.0, "send_timeout": 600.0}
+    outcome: list[SendFailed] = []
+
+    async def sender(pool: SMTPPool) -> None:
+        try:
+            await send(pool, 0)
+        except SendFailed as failure:
+            outcome.append(failure)
+
+    async with (
+        server.running(),
+        SMTPPool(config(server, **options)) as pool,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(sender, pool)
+        await anyio.sleep(0.1)  # first attempt failed; now sleeping ~30 s
+        with anyio.fail_after(5):
+            await pool.aclose()
+    (failure,) = outcome
+    assert failure.kind is FailureKind.POOL_CLOSED
+    assert failure.stage is Stage.MAIL
+    assert "451 4.3.0 later" in str(failure)
+
+
+# -- 5. a cancelled send whose terminator went out is logged and counted ---------------------
+
+
+async def test_a_send_cancelled_after_the_terminator_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeSMTPServer(Script(data_end=STALL))
+    caplog.set_level(logging.WARNING, logger="pooledmail")
+    async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
+        with anyio.move_on_after(0.3):
+            await send(pool, 0)
+        stats = pool.send_statistics()
+    assert server.received == 1  # the server has it; the caller saw only its cancellation
+    assert stats.cancelled_after_terminator == 1
+    (record,) = [r for r in caplog.records if "may have been delivered" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.host == f"127.0.0.1:{server.port}"  # type: ignore[attr-defined]
+
+
+async def test_a_send_cancelled_before_the_terminator_is_not_reported() -> None:
+    server = FakeSMTPServer(Script(data=STALL))
+    async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
+        with anyio.move_on_after(0.3):
+            await send(pool, 0)
+        stats = pool.send_statistics()
+    assert server.received == 0
+    assert stats.cancelled_after_terminator == 0
+
+
+async def test_never_opened_pool_can_be_closed_and_not_reopened() -> None:
+    pool = SMTPPool(PoolConfig([Host("127.0.0.1", free_port(), tls="none")]))
+    await pool.aclose()
+    with pytest.raises(RuntimeError, match="only once"):
+        async with pool:
+            pass

@@ -1,0 +1,291 @@
+"""What a user sees when something fails: exceptions arrive as themselves and say why.
+
+Each test holds one promise of docs/failures.md on both backends: the exception a caller catches
+outside `async with SMTPPool(...)` is the one raised inside it; a setup failure carries its own
+kind, stage and reason; a host in cooldown says until when; mistakes are refused with a clear
+error before anything is sent.
+"""
+
+from __future__ import annotations
+
+import pickle
+import ssl
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+import anyio
+from pooledmail_anyio import (
+    ConfigError,
+    EnvelopeError,
+    FailureKind,
+    Host,
+    PoolConfig,
+    SendFailed,
+    SMTPPool,
+    Stage,
+)
+from pooledmail_anyio._sink import free_port
+
+from .fakesmtp import STALL, FakeSMTPServer, Script
+
+pytestmark = pytest.mark.anyio
+
+BODY = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+def local(port: int, **host: Any) -> Host:
+    return Host("127.0.0.1", port, **{"tls": "none", **host})
+
+
+async def send(pool: SMTPPool) -> Any:
+    return await pool.send_raw(BODY, sender="a@example.com", recipients=["b@example.com"])
+
+
+# -- 1. exceptions leave the block as themselves --------------------------------------------
+
+
+async def test_send_failed_raised_in_the_block_is_caught_outside_it() -> None:
+    server = FakeSMTPServer(Script(rcpt="550 5.1.1 no such user"))
+    async with server.running():
+        with pytest.raises(SendFailed) as caught:
+            async with SMTPPool(PoolConfig([local(server.port)], max_retries=0)) as pool:
+                await send(pool)
+    # As itself: not an exception group, and pytest.raises saw the type directly.
+    assert type(caught.value) is SendFailed
+    assert caught.value.kind is FailureKind.PERMANENT
+    assert caught.value.stage is Stage.RCPT
+
+
+async def test_envelope_error_and_a_users_own_error_leave_the_block_unwrapped() -> None:
+    message = EmailMessage()
+    message["Subject"] = "no addresses at all"
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        config = PoolConfig([local(server.port)])
+        with pytest.raises(EnvelopeError):
+            async with SMTPPool(config) as pool:
+                await pool.send(message)
+        with pytest.raises(ValueError, match="the caller's own"):
+            await _send_then_fail(config)
+    assert len(server.messages) == 1
+
+
+async def _send_then_fail(config: PoolConfig) -> None:
+    async with SMTPPool(config) as pool:
+        await send(pool)
+        raise ValueError("the caller's own")
+
+
+async def test_cancellation_of_the_block_propagates_as_the_backends_own() -> None:
+    server = FakeSMTPServer(Script(data_end=STALL))
+    async with server.running():
+        config = PoolConfig([local(server.port)], command_timeout=30.0)
+        with anyio.move_on_after(0.3) as scope:
+            async with SMTPPool(config) as pool:
+                await send(pool)
+        assert scope.cancelled_caught
+        assert pool.statistics().live == 0
+
+
+async def test_the_pools_background_failures_never_reach_the_block() -> None:
+    # min_size asks for a connection in the background; the host refuses it. That is the pool's
+    # business (cooldown), not an exception in the caller's block.
+    config = PoolConfig([local(free_port())], min_size=2)
+    async with SMTPPool(config) as pool:
+        await anyio.sleep(0.1)
+        stats = pool.statistics()
+    assert stats.closed_total.get("connect_failed", 0) >= 1
+
+
+# -- 2. setup failures keep their identity --------------------------------------------------
+
+
+async def test_connection_refused_is_connect_failed_at_connect() -> None:
+    config = PoolConfig([local(free_port())], max_retries=0)
+    async with SMTPPool(config) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+    failure = caught.value
+    assert failure.kind is FailureKind.CONNECT_FAILED
+    assert failure.stage is Stage.CONNECT
+    assert failure.reason == "connection refused"
+    assert "connection refused" in str(failure)
+    assert failure.host is not None
+    assert failure.definitely_not_accepted
+
+
+async def test_an_unknown_hostname_is_connect_failed_saying_it_cannot_resolve() -> None:
+    config = PoolConfig([Host("no-such-host.invalid", 25, tls="none")], max_retries=0)
+    async with SMTPPool(config) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+    assert caught.value.kind is FailureKind.CONNECT_FAILED
+    assert caught.value.stage is Stage.CONNECT
+    assert "cannot resolve 'no-such-host.invalid'" in str(caught.value)
+
+
+async def test_starttls_not_offered_is_tls_failed_saying_so() -> None:
+    server = FakeSMTPServer(Script(extensions=("PIPELINING",)))
+    async with server.running():
+        config = PoolConfig([local(server.port, tls="starttls")], max_retries=0)
+        async with SMTPPool(config) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+    assert caught.value.kind is FailureKind.TLS_FAILED
+    assert caught.value.stage is Stage.TLS
+    assert "server does not offer STARTTLS" in str(caught.value)
+    assert server.messages == []
+
+
+async def test_an_untrusted_certificate_is_tls_failed_saying_why(
+    server_tls: ssl.SSLContext,
+) -> None:
+    server = FakeSMTPServer(Script(extensions=("STARTTLS",), tls_context=server_tls))
+    async with server.running():
+        config = PoolConfig([local(server.port, tls="starttls")], max_retries=0)
+        # The default trust store does not know the test CA.
+        async with SMTPPool(config) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+    assert caught.value.kind is FailureKind.TLS_FAILED
+    assert caught.value.stage is Stage.TLS
+    assert "certificate verify failed" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
+
+
+async def test_implicit_tls_against_a_plaintext_port_is_tls_failed_with_a_hint() -> None:
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        config = PoolConfig([local(server.port, tls="implicit")], max_retries=0)
+        async with SMTPPool(config) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+    assert caught.value.kind is FailureKind.TLS_FAILED
+    assert caught.value.stage is Stage.TLS
+    assert "try tls='starttls'" in str(caught.value)
+
+
+async def test_wrong_credentials_are_auth_failed_with_the_servers_reply(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server = FakeSMTPServer(
+        Script(
+            extensions=("STARTTLS", "AUTH PLAIN LOGIN"),
+            tls_context=server_tls,
+            auth="535 5.7.8 authentication credentials invalid",
+        )
+    )
+    async with server.running():
+        host = local(server.port, tls="starttls", username="alice", password="not-it")
+        async with SMTPPool(PoolConfig([host]), ssl_context=client_tls) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+    assert caught.value.kind is FailureKind.AUTH_FAILED
+    assert caught.value.stage is Stage.AUTH
+    assert "535 5.7.8 authentication credentials invalid" in str(caught.value)
+    assert "not-it" not in str(caught.value) + repr(caught.value)
+    assert caught.value.attempts == 1  # AUTH is not retried
+
+
+# -- 3. a silent server fails in connect_timeout, with its own kind ---------------------------
+
+
+async def test_a_server_that_never_greets_fails_at_greeting_with_the_implicit_tls_hint() -> None:
+    server = FakeSMTPServer(Script(greeting=STALL))
+    async with server.running():
+        config = PoolConfig([local(server.port)], connect_timeout=0.3, max_retries=0)
+        async with SMTPPool(config) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+            stats = pool.statistics()
+    assert caught.value.kind is FailureKind.CONNECT_FAILED
+    assert caught.value.stage is Stage.GREETING
+    assert "no greeting within 0.3 s: is this an implicit-TLS port? try tls='implicit'" in str(
+        caught.value
+    )
+    assert stats.connecting == 0
+
+
+# -- 4. a host in cooldown says until when ---------------------------------------------------
+
+
+async def test_a_host_in_cooldown_fails_sends_naming_it_its_error_and_the_time_left() -> None:
+    port = free_port()
+    config = PoolConfig([local(port)], max_retries=0, reconnect_cooldown=30.0, cooldown_jitter=0)
+    async with SMTPPool(config) as pool:
+        with pytest.raises(SendFailed) as first:
+            await send(pool)
+        with pytest.raises(SendFailed) as second:
+            await send(pool)
+    assert first.value.kind is FailureKind.CONNECT_FAILED
+    later = second.value
+    assert later.kind is FailureKind.HOSTS_UNAVAILABLE
+    assert later.stage is Stage.ACQUIRE
+    text = str(later)
+    assert f"127.0.0.1:{port} cooling down for" in text
+    assert "s more after CONNECT_FAILED (connection refused)" in text
+
+
+async def test_a_retry_that_finds_the_host_cooling_reports_the_failure_that_caused_it() -> None:
+    port = free_port()
+    config = PoolConfig([local(port)], max_retries=2, retry_base_delay=0.01)
+    async with SMTPPool(config) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+    assert caught.value.kind is FailureKind.CONNECT_FAILED
+    assert caught.value.attempts == 1
+    assert "no host to retry on" in str(caught.value)
+
+
+# -- 5. the smaller promises -----------------------------------------------------------------
+
+
+async def test_a_pool_that_was_never_opened_says_so() -> None:
+    pool = SMTPPool(PoolConfig([local(free_port())]))
+    with pytest.raises(RuntimeError, match="not open: use `async with SMTPPool"):
+        await send(pool)
+
+
+async def test_a_string_given_to_send_is_refused_pointing_at_send_raw() -> None:
+    async with SMTPPool(PoolConfig([local(free_port())])) as pool:
+        with pytest.raises(TypeError, match=r"message: expected .*EmailMessage.*send_raw"):
+            await pool.send("From: a@example.com\r\n\r\nhi")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="data: expected bytes, got str"):
+            await pool.send_raw("hi", sender="a@example.com", recipients=["b@example.com"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="retry_unknown"):
+            await pool.send_raw(
+                BODY,
+                sender="a@example.com",
+                recipients=["b@example.com"],
+                retry_unknown="yes",  # type: ignore[arg-type]
+            )
+        assert pool.statistics().created_total == 0
+
+
+def test_a_port_in_the_hostname_is_refused() -> None:
+    with pytest.raises(ConfigError, match="hostname: must not include a port"):
+        Host("smtp.example.com:587")
+
+
+async def test_send_failed_pickles_with_everything_a_user_reads() -> None:
+    server = FakeSMTPServer(Script(mail="451 4.3.0 try again later"))
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)], max_retries=0)) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert type(copy) is SendFailed
+    for field in (
+        "kind",
+        "stage",
+        "host",
+        "attempts",
+        "reply",
+        "reason",
+        "definitely_not_accepted",
+        "message_id",
+    ):
+        assert getattr(copy, field) == getattr(caught.value, field), field
+    assert str(copy) == str(caught.value)
+    assert "451 4.3.0 try again later" in str(copy)
