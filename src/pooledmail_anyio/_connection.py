@@ -115,12 +115,22 @@ class _Limit(Protocol):
 class Connection:
     """An established SMTP session. Not shared: the pool lends it to one sender at a time."""
 
-    __slots__ = ("_clock", "_deadline_stream", "_peek_socket", "host", "session", "stream")
+    __slots__ = (
+        "_clock",
+        "_deadline_stream",
+        "_peek_socket",
+        "host",
+        "server_closed",
+        "session",
+        "stream",
+    )
 
     def __init__(self, stream: anyio.abc.ByteStream, session: ClientSession, host: Host) -> None:
         self.stream = stream
         self.session = session
         self.host = host
+        # The server ended the stream (FIN) while this side was reading: what broke an exchange.
+        self.server_closed = False
         # Cancel scope deadlines are in the event loop's time; a connection never changes loops.
         self._clock = backend_clock()
         # The plain TCP stream that bounds its own waits, when there is one (asyncio): then no
@@ -232,6 +242,7 @@ class Connection:
                     data = await stream.receive(_READ_SIZE)
                 except anyio.EndOfStream:
                     data = b""
+                    self.server_closed = True
                 receive_data(data)
                 continue
             if type(step) is Done:
@@ -361,7 +372,9 @@ async def open_connection(
     except TRANSPORT_ERRORS as exc:
         await connection.abort(quit_grace)
         stage = setup.stage
-        reason = describe_transport_failure(exc, stage, host, connect_timeout, connecting=True)
+        reason = describe_transport_failure(
+            exc, stage, host, connect_timeout, connecting=True, closed=connection.server_closed
+        )
         return ConnectFailure(host.key, classify(stage), None, exc, reason)
     except BaseException:
         await connection.abort(quit_grace)
@@ -397,13 +410,16 @@ def describe_transport_failure(
     timeout: float,
     *,
     connecting: bool,
+    closed: bool = False,
 ) -> str:
     """One line saying what a transport failure at `stage` means, for `SendFailed`'s reason.
 
     `timeout` is the limit that expired if it was a timeout (`connect_timeout` while
-    `connecting`, else `command_timeout`). Never quotes anything the server could use to smuggle
-    text into logs beyond its own error strings, and never a secret.
+    `connecting`, else `command_timeout`). `closed` says the server ended the stream, which the
+    core then reports as a protocol error (a reply was awaited). Never a secret.
     """
+    if closed and isinstance(error, RemoteProtocolError):
+        error = anyio.EndOfStream()
     option = "connect_timeout" if connecting else "command_timeout"
     if isinstance(error, (TimeoutError, DeadlineExceeded)):
         if stage is Stage.CONNECT:

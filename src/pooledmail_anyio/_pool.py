@@ -711,6 +711,7 @@ class SMTPPool:
                     connection.host,
                     self._config.command_timeout,
                     connecting=False,
+                    closed=connection.server_closed,
                 )
                 if not classification.definitely_not_accepted:
                     why += "; the message was handed over in full and the server may have stored it"
