@@ -12,10 +12,12 @@ from ._classify import (
 )
 from ._config import Host, PoolConfig, TLSMode
 from ._entropy import RandomSource
-from ._envelope import Envelope, PreparedMessage
+from ._envelope import Envelope, PreparedMessage, checked_envelope
 from ._errors import (
     ConfigError,
+    DSNNotSupported,
     EightBitNotSupported,
+    EnvelopeError,
     InvalidArgument,
     LocalProtocolError,
     MessageTooLarge,
@@ -33,8 +35,9 @@ from ._exchanges import (
     TransactionOutcome,
     Write,
 )
+from ._header_fields import message_id_of
 from ._limits import Limits
-from ._message import EnvelopeError, prepare_message
+from ._message import prepare_message
 from ._pool import (
     Action,
     CloseSlot,
@@ -58,6 +61,7 @@ __all__ = [
     "ClientSession",
     "CloseSlot",
     "ConfigError",
+    "DSNNotSupported",
     "Done",
     "EightBitNotSupported",
     "Envelope",
@@ -91,8 +95,10 @@ __all__ = [
     "TLSMode",
     "TransactionOutcome",
     "Write",
+    "checked_envelope",
     "classify",
     "classify_pool_failure",
+    "message_id_of",
     "prepare_message",
     "retry_delay",
 ]

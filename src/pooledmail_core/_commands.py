@@ -1,9 +1,10 @@
 """Client commands for the low-level API (`ClientSession.send`), and their validation.
 
 Each command is a frozen dataclass that validates its fields when built, so a command that exists
-can always be written: CR, LF, NUL and other non-printable characters in a name, address or
-parameter raise `InvalidArgument` (the command-injection class of bugs), and so do "<" and ">"
-in an address. Fields that may carry secrets or message content are left out of the repr.
+can always be written: CR, LF, NUL and other non-printable characters in a name or parameter
+raise `InvalidArgument` (the command-injection class of bugs), and an address must be a mailbox
+(`_address`: the same check as the envelope's). Fields that may carry secrets or message
+content are left out of the repr.
 
 Note the naming: `Starttls` is the STARTTLS command; `StartTLS` (in `_exchanges`) is the step that
 tells the driver to run the TLS handshake.
@@ -15,6 +16,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ._address import check_recipient, check_sender
 from ._body import normalise_line_endings, stuffed_with_terminator
 from ._errors import InvalidArgument
 from ._state import Verb
@@ -34,7 +36,6 @@ __all__ = [
     "Rcpt",
     "Rset",
     "Starttls",
-    "check_address",
     "check_hostname",
     "check_parameter",
 ]
@@ -47,18 +48,6 @@ def check_hostname(name: object) -> str:
             "the EHLO/HELO name must be a non-empty printable name without spaces"
         )
     return name
-
-
-def check_address(address: object, role: str) -> str:
-    """A mailbox for MAIL FROM or RCPT TO: printable, without "<" or ">"."""
-    if (
-        not isinstance(address, str)
-        or not address.isprintable()
-        or "<" in address
-        or ">" in address
-    ):
-        raise InvalidArgument(f"the {role} address contains a forbidden character")
-    return address
 
 
 def check_parameter(parameter: object) -> str:
@@ -174,7 +163,7 @@ class Mail(Command):
     verb: ClassVar[Verb] = Verb.MAIL
 
     def __post_init__(self) -> None:
-        check_address(self.sender, "sender")
+        check_sender(self.sender)
         object.__setattr__(self, "parameters", tuple(map(check_parameter, self.parameters)))
 
     def to_bytes(self) -> bytes:
@@ -188,8 +177,7 @@ class Rcpt(Command):
     verb: ClassVar[Verb] = Verb.RCPT
 
     def __post_init__(self) -> None:
-        if not check_address(self.recipient, "recipient"):
-            raise InvalidArgument("a recipient address must not be empty")
+        check_recipient(self.recipient, "recipient")
         object.__setattr__(self, "parameters", tuple(map(check_parameter, self.parameters)))
 
     def to_bytes(self) -> bytes:

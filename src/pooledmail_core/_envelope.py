@@ -1,21 +1,42 @@
-"""The SMTP envelope: who the message is from and to (RFC 5321 §2.3.1), apart from its content."""
+"""The SMTP envelope: who the message is from and to (RFC 5321 §2.3.1), apart from its content.
+
+An `Envelope` that exists is valid: its constructor checks every address (`_address`) and DSN
+parameter (`_dsn`), so whichever way a message reaches `plan_transaction` (the pool's `send`,
+`send_raw`, the low-level session), a caller's mistake is refused before a connection is asked
+for, and never as a server's refusal after one was opened.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
-__all__ = ["Envelope", "PreparedMessage"]
+from ._address import check_recipient, check_recipients, check_sender
+from ._dsn import checked_envid, checked_notify, checked_orcpt, checked_ret
+from ._errors import EnvelopeError
+
+__all__ = ["Envelope", "PreparedMessage", "checked_envelope"]
 
 
 # Don't subclass this.
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """Reverse-path, forward-paths and the DSN parameters (RFC 3461).
+    """Reverse-path, forward-paths and the DSN parameters (RFC 3461), checked when built.
 
-    `sender` may be "" for the null reverse-path. `ret` is "FULL" or "HDRS"; `envid` is an
-    xtext-free envelope id; `notify` applies to every recipient ("NEVER" alone, or any of
-    "SUCCESS", "FAILURE", "DELAY"); `orcpt` adds ORCPT=rfc822;<recipient> to every RCPT.
-    DSN parameters are only sent when the server offers DSN.
+    `sender` is a mailbox, or "" for the null reverse-path (RFC 5321 §4.5.5). `recipients` are
+    mailboxes or "postmaster" (§4.1.1.3); a single string is one recipient, a duplicate is kept
+    once (some servers deliver a mailbox named twice twice), at least one is needed.
+    `notify` applies to every recipient ("NEVER" alone, or any of "SUCCESS", "FAILURE", "DELAY";
+    a string may hold several, comma-separated); `ret` is "FULL" or "HDRS"; `envid` is printable
+    ASCII; `orcpt` adds ORCPT=rfc822;<recipient> to every RCPT (left out for a non-ASCII
+    recipient, whose utf-8 address type, RFC 6533, is not implemented). The DSN values are kept
+    upper-cased. A message that asks for DSN is refused with `DSNNotSupported` by a server that
+    does not offer it.
+
+    Raises `TypeError` for a value of the wrong type and `InvalidArgument` (`EnvelopeError` for
+    no recipient at all) for a wrong value, naming the argument (`sender`, `recipients[3]`,
+    `notify`) and the rule, never the address.
     """
 
     sender: str
@@ -26,8 +47,124 @@ class Envelope:
     orcpt: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.recipients, tuple):
-            object.__setattr__(self, "recipients", tuple(self.recipients))
+        _fill(
+            self,
+            _checked_fields(
+                self.sender, self.recipients, self.ret, self.envid, self.notify, self.orcpt
+            ),
+        )
+
+    @property
+    def asks_for_dsn(self) -> bool:
+        """Whether any DSN parameter is set: such a message needs a server that offers DSN."""
+        return not (
+            self.ret is None and self.envid is None and self.notify is None and not self.orcpt
+        )
+
+
+_Fields: TypeAlias = (
+    "tuple[str, tuple[str, ...], str | None, str | None, tuple[str, ...] | None, bool]"
+)
+
+
+def checked_envelope(
+    sender: str,
+    recipients: str | Sequence[str],
+    *,
+    notify: str | Sequence[str] | None = None,
+    ret: str | None = None,
+    envid: str | None = None,
+    orcpt: bool = False,
+) -> Envelope:
+    """An envelope for addresses the caller gave, checked before any connection is used.
+
+    The rules are `Envelope`'s: a single string as `recipients` is one recipient, duplicates are
+    sent once, every address must be a mailbox (the sender may be "", a recipient
+    "postmaster"), and the DSN parameters are checked. Raises `TypeError`, `InvalidArgument`
+    or `EnvelopeError` (no recipient) naming the argument, never the address.
+    """
+    return make_envelope(sender, recipients, ret, envid, notify, orcpt)
+
+
+def make_envelope(
+    sender: object,
+    recipients: object,
+    ret: object,
+    envid: object,
+    notify: object,
+    orcpt: object,
+    *,
+    sender_argument: str = "sender",
+    recipient_argument: Callable[[int], str] | None = None,
+) -> Envelope:
+    """`Envelope(...)` with the arguments named as the caller knows them, checked once.
+
+    `sender_argument` names the sender and `recipient_argument(index)` a recipient in an error
+    (for addresses taken from the headers: "From", "Cc[1]").
+    """
+    fields = _checked_fields(
+        sender, recipients, ret, envid, notify, orcpt, sender_argument, recipient_argument
+    )
+    envelope: Envelope = object.__new__(Envelope)
+    _fill(envelope, fields)
+    return envelope
+
+
+def _fill(envelope: Envelope, fields: _Fields) -> None:
+    # The frozen dataclass's own __init__ sets its fields the same way.
+    setattr_ = object.__setattr__
+    setattr_(envelope, "sender", fields[0])
+    setattr_(envelope, "recipients", fields[1])
+    setattr_(envelope, "ret", fields[2])
+    setattr_(envelope, "envid", fields[3])
+    setattr_(envelope, "notify", fields[4])
+    setattr_(envelope, "orcpt", fields[5])
+
+
+def _checked_fields(
+    sender: object,
+    recipients: object,
+    ret: object,
+    envid: object,
+    notify: object,
+    orcpt: object,
+    sender_argument: str = "sender",
+    recipient_argument: Callable[[int], str] | None = None,
+) -> _Fields:
+    sender = check_sender(sender, sender_argument)
+    if isinstance(recipients, str):
+        unique: tuple[str, ...] = (check_recipient(recipients, "recipients"),)
+    else:
+        if (
+            type(recipients) is not list
+            and type(recipients) is not tuple
+            and (
+                isinstance(recipients, (bytes, bytearray, memoryview))
+                or not isinstance(recipients, Sequence)
+            )
+        ):
+            raise TypeError(
+                f"recipients: expected a str or a sequence of str, got {type(recipients).__name__}"
+            )
+        if not recipients:
+            raise EnvelopeError("at least one recipient is needed", "recipients")
+        check_recipients(recipients, recipient_argument or _recipient_index)
+        # RCPT TO for the same mailbox twice would make some servers deliver twice.
+        unique = tuple(dict.fromkeys(recipients))
+    if ret is None and envid is None and notify is None and orcpt is False:
+        return sender, unique, None, None, None, False
+    return (
+        sender,
+        unique,
+        checked_ret(ret),
+        checked_envid(envid),
+        checked_notify(notify),
+        checked_orcpt(orcpt),
+    )
+
+
+def _recipient_index(index: int) -> str:
+    return f"recipients[{index}]"
 
 
 # Don't subclass this.
@@ -36,11 +173,16 @@ class PreparedMessage:
     """An envelope and the message bytes, serialized once with CRLF line endings.
 
     `data` is the message as it will be transmitted before dot-stuffing: the terminator and any
-    stuffing are added by the protocol machine. The repr never shows the body.
+    stuffing are added by the protocol machine. `message_id` is the message's Message-ID, when
+    known (for logs: which message a send was about). The repr never shows the body.
     """
 
     envelope: Envelope
     data: bytes
+    message_id: str | None = None
 
     def __repr__(self) -> str:
-        return f"PreparedMessage(envelope={self.envelope!r}, data=<{len(self.data)} bytes>)"
+        return (
+            f"PreparedMessage(envelope={self.envelope!r}, data=<{len(self.data)} bytes>, "
+            f"message_id={self.message_id!r})"
+        )

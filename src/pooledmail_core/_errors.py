@@ -12,7 +12,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DSNNotSupported",
     "EightBitNotSupported",
+    "EnvelopeError",
     "InvalidArgument",
     "LocalProtocolError",
     "MessageTooLarge",
@@ -42,8 +44,32 @@ class RemoteProtocolError(ProtocolError):
     """The server sent something that breaks the protocol (or exceeds a configured limit)."""
 
 
-class InvalidArgument(LocalProtocolError):
-    """A CR, LF or NUL (or another forbidden character) in an address, name or parameter."""
+class InvalidArgument(LocalProtocolError, ValueError):
+    """An argument breaks a rule: an address that is not a mailbox, a CR or LF in a parameter ...
+
+    `argument` names the argument when there is one to name (`sender`, `recipients[3]`,
+    `notify`), `rule` says what is wrong. Neither ever holds the value itself: addresses are
+    personal data. A `ValueError` too, as the standard library raises for a bad value.
+    """
+
+    def __init__(self, rule: str, argument: str | None = None) -> None:
+        # Both go into `args`, so the exception pickles with its argument and rule.
+        super().__init__(rule, argument)
+        self.rule = rule
+        self.argument = argument
+
+    def __str__(self) -> str:
+        return self.rule if self.argument is None else f"{self.argument}: {self.rule}"
+
+
+class EnvelopeError(InvalidArgument):
+    """The envelope cannot be derived from the message's headers, or has no recipient.
+
+    Raised when there is no sender or no recipient to be found, when From names several
+    mailboxes without a Sender, or when there is more than one Resent- block (there is no
+    reliable way to tell which is the newest). Passing `sender` and `recipients` explicitly
+    avoids the derivation. A `ValueError` too, as `smtplib` raises for the same causes.
+    """
 
 
 class MessageTooLarge(LocalProtocolError):
@@ -57,6 +83,14 @@ class MessageTooLarge(LocalProtocolError):
 
 class SMTPUTF8NotSupported(LocalProtocolError):
     """Non-ASCII addresses or headers, but the server does not offer SMTPUTF8 (RFC 6531)."""
+
+
+class DSNNotSupported(LocalProtocolError):
+    """DSN parameters were asked for, but the server does not offer DSN (RFC 3461 §4).
+
+    They are refused rather than left out: a caller who asked for NOTIFY, RET, ENVID or ORCPT
+    counts on the notifications they control, and the server's default would differ silently.
+    """
 
 
 class EightBitNotSupported(LocalProtocolError):

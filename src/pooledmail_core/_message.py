@@ -17,6 +17,11 @@ things differ from a plain `msg.as_bytes(policy=email.policy.SMTP)`:
   Every other header goes through the policy's own `fold_binary`.
 * Body text gets its CRLF line endings in one pass instead of two writes per line.
 
+Date and Message-ID (RFC 5322 §3.6.1, §3.6.4) are added when the message has none and the caller
+passes a date (text) or a function that makes a new id; the core reads no clock and no random
+source. They are written after the message's own header fields, so trace fields (§3.6.7) and
+Resent- blocks (§3.6.6) keep their place at the top.
+
 SMTPUTF8 (RFC 6531) is only chosen when it is needed: when an envelope address, or the address
 part of an address header, is not ASCII. Everything else that is not ASCII (a display name, a
 subject) is encoded as RFC 2047 encoded-words, which every server accepts.
@@ -27,7 +32,7 @@ from __future__ import annotations
 import email.policy
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email import headerregistry
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
@@ -36,20 +41,13 @@ from email.utils import getaddresses
 from io import BytesIO
 from typing import Any
 
-from ._envelope import Envelope, PreparedMessage
-from ._errors import InvalidArgument, LocalProtocolError
+from ._address import domain_of
+from ._envelope import PreparedMessage, checked_envelope, make_envelope
+from ._errors import EnvelopeError, InvalidArgument
+from ._header_fields import check_date, check_message_id, loggable
 
+# `checked_envelope` and `EnvelopeError` are also importable from here, where they used to live.
 __all__ = ["EnvelopeError", "checked_envelope", "prepare_message"]
-
-
-class EnvelopeError(LocalProtocolError, ValueError):
-    """The envelope cannot be derived from the message's headers.
-
-    Raised when there is no sender or no recipient to be found, when From names several
-    mailboxes without a Sender, or when there is more than one Resent- block (there is no
-    reliable way to tell which is the newest). Passing `sender` and `recipients` explicitly
-    avoids the derivation. A `ValueError` too, as `smtplib` raises for the same causes.
-    """
 
 
 # The stock policies are resolved to their SMTP forms once, at import.
@@ -82,10 +80,6 @@ _TEXT_IS_TREE = (
 # RFC 5322 §3.6.3: Bcc recipients are not shown to the others.
 _BLIND_FIELDS = frozenset({"bcc", "resent-bcc"})
 
-# A control character in an address would end or split an SMTP command line (CR, LF) or be
-# truncated by C servers (NUL); no valid address contains one (RFC 5321 §4.1.2).
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-
 # Header injection check (the standard library added the same check to its own generator in
 # later patch releases): a folded header may only break a line when the next line starts with
 # whitespace (RFC 5322 §2.2.3).
@@ -95,11 +89,18 @@ _BARE_LINE_BREAK = re.compile(rb"\r\n(?![ \t])|\r(?!\n)|(?<!\r)\n")
 class _SMTPGenerator(BytesGenerator):
     """`BytesGenerator` that skips blind-copy fields and writes faster, with identical bytes.
 
-    Only the instance made by `_serialize` skips Bcc: the generators the standard library clones
-    for sub-parts (attachments, forwarded messages) keep their headers untouched.
+    Only the instance made by `prepare_message` skips Bcc and adds Date and Message-ID: the
+    generators the standard library clones for sub-parts (attachments, forwarded messages) keep
+    their headers untouched.
     """
 
-    _skip_blind_copies: bool = False
+    _top_level: bool = False
+    _date: str | None = None
+    _new_message_id: Callable[[str | None], str] | None = None
+    _sender_domain: str | None = None
+    _utf8: bool = False
+    # The message's own Message-ID, or the one added.
+    message_id: str | None = None
 
     def _write_headers(self, msg: Message[Any, Any]) -> None:
         policy: Any = self.policy
@@ -107,9 +108,18 @@ class _SMTPGenerator(BytesGenerator):
         maxlen: int = policy.max_line_length or sys.maxsize
         encoding = "utf-8" if getattr(policy, "utf8", False) else "ascii"
         write = self._fp.write  # type: ignore[attr-defined]
+        top_level = self._top_level
+        has_date = has_message_id = False
         for name, value in msg.raw_items():
-            if self._skip_blind_copies and name.lower() in _BLIND_FIELDS:
-                continue
+            if top_level:
+                field = name.lower()
+                if field in _BLIND_FIELDS:
+                    continue
+                if field == "date":
+                    has_date = True
+                elif field == "message-id" and not has_message_id:
+                    has_message_id = True
+                    self.message_id = loggable(str(value))
             folded = _one_line_header(value, maxlen, linesep, encoding)
             if folded is None:
                 folded = policy.fold_binary(name, value)
@@ -117,6 +127,13 @@ class _SMTPGenerator(BytesGenerator):
                 if not folded.endswith(b"\r\n") or _BARE_LINE_BREAK.search(folded, 0, end):
                     raise InvalidArgument(f"header {name!r} would break the header section")
             write(folded)
+        if top_level:
+            if not has_date and self._date is not None:
+                write(f"Date: {self._date}{linesep}".encode("ascii"))
+            if not has_message_id and self._new_message_id is not None:
+                message_id = check_message_id(self._new_message_id(self._sender_domain), self._utf8)
+                write(f"Message-ID: {message_id}{linesep}".encode())
+                self.message_id = message_id
         write(b"\r\n")
 
     def _write_lines(self, lines: str) -> None:
@@ -158,42 +175,76 @@ def prepare_message(
     msg: EmailMessage,
     *,
     sender: str | None = None,
-    recipients: Sequence[str] | None = None,
+    recipients: str | Sequence[str] | None = None,
+    notify: str | Sequence[str] | None = None,
+    ret: str | None = None,
+    envid: str | None = None,
+    orcpt: bool = False,
+    date: str | None = None,
+    new_message_id: Callable[[str | None], str] | None = None,
 ) -> PreparedMessage:
     """The envelope and the bytes to transmit for `msg`.
 
     `sender` ("" is the null reverse-path) and `recipients` override what the headers say;
     either may be given alone. A single string as `recipients` is one recipient. Duplicate
-    recipients are sent once. The caller's message is not changed (except that, exactly as in
+    recipients are sent once. `notify`, `ret`, `envid` and `orcpt` are the DSN parameters
+    (RFC 3461), as for `checked_envelope`.
+
+    When the message has no Date field and `date` is given (an RFC 5322 date-time, as
+    `email.utils.format_datetime` writes it), "Date: <date>" is added. When it has no Message-ID
+    and `new_message_id` is given, it is called with the domain of the envelope sender (None for
+    the null sender) and must return a msg-id ("<unique@domain>"), added as "Message-ID:". The
+    result's `message_id` is the message's own Message-ID or the new one.
+
+    The caller's message is neither copied nor changed (except that, exactly as in
     `msg.as_bytes()`, a multipart part without a boundary gets one).
 
-    Raises `EnvelopeError` when the envelope cannot be derived from the headers,
-    `InvalidArgument` for an address holding a control character (CR, LF, NUL ...) or an empty
-    recipient, or a header that would inject a line break.
+    Raises `TypeError` for an argument of the wrong type; `EnvelopeError` when the envelope
+    cannot be derived from the headers; `InvalidArgument` for an address that is not a mailbox,
+    a wrong DSN parameter, date or new Message-ID, or a header that would inject a line break.
+    Errors name the argument (`sender`, `recipients[2]`, or for an address taken from the
+    headers its field: `From`, `Cc[1]`), never the address.
     """
+    if not isinstance(msg, Message):
+        raise TypeError(f"msg: expected an email.message.EmailMessage, got {type(msg).__name__}")
+    if date is not None:
+        check_date(date)
+    if new_message_id is not None and not callable(new_message_id):
+        raise TypeError(f"new_message_id: expected a callable, got {type(new_message_id).__name__}")
+    sender_argument = "sender"
+    recipient_argument: Callable[[int], str] | None = None
     if sender is None or recipients is None:
         prefix = _resent_prefix(msg)
         if sender is None:
-            sender = _sender_from_headers(msg, prefix)
+            sender, sender_argument = _sender_from_headers(msg, prefix)
         if recipients is None:
             recipients = _recipients_from_headers(msg, prefix)
-    envelope = checked_envelope(sender, recipients)
+
+            def recipient_argument(index: int) -> str:
+                return _header_position(msg, prefix, index)
+
+    envelope = make_envelope(
+        sender,
+        recipients,
+        ret,
+        envid,
+        notify,
+        orcpt,
+        sender_argument=sender_argument,
+        recipient_argument=recipient_argument,
+    )
     needs_utf8 = not (
         envelope.sender.isascii() and all(r.isascii() for r in envelope.recipients)
     ) or _headers_need_utf8(msg)
-    return PreparedMessage(envelope, _serialize(msg, _policy_for(msg, needs_utf8)))
-
-
-def checked_envelope(sender: str, recipients: Sequence[str]) -> Envelope:
-    """An envelope for addresses the caller gave, checked before any connection is used.
-
-    The same rules as `prepare_message`: a single string as `recipients` is one recipient,
-    duplicates are sent once, and an address holding a control character (CR, LF, NUL ...) or an
-    empty recipient raises `InvalidArgument`; no recipient at all raises `EnvelopeError`.
-    """
-    if isinstance(recipients, str):
-        recipients = (recipients,)
-    return Envelope(_checked_sender(sender), _checked_recipients(recipients))
+    buffer = BytesIO()
+    generator = _SMTPGenerator(buffer, mangle_from_=False, policy=_policy_for(msg, needs_utf8))
+    generator._top_level = True
+    generator._date = date
+    generator._new_message_id = new_message_id
+    generator._sender_domain = domain_of(envelope.sender)
+    generator._utf8 = needs_utf8
+    generator.flatten(msg)
+    return PreparedMessage(envelope, buffer.getvalue(), generator.message_id)
 
 
 def _resent_prefix(msg: Message[Any, Any]) -> str:
@@ -231,7 +282,8 @@ def _mailboxes(value: object) -> list[str]:
     return [address for _, address in getaddresses([str(value)]) if address]
 
 
-def _sender_from_headers(msg: Message[Any, Any], prefix: str) -> str:
+def _sender_from_headers(msg: Message[Any, Any], prefix: str) -> tuple[str, str]:
+    """The sender, and the field it came from (to name it in an error)."""
     # RFC 5322 §3.6.2: Sender names the mailbox of the agent responsible for the transmission,
     # and is required when From names more than one mailbox.
     field = f"{prefix}Sender"
@@ -240,7 +292,7 @@ def _sender_from_headers(msg: Message[Any, Any], prefix: str) -> str:
         field = f"{prefix}From"
         mailboxes = _addresses(msg, field)
     if len(mailboxes) == 1:
-        return mailboxes[0]
+        return mailboxes[0], field
     if not mailboxes:
         raise EnvelopeError(f"no sender: the message has no address in {field}")
     raise EnvelopeError(
@@ -248,31 +300,26 @@ def _sender_from_headers(msg: Message[Any, Any], prefix: str) -> str:
     )
 
 
+_RECIPIENT_FIELDS = ("To", "Cc", "Bcc")
+
+
 def _recipients_from_headers(msg: Message[Any, Any], prefix: str) -> list[str]:
     found: list[str] = []
-    for field in ("To", "Cc", "Bcc"):
+    for field in _RECIPIENT_FIELDS:
         found.extend(_addresses(msg, prefix + field))
     if not found:
         raise EnvelopeError(f"no recipients: the message has no address in {prefix}To/Cc/Bcc")
     return found
 
 
-def _checked_sender(sender: str) -> str:
-    if _CONTROL_CHARACTER.search(sender):
-        raise InvalidArgument("the sender address contains a control character (CR, LF, NUL)")
-    return sender
-
-
-def _checked_recipients(recipients: Sequence[str]) -> tuple[str, ...]:
-    if not recipients:
-        raise EnvelopeError("no recipients")
-    for index, recipient in enumerate(recipients):
-        if not recipient:
-            raise InvalidArgument(f"recipient {index} is empty")
-        if _CONTROL_CHARACTER.search(recipient):
-            raise InvalidArgument(f"recipient {index} contains a control character (CR, LF, NUL)")
-    # RCPT TO for the same mailbox twice would make some servers deliver twice.
-    return tuple(dict.fromkeys(recipients))
+def _header_position(msg: Message[Any, Any], prefix: str, index: int) -> str:
+    """Where recipient `index` of `_recipients_from_headers` came from: "Cc[1]"."""
+    for field in _RECIPIENT_FIELDS:
+        count = len(_addresses(msg, prefix + field))
+        if index < count:
+            return f"{prefix}{field}[{index}]"
+        index -= count
+    raise AssertionError("the index names no recipient of the headers")  # pragma: no cover
 
 
 def _headers_need_utf8(msg: Message[Any, Any]) -> bool:
@@ -298,11 +345,3 @@ def _policy_for(msg: Message[Any, Any], utf8: bool) -> Policy[Any]:
     if isinstance(policy, EmailPolicy):
         return policy.clone(linesep="\r\n", utf8=utf8)
     return policy.clone(linesep="\r\n")
-
-
-def _serialize(msg: Message[Any, Any], policy: Policy[Any]) -> bytes:
-    buffer = BytesIO()
-    generator = _SMTPGenerator(buffer, mangle_from_=False, policy=policy)
-    generator._skip_blind_copies = True
-    generator.flatten(msg)
-    return buffer.getvalue()

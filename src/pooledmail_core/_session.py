@@ -10,8 +10,9 @@ Two layers share one state machine (`_state`):
 Errors: `LocalProtocolError` for a command the state does not allow, raised before any byte;
 `RemoteProtocolError` for anything the server got wrong. Either leaves the session in ERROR, for
 good. The refusals of `transaction()` that concern only the message (`MessageTooLarge`,
-`SMTPUTF8NotSupported`, `EightBitNotSupported`, `InvalidArgument`) are the exception: they are
-raised before anything is planned and leave the session usable, as the connection is fine.
+`SMTPUTF8NotSupported`, `EightBitNotSupported`, `DSNNotSupported`) are the exception: they are
+raised before anything is planned and leave the session usable, as the connection is fine. (A
+wrong address or DSN parameter never gets this far: the `Envelope` refuses it when it is built.)
 """
 
 from __future__ import annotations

@@ -11,8 +11,13 @@ Decisions (see docs/protocol.md):
 * SMTPUTF8 is requested only when an address or a header field has a non-ASCII character.
 * SIZE=<n> (RFC 1870) is sent whenever SIZE is offered; n is the size after CRLF normalisation and
   before dot-stuffing. An advertised limit of 0 means "no fixed limit".
-* DSN parameters (RFC 3461) are validated always and sent only when DSN is offered. ORCPT is left
-  out for a non-ASCII recipient (its utf-8 address type, RFC 6533, is not implemented).
+* The addresses and DSN parameters were checked when the `Envelope` was built (an Envelope that
+  exists is valid), so they are not checked again per attempt.
+* DSN parameters (RFC 3461) are sent only when DSN is offered (RFC 3461 §4: a client must not use
+  them otherwise). A message that asks for DSN from a server that does not offer it is refused
+  with `DSNNotSupported` instead of being sent without: the caller relies on the notifications it
+  asked for (or asked not to get). ORCPT is left out for a non-ASCII recipient (its utf-8 address
+  type, RFC 6533, is not implemented).
 * When the server offers CHUNKING, BDAT is used (RFC 3030): no dot-stuffing, and with PIPELINING
   the whole transaction is one write. Data up to `Limits.bdat_chunk_size` goes in one `BDAT n LAST`.
 """
@@ -21,11 +26,11 @@ from __future__ import annotations
 
 from ._body import dot_stuffed, normalise_line_endings
 from ._capabilities import Capabilities
-from ._commands import check_address
-from ._envelope import PreparedMessage
+from ._dsn import xtext
+from ._envelope import Envelope, PreparedMessage
 from ._errors import (
+    DSNNotSupported,
     EightBitNotSupported,
-    InvalidArgument,
     MessageTooLarge,
     SMTPUTF8NotSupported,
 )
@@ -33,18 +38,7 @@ from ._state import Verb
 
 __all__ = ["TransactionPlan", "plan_transaction"]
 
-_NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _MAIL, _RCPT, _DATA = Verb.MAIL, Verb.RCPT, Verb.DATA
-
-
-def _xtext(value: str) -> str:
-    # RFC 3461 §4: "+", "=" and every byte outside "!".."~" are written as "+XX".
-    return "".join(
-        char
-        if "!" <= char <= "~" and char not in "+="
-        else "".join(f"+{byte:02X}" for byte in char.encode())
-        for char in value
-    )
 
 
 class TransactionPlan:
@@ -83,16 +77,11 @@ def plan_transaction(
 ) -> TransactionPlan:
     """Validate `message` against `capabilities` and lay out its transaction.
 
-    Raises InvalidArgument, MessageTooLarge, SMTPUTF8NotSupported or EightBitNotSupported.
+    Raises MessageTooLarge, SMTPUTF8NotSupported, EightBitNotSupported or DSNNotSupported.
     """
     envelope = message.envelope
-    sender = check_address(envelope.sender, "sender")
+    sender = envelope.sender
     recipients = envelope.recipients
-    if not recipients:
-        raise InvalidArgument("a message needs at least one recipient")
-    for recipient in recipients:
-        if not check_address(recipient, "recipient"):
-            raise InvalidArgument("a recipient address must not be empty")
     data = message.data
     if not isinstance(data, bytes):
         data = bytes(data)
@@ -125,10 +114,18 @@ def plan_transaction(
         params.append("SMTPUTF8")
 
     rcpt_params = None
-    if envelope.ret is not None or envelope.envid is not None or envelope.notify is not None:
-        rcpt_params = _dsn_parameters(message, params, caps.dsn)
-    elif envelope.orcpt and caps.dsn:
-        rcpt_params = ""
+    if not (
+        envelope.ret is None
+        and envelope.envid is None
+        and envelope.notify is None
+        and not envelope.orcpt
+    ):
+        if not caps.dsn:
+            raise DSNNotSupported(
+                "the message asks for delivery status notifications (NOTIFY, RET, ENVID or "
+                "ORCPT) and the server does not offer DSN (RFC 3461)"
+            )
+        rcpt_params = _dsn_parameters(envelope, params)
     tail = (" " + " ".join(params)) if params else ""
     if rcpt_params is None:
         # The common case, no RCPT parameter: one join writes every RCPT line.
@@ -180,34 +177,15 @@ def plan_transaction(
 
 
 def _orcpt(recipient: str, wanted: bool) -> str:
-    return f" ORCPT=rfc822;{_xtext(recipient)}" if wanted and recipient.isascii() else ""
+    return f" ORCPT=rfc822;{xtext(recipient)}" if wanted and recipient.isascii() else ""
 
 
-def _dsn_parameters(message: PreparedMessage, mail_params: list[str], offered: bool) -> str | None:
-    """Validate the DSN fields; append MAIL's to `mail_params`; return RCPT's common tail.
-
-    None means no DSN parameter at all for RCPT (the common, fast case).
-    """
-    envelope = message.envelope
-    ret, envid, notify = envelope.ret, envelope.envid, envelope.notify
-    if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
-        raise InvalidArgument('RET must be "FULL" or "HDRS"')
-    if envid is not None and (
-        not isinstance(envid, str) or not envid or not envid.isascii() or not envid.isprintable()
-    ):
-        raise InvalidArgument("ENVID must be non-empty printable ASCII")
-    if notify is not None:
-        words = [word.upper() for word in notify if isinstance(word, str)]
-        if len(words) != len(notify) or not words or len(set(words)) != len(words):
-            raise InvalidArgument("NOTIFY must be NEVER or distinct SUCCESS, FAILURE, DELAY")
-        if words != ["NEVER"] and not _NOTIFY_WORDS.issuperset(words):
-            raise InvalidArgument("NOTIFY must be NEVER or distinct SUCCESS, FAILURE, DELAY")
-    if not offered:
-        return None
-    if ret is not None:
-        mail_params.append(f"RET={ret.upper()}")
-    if envid is not None:
-        mail_params.append(f"ENVID={_xtext(envid)}")
-    if notify is None and not envelope.orcpt:
-        return None
-    return f" NOTIFY={','.join(word.upper() for word in notify)}" if notify is not None else ""
+def _dsn_parameters(envelope: Envelope, mail_params: list[str]) -> str:
+    """Append MAIL's DSN parameters to `mail_params`; return RCPT's common tail."""
+    # The values were checked and upper-cased when the Envelope was built.
+    if envelope.ret is not None:
+        mail_params.append(f"RET={envelope.ret}")
+    if envelope.envid is not None:
+        mail_params.append(f"ENVID={xtext(envelope.envid)}")
+    notify = envelope.notify
+    return "" if notify is None else f" NOTIFY={','.join(notify)}"

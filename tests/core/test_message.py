@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pooledmail_core import message_id_of
 from pooledmail_core._errors import InvalidArgument, LocalProtocolError
 from pooledmail_core._message import EnvelopeError, prepare_message
 
@@ -201,29 +202,30 @@ def test_a_single_string_of_recipients_is_one_recipient() -> None:
 
 
 def test_an_empty_recipient_list_is_refused() -> None:
-    with pytest.raises(EnvelopeError, match="no recipients"):
+    with pytest.raises(EnvelopeError, match="recipients: at least one recipient is needed"):
         prepare_message(make_message(From="a@example.com"), recipients=[])
 
 
 def test_an_empty_recipient_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match="recipient 1 is empty"):
+    with pytest.raises(InvalidArgument, match=r"recipients\[1\]: the address is empty"):
         prepare_message(make_message(From="a@example.com"), recipients=["b@example.org", ""])
 
 
 @pytest.mark.parametrize("bad", ["\r", "\n", "\x00", "\r\nRCPT TO:<evil@example.org>", "\t"])
 def test_control_character_in_a_recipient_is_refused_without_echoing_it(bad: str) -> None:
     msg = make_message(From="a@example.com")
-    with pytest.raises(InvalidArgument, match="recipient 0 contains a control character") as info:
+    with pytest.raises(InvalidArgument, match=r"recipients\[0\]: .* control character") as info:
         prepare_message(msg, recipients=[f"victim{bad}@example.org"])
     assert "victim" not in str(info.value)
+    assert info.value.argument == "recipients[0]"
 
 
 @pytest.mark.parametrize("bad", ["\r", "\n", "\x00"])
 def test_control_character_in_the_sender_is_refused_without_echoing_it(bad: str) -> None:
     msg = make_message(To="b@example.org")
-    with pytest.raises(InvalidArgument, match="sender address contains") as info:
+    with pytest.raises(InvalidArgument, match="sender: the address contains") as info:
         prepare_message(msg, sender=f"me{bad}@example.com")
-    assert "me" not in str(info.value).split("address")[0]
+    assert "me@" not in str(info.value)
     assert "example.com" not in str(info.value)
 
 
@@ -458,3 +460,309 @@ def test_bytes_are_the_standard_librarys_without_bcc(msg: EmailMessage, utf8: bo
     assert BARE_LINE_BREAK.search(prepared.data) is None
     if not utf8:
         assert headers_of(prepared.data).isascii()
+
+
+# --- addresses from the headers are checked like the caller's, named by their field -------------
+
+
+def test_a_header_recipient_that_is_not_a_mailbox_is_named_by_its_field() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org", Cc="c@example.org, carol")
+    with pytest.raises(InvalidArgument) as info:
+        prepare_message(msg)
+    assert str(info.value) == "Cc[1]: the address has no '@'"
+    assert "carol" not in str(info.value)
+
+
+def test_a_resent_recipient_is_named_by_its_resent_field() -> None:
+    msg = make_message(
+        From="a@example.com",
+        Resent_From="r@example.com",
+        Resent_To="x@example.org, y@example.org",
+        Resent_Bcc="z@exa_mple.org",
+    )
+    with pytest.raises(InvalidArgument, match=r"^Resent-Bcc\[0\]: .*'_' in its domain"):
+        prepare_message(msg)
+
+
+def test_a_header_sender_that_is_not_a_mailbox_is_named_by_its_field() -> None:
+    msg = make_message(From="alice@-example.com", To="b@example.org")
+    with pytest.raises(InvalidArgument, match=r"^From: the address has a domain label"):
+        prepare_message(msg)
+    msg = make_message(From="a@example.com", Sender="agent", To="b@example.org")
+    with pytest.raises(InvalidArgument, match=r"^Sender: the address has no '@'"):
+        prepare_message(msg)
+
+
+def test_given_addresses_are_named_as_arguments_even_when_headers_supply_the_rest() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    with pytest.raises(InvalidArgument, match=r"^recipients\[0\]: "):
+        prepare_message(msg, recipients=["b..c@example.org"])
+    with pytest.raises(InvalidArgument, match=r"^sender: "):
+        prepare_message(msg, sender="x y@example.org")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sender": b"a@example.com"}, "sender: expected str, got bytes"),
+        ({"recipients": [None]}, r"recipients\[0\]: expected str, got NoneType"),
+        ({"recipients": 3}, "recipients: expected a str or a sequence of str, got int"),
+        ({"date": 3}, "date: expected str, got int"),
+        ({"new_message_id": "<x@y>"}, "new_message_id: expected a callable, got str"),
+    ],
+)
+def test_wrong_types_are_type_errors_naming_the_argument(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        prepare_message(make_message(From="a@example.com", To="b@example.org"), **options)
+
+
+@pytest.mark.parametrize("not_a_message", ["From: a@example.com\r\n\r\nhi", b"From: x", None])
+def test_something_other_than_a_message_is_a_type_error(not_a_message: Any) -> None:
+    with pytest.raises(TypeError, match=r"msg: expected an email.message.EmailMessage"):
+        prepare_message(not_a_message)
+
+
+# --- Date and Message-ID ------------------------------------------------------------------------
+
+DATE = "Mon, 23 Nov 2026 13:46:38 +0000"
+
+
+def with_added(reference: bytes, *lines: str) -> bytes:
+    """`reference` with header lines added at the end of its header section."""
+    end = reference.index(b"\r\n\r\n") + 2
+    return reference[:end] + "".join(line + "\r\n" for line in lines).encode() + reference[end:]
+
+
+class IdMaker:
+    """Stands in for the driver's Message-ID source; records the domains it was asked for."""
+
+    def __init__(self, result: object = "<1.2.3@example.com>") -> None:
+        self.result = result
+        self.domains: list[str | None] = []
+
+    def __call__(self, domain: str | None) -> str:
+        self.domains.append(domain)
+        return self.result  # type: ignore[return-value]
+
+
+def test_date_and_message_id_are_added_after_the_messages_own_fields() -> None:
+    msg = make_message(From="Alice <alice@example.com>", To="b@example.org", Bcc="c@example.org")
+    new_id = IdMaker()
+    prepared = prepare_message(msg, date=DATE, new_message_id=new_id)
+    expected = with_added(stdlib_bytes(msg), f"Date: {DATE}", "Message-ID: <1.2.3@example.com>")
+    assert prepared.data == expected
+    assert prepared.message_id == "<1.2.3@example.com>"
+    assert new_id.domains == ["example.com"]
+
+
+def test_only_a_date_or_only_an_id_may_be_asked_for() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    assert prepare_message(msg, date=DATE).data == with_added(stdlib_bytes(msg), f"Date: {DATE}")
+    assert prepare_message(msg, date=DATE).message_id is None
+    prepared = prepare_message(msg, new_message_id=IdMaker("<n@example.com>"))
+    assert prepared.data == with_added(stdlib_bytes(msg), "Message-ID: <n@example.com>")
+
+
+def test_nothing_is_added_without_a_date_or_an_id_source() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    prepared = prepare_message(msg)
+    assert prepared.data == stdlib_bytes(msg)
+    assert prepared.message_id is None
+
+
+def test_the_messages_own_date_and_message_id_are_kept() -> None:
+    msg = make_message(
+        From="a@example.com",
+        To="b@example.org",
+        Date="Tue, 01 Dec 2026 08:00:00 -0500",
+        Message_ID="<own@example.com>",
+    )
+    new_id = IdMaker()
+    prepared = prepare_message(msg, date=DATE, new_message_id=new_id)
+    assert prepared.data == stdlib_bytes(msg)
+    assert prepared.message_id == "<own@example.com>"
+    assert new_id.domains == []
+
+
+@pytest.mark.parametrize("name", ["DATE", "date", "Date"])
+def test_a_date_field_in_any_case_counts(name: str) -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    msg[name] = "Tue, 01 Dec 2026 08:00:00 -0500"
+    data = prepare_message(msg, date=DATE).data
+    assert data.lower().count(b"\r\ndate: ") == 1
+    assert DATE.encode() not in data
+
+
+def test_a_compat32_messages_own_folded_message_id_is_reported_unfolded() -> None:
+    msg = message_from_bytes(
+        b"From: a@example.com\r\nTo: b@example.org\r\nMessage-ID:\r\n <folded@example.com>\r\n"
+        b"\r\nbody\r\n"
+    )
+    assert prepare_message(msg).message_id == "<folded@example.com>"  # type: ignore[arg-type]
+
+
+def test_an_empty_message_id_field_is_kept_and_nothing_added() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    msg["Message-ID"] = ""
+    prepared = prepare_message(msg, new_message_id=IdMaker())
+    assert prepared.message_id is None
+    assert prepared.data.count(b"Message-ID") == 1
+
+
+@pytest.mark.parametrize(
+    ("sender", "domain"),
+    [
+        ("", None),
+        ("bounce@bounces.example.com", "bounces.example.com"),
+        ('"a@b"@example.net', "example.net"),
+        ("a@[192.0.2.1]", "[192.0.2.1]"),
+    ],
+)
+def test_the_id_source_is_given_the_envelope_senders_domain(
+    sender: str, domain: str | None
+) -> None:
+    new_id = IdMaker()
+    prepare_message(
+        make_message(From="a@example.com", To="b@example.org"),
+        sender=sender,
+        new_message_id=new_id,
+    )
+    assert new_id.domains == [domain]
+
+
+def test_the_callers_message_is_neither_changed_nor_copied() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org", Bcc="c@example.org")
+    before_items = list(msg.raw_items())
+    before_bytes = msg.as_bytes()
+    prepare_message(msg, date=DATE, new_message_id=IdMaker())
+    assert list(msg.raw_items()) == before_items
+    assert msg.as_bytes() == before_bytes
+    assert "Date" not in msg
+    assert "Message-ID" not in msg
+
+
+def test_an_attached_message_gets_neither_date_nor_id() -> None:
+    inner = make_message(From="x@example.com", To="y@example.org")
+    outer = make_message(From="a@example.com", To="b@example.org")
+    outer.add_attachment(inner)
+    outer.as_bytes()  # fix the boundary
+    prepared = prepare_message(outer, date=DATE, new_message_id=IdMaker())
+    assert prepared.data.count(b"Date: ") == 1
+    assert prepared.data.count(b"Message-ID: ") == 1
+    assert prepared.data == with_added(
+        stdlib_bytes(outer), f"Date: {DATE}", "Message-ID: <1.2.3@example.com>"
+    )
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        DATE,
+        "23 Nov 2026 13:46:38 +0000",
+        "Sun, 1 Mar 2026 00:00 -1200",
+        "sat, 31 dec 2026 23:59:60 +1400",
+    ],
+)
+def test_a_date_in_rfc_5322_form_is_accepted(date: str) -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    assert f"Date: {date}\r\n".encode() in prepare_message(msg, date=date).data
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "",
+        "2026-11-23T13:46:38Z",
+        "Mon, 23 Nov 2026 13:46:38",
+        "Mon, 32 Nov 2026 13:46:38 +0000",
+        "Mon, 23 Nov 2026 24:00:00 +0000",
+        "Mon, 23 Nov 2026 13:46:38 +0000\r\nBcc: injected@example.org",
+        "Mon, 23 Nov 2026 13:46:38 GMT",
+        "Mon, 23 Nov 2026 13:46:38 +0000 ",
+    ],
+)
+def test_a_date_that_is_not_rfc_5322_is_refused_even_when_unused(date: str) -> None:
+    msg = make_message(From="a@example.com", To="b@example.org", Date=DATE)
+    with pytest.raises(InvalidArgument, match=r"^date: must be an RFC 5322 date-time"):
+        prepare_message(msg, date=date)
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        "<a@example.com>",
+        "<a.b.c@example.com>",
+        "<!#$%&'*+/=?^_`{|}~-@x>",
+        "<a@[192.0.2.1]>",
+        "<a@[any-dtext!]>",
+    ],
+)
+def test_a_new_message_id_that_is_a_msg_id_is_written(message_id: str) -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    prepared = prepare_message(msg, new_message_id=IdMaker(message_id))
+    assert prepared.message_id == message_id
+    assert f"Message-ID: {message_id}\r\n".encode() in prepared.data
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        "",
+        "a@example.com",
+        "<a@example.com",
+        "<a b@example.com>",
+        "<a..b@example.com>",
+        "<.a@example.com>",
+        "<a@>",
+        "<@example.com>",
+        "<a@example.com> ",
+        "<a@example.com>\r\nBcc: injected@example.org",
+        "<a@exa\x00mple.com>",
+        "<a@[x]y]>",
+        "<a@\u2028example.com>",
+        "<a@\u200bexample.com>",
+        "<" + "x" * 990 + "@example.com>",
+    ],
+)
+def test_a_new_message_id_that_is_not_a_msg_id_is_refused(message_id: str) -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    with pytest.raises(InvalidArgument, match=r"^new_message_id: must return an RFC 5322 msg-id"):
+        prepare_message(msg, new_message_id=IdMaker(message_id))
+
+
+def test_a_new_message_id_that_is_not_a_str_is_a_type_error() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    with pytest.raises(TypeError, match="new_message_id: expected it to return str, got bytes"):
+        prepare_message(msg, new_message_id=IdMaker(b"<a@example.com>"))
+
+
+def test_a_non_ascii_message_id_only_goes_with_smtputf8() -> None:
+    msg = make_message(From="a@example.com", To="b@example.org")
+    with pytest.raises(InvalidArgument, match=r"non-ASCII msg-id .* without SMTPUTF8"):
+        prepare_message(msg, new_message_id=IdMaker("<1@exämple.org>"))
+    prepared = prepare_message(
+        msg, sender="jörg@exämple.org", new_message_id=IdMaker("<1@exämple.org>")
+    )
+    assert "Message-ID: <1@exämple.org>\r\n".encode() in prepared.data
+    assert prepared.message_id == "<1@exämple.org>"
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages(), st.booleans(), st.booleans(), st.booleans())
+def test_added_fields_leave_every_other_byte_as_the_standard_library_writes_it(
+    msg: EmailMessage, utf8: bool, add_date: bool, add_id: bool
+) -> None:
+    recipients = ["jörg@exämple.org"] if utf8 else None
+    prepared = prepare_message(
+        msg,
+        recipients=recipients,
+        date=DATE if add_date else None,
+        new_message_id=IdMaker() if add_id else None,
+    )
+    expected = stdlib_bytes(msg, email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
+    added = [f"Date: {DATE}"] * add_date + ["Message-ID: <1.2.3@example.com>"] * add_id
+    assert prepared.data == with_added(expected, *added)
+    assert prepared.message_id == ("<1.2.3@example.com>" if add_id else None)
+    assert message_id_of(prepared.data) == prepared.message_id
