@@ -46,7 +46,8 @@ __all__ = ["check_recipient", "check_recipients", "check_sender", "domain_of", "
 
 # RFC 5321 §4.1.2 atext (RFC 5322 §3.2.3), ASCII part.
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# Let-dig [Ldh-str]: letters and digits, inner hyphens; written so that nothing backtracks.
+_LABEL = r"[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*"
 # The fast path: a dot-string of at most 64 characters, "@", a host name. The caller also checks
 # the whole is at most 254 characters (RFC 5321 §4.5.3.1.3, the path less its brackets), which
 # bounds the domain too. ASCII only, so characters are octets.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
 
 from ._address import check_recipient, check_recipients, check_sender
 from ._dsn import checked_envid, checked_notify, checked_orcpt, checked_ret
@@ -47,11 +46,8 @@ class Envelope:
     orcpt: bool = False
 
     def __post_init__(self) -> None:
-        _fill(
-            self,
-            _checked_fields(
-                self.sender, self.recipients, self.ret, self.envid, self.notify, self.orcpt
-            ),
+        _check_and_set(
+            self, self.sender, self.recipients, self.ret, self.envid, self.notify, self.orcpt
         )
 
     @property
@@ -62,9 +58,14 @@ class Envelope:
         )
 
 
-_Fields: TypeAlias = (
-    "tuple[str, tuple[str, ...], str | None, str | None, tuple[str, ...] | None, bool]"
-)
+# The slots' own descriptors: what the frozen dataclass's __init__ reaches through
+# object.__setattr__, called directly (the hot path builds one Envelope per message).
+_set_sender = Envelope.__dict__["sender"].__set__
+_set_recipients = Envelope.__dict__["recipients"].__set__
+_set_ret = Envelope.__dict__["ret"].__set__
+_set_envid = Envelope.__dict__["envid"].__set__
+_set_notify = Envelope.__dict__["notify"].__set__
+_set_orcpt = Envelope.__dict__["orcpt"].__set__
 
 
 def checked_envelope(
@@ -102,26 +103,15 @@ def make_envelope(
     `sender_argument` names the sender and `recipient_argument(index)` a recipient in an error
     (for addresses taken from the headers: "From", "Cc[1]").
     """
-    fields = _checked_fields(
-        sender, recipients, ret, envid, notify, orcpt, sender_argument, recipient_argument
-    )
     envelope: Envelope = object.__new__(Envelope)
-    _fill(envelope, fields)
+    _check_and_set(
+        envelope, sender, recipients, ret, envid, notify, orcpt, sender_argument, recipient_argument
+    )
     return envelope
 
 
-def _fill(envelope: Envelope, fields: _Fields) -> None:
-    # The frozen dataclass's own __init__ sets its fields the same way.
-    setattr_ = object.__setattr__
-    setattr_(envelope, "sender", fields[0])
-    setattr_(envelope, "recipients", fields[1])
-    setattr_(envelope, "ret", fields[2])
-    setattr_(envelope, "envid", fields[3])
-    setattr_(envelope, "notify", fields[4])
-    setattr_(envelope, "orcpt", fields[5])
-
-
-def _checked_fields(
+def _check_and_set(
+    envelope: Envelope,
     sender: object,
     recipients: object,
     ret: object,
@@ -130,10 +120,11 @@ def _checked_fields(
     orcpt: object,
     sender_argument: str = "sender",
     recipient_argument: Callable[[int], str] | None = None,
-) -> _Fields:
-    sender = check_sender(sender, sender_argument)
+) -> None:
+    """Check every field and set it on `envelope`, which is being built (a refusal discards it)."""
+    _set_sender(envelope, check_sender(sender, sender_argument))
     if isinstance(recipients, str):
-        unique: tuple[str, ...] = (check_recipient(recipients, "recipients"),)
+        _set_recipients(envelope, (check_recipient(recipients, "recipients"),))
     else:
         if (
             type(recipients) is not list
@@ -150,17 +141,20 @@ def _checked_fields(
             raise EnvelopeError("at least one recipient is needed", "recipients")
         check_recipients(recipients, recipient_argument or _recipient_index)
         # RCPT TO for the same mailbox twice would make some servers deliver twice.
-        unique = tuple(dict.fromkeys(recipients))
+        _set_recipients(
+            envelope,
+            tuple(recipients) if len(recipients) == 1 else tuple(dict.fromkeys(recipients)),
+        )
     if ret is None and envid is None and notify is None and orcpt is False:
-        return sender, unique, None, None, None, False
-    return (
-        sender,
-        unique,
-        checked_ret(ret),
-        checked_envid(envid),
-        checked_notify(notify),
-        checked_orcpt(orcpt),
-    )
+        _set_ret(envelope, None)
+        _set_envid(envelope, None)
+        _set_notify(envelope, None)
+        _set_orcpt(envelope, False)
+    else:
+        _set_ret(envelope, checked_ret(ret))
+        _set_envid(envelope, checked_envid(envid))
+        _set_notify(envelope, checked_notify(notify))
+        _set_orcpt(envelope, checked_orcpt(orcpt))
 
 
 def _recipient_index(index: int) -> str:

@@ -77,8 +77,10 @@ _TEXT_IS_TREE = (
     headerregistry.ContentTransferEncodingHeader,
     headerregistry.MessageIDHeader,
 )
-# RFC 5322 §3.6.3: Bcc recipients are not shown to the others.
-_BLIND_FIELDS = frozenset({"bcc", "resent-bcc"})
+# The top-level fields the generator acts on, by lower-cased name: Bcc recipients are not shown
+# to the others (RFC 5322 §3.6.3); Date and Message-ID are noted, so as to add them when missing.
+_BLIND, _DATE, _MESSAGE_ID = "blind", "date", "message-id"
+_NOTED_FIELDS = {"bcc": _BLIND, "resent-bcc": _BLIND, "date": _DATE, "message-id": _MESSAGE_ID}
 
 # Header injection check (the standard library added the same check to its own generator in
 # later patch releases): a folded header may only break a line when the next line starts with
@@ -95,9 +97,10 @@ class _SMTPGenerator(BytesGenerator):
     """
 
     _top_level: bool = False
+    # What to add when the message lacks it (see `prepare_message`), set only when asked for.
     _date: str | None = None
     _new_message_id: Callable[[str | None], str] | None = None
-    _sender_domain: str | None = None
+    _sender: str = ""
     _utf8: bool = False
     # The message's own Message-ID, or the one added.
     message_id: str | None = None
@@ -112,12 +115,12 @@ class _SMTPGenerator(BytesGenerator):
         has_date = has_message_id = False
         for name, value in msg.raw_items():
             if top_level:
-                field = name.lower()
-                if field in _BLIND_FIELDS:
+                noted = _NOTED_FIELDS.get(name.lower())
+                if noted is _BLIND:
                     continue
-                if field == "date":
+                if noted is _DATE:
                     has_date = True
-                elif field == "message-id" and not has_message_id:
+                elif noted is _MESSAGE_ID and not has_message_id:
                     has_message_id = True
                     self.message_id = loggable(str(value))
             folded = _one_line_header(value, maxlen, linesep, encoding)
@@ -131,7 +134,9 @@ class _SMTPGenerator(BytesGenerator):
             if not has_date and self._date is not None:
                 write(f"Date: {self._date}{linesep}".encode("ascii"))
             if not has_message_id and self._new_message_id is not None:
-                message_id = check_message_id(self._new_message_id(self._sender_domain), self._utf8)
+                message_id = check_message_id(
+                    self._new_message_id(domain_of(self._sender)), self._utf8
+                )
                 write(f"Message-ID: {message_id}{linesep}".encode())
                 self.message_id = message_id
         write(b"\r\n")
@@ -239,10 +244,12 @@ def prepare_message(
     buffer = BytesIO()
     generator = _SMTPGenerator(buffer, mangle_from_=False, policy=_policy_for(msg, needs_utf8))
     generator._top_level = True
-    generator._date = date
-    generator._new_message_id = new_message_id
-    generator._sender_domain = domain_of(envelope.sender)
-    generator._utf8 = needs_utf8
+    if date is not None:
+        generator._date = date
+    if new_message_id is not None:
+        generator._new_message_id = new_message_id
+        generator._sender = envelope.sender
+        generator._utf8 = needs_utf8
     generator.flatten(msg)
     return PreparedMessage(envelope, buffer.getvalue(), generator.message_id)
 
