@@ -90,7 +90,7 @@ def check_recipient(recipient: object, argument: str) -> str:
 
 
 def check_recipients(recipients: Sequence[object], argument_of: Callable[[int], str]) -> None:
-    """`check_recipient` for each; `argument_of(index)` names one, only when it is refused."""
+    """`check_recipient` for each; `argument_of(index)` is only called off the fast path."""
     for index, recipient in enumerate(recipients):
         if (
             type(recipient) is not str

@@ -102,7 +102,7 @@ class Classification:
 class _Outcome(enum.Enum):
     """What the server or the transport did, reduced to what classification needs."""
 
-    LOCAL_REFUSAL = "local_refusal"  # refused by us before any byte (SIZE, SMTPUTF8, 8BITMIME)
+    LOCAL_REFUSAL = "local_refusal"  # refused by us before any byte (SIZE, SMTPUTF8, 8BITMIME, DSN)
     TRANSIENT_REPLY = "transient_reply"  # 4xx other than 421
     PERMANENT_REPLY = "permanent_reply"  # 5xx
     CLOSING_REPLY = "closing_reply"  # 421: the server closes the channel (RFC 5321 §3.8)
@@ -206,7 +206,7 @@ def classify(
     `reply` is the failing server reply; None (with `local_refusal` False) is a transport
     failure: disconnect, timeout or protocol error. `terminator_sent` is the protocol machine's
     `tx.terminator_sent` at the moment of failure. `local_refusal` means the core refused the
-    message before producing a byte (SIZE, SMTPUTF8, 8BITMIME); it outranks `reply`. Never
+    message before producing a byte (SIZE, SMTPUTF8, 8BITMIME, DSN); it outranks `reply`. Never
     raises.
     """
     return _TABLE[stage, _outcome(reply, terminator_sent, local_refusal)]
