@@ -321,12 +321,12 @@ def _recipients_from_headers(msg: Message[Any, Any], prefix: str) -> list[str]:
 
 def _header_position(msg: Message[Any, Any], prefix: str, index: int) -> str:
     """Where recipient `index` of `_recipients_from_headers` came from: "Cc[1]"."""
-    for field in _RECIPIENT_FIELDS:
-        count = len(_addresses(msg, prefix + field))
-        if index < count:
-            return f"{prefix}{field}[{index}]"
-        index -= count
-    raise AssertionError("the index names no recipient of the headers")  # pragma: no cover
+    positions = [
+        f"{prefix}{field}[{position}]"
+        for field in _RECIPIENT_FIELDS
+        for position in range(len(_addresses(msg, prefix + field)))
+    ]
+    return positions[index]
 
 
 def _headers_need_utf8(msg: Message[Any, Any]) -> bool:
