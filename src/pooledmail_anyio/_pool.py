@@ -17,9 +17,12 @@ itself, never wrapped in an exception group.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
 import math
 import random as _random
+import secrets
 import ssl
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -49,12 +52,13 @@ from pooledmail_core import (
     RandomSource,
     Reply,
     Stage,
+    checked_envelope,
     classify,
     classify_pool_failure,
+    message_id_of,
     prepare_message,
     retry_delay,
 )
-from pooledmail_core._message import checked_envelope
 
 from ._connection import (
     TRANSPORT_ERRORS,
@@ -549,11 +553,21 @@ class SMTPPool:
         message: Message,
         *,
         sender: str | None = None,
-        recipients: Sequence[str] | None = None,
+        recipients: str | Sequence[str] | None = None,
+        notify: str | Sequence[str] | None = None,
+        ret: str | None = None,
+        envid: str | None = None,
+        orcpt: bool = False,
         retry_unknown: bool = False,
     ) -> SendResult:
-        """Send an `EmailMessage`; the envelope comes from its headers unless given.
+        """Send an `email.message.EmailMessage`.
 
+        The envelope comes from its headers unless `sender` and `recipients` are given. A message
+        without a `Date` gets one (now, local time with its offset) and one without a
+        `Message-ID` gets a new one on the sender's domain; the caller's message is not changed
+        and the result carries the Message-ID. `notify`, `ret`, `envid` and `orcpt` ask for
+        delivery status notifications (RFC 3461); a server that does not offer DSN refuses the
+        message locally (PERMANENT) rather than silently dropping the request.
         `retry_unknown=True` lets pooledmail send the message again after UNKNOWN_AFTER_DATA,
         which may deliver it twice: only for messages where a duplicate is harmless.
         """
@@ -563,28 +577,53 @@ class SMTPPool:
                 "; use send_raw() for a message already serialized as bytes"
             )
         _check_flag("retry_unknown", retry_unknown)
-        prepared = prepare_message(message, sender=sender, recipients=recipients)  # type: ignore[arg-type]
+        prepared = prepare_message(
+            message,  # type: ignore[arg-type]
+            sender=sender,
+            recipients=recipients,
+            notify=notify,
+            ret=ret,
+            envid=envid,
+            orcpt=orcpt,
+            date=email.utils.format_datetime(datetime.datetime.now().astimezone()),
+            new_message_id=self._new_message_id,
+        )
         return await self._send(prepared, retry_unknown)
+
+    def _new_message_id(self, domain: str | None) -> str:
+        # RFC 5322 §3.6.4: unique worldwide; 128 random bits on the sender's domain.
+        return f"<{secrets.token_hex(16)}@{domain or self._local_hostname}>"
 
     async def send_raw(
         self,
         data: bytes,
         *,
         sender: str,
-        recipients: Sequence[str],
+        recipients: str | Sequence[str],
+        notify: str | Sequence[str] | None = None,
+        ret: str | None = None,
+        envid: str | None = None,
+        orcpt: bool = False,
         retry_unknown: bool = False,
     ) -> SendResult:
-        """Send a message already serialized as bytes (CRLF or LF line endings), as it is."""
+        """Send a message already serialized as bytes (CRLF or LF line endings), as it is.
+
+        Nothing is added to the bytes; the result carries their Message-ID, if they have one.
+        The other arguments are those of `send()`.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected bytes, got {type(data).__name__}")
         _check_flag("retry_unknown", retry_unknown)
         # A caller's mistake is refused here, before a connection is even asked for.
-        envelope = checked_envelope(sender, recipients)
-        return await self._send(PreparedMessage(envelope, bytes(data)), retry_unknown)
+        envelope = checked_envelope(
+            sender, recipients, notify=notify, ret=ret, envid=envid, orcpt=orcpt
+        )
+        raw = bytes(data)
+        return await self._send(PreparedMessage(envelope, raw, message_id_of(raw)), retry_unknown)
 
     async def _send(self, prepared: PreparedMessage, retry_unknown: bool) -> SendResult:
         if self._state != "open":
-            self._refuse(self._closed_failure(Stage.ACQUIRE, None), 0)
+            self._refuse(self._closed_failure(Stage.ACQUIRE, None), 0, prepared.message_id)
         config = self._config
         clock = self._clock
         deadline = clock() + config.send_timeout
@@ -609,9 +648,14 @@ class SMTPPool:
             ):
                 # The retry found every host cooling down, the one that just failed included:
                 # the failure that made us retry says more than "unavailable".
-                self._refuse(previous, attempts - 1, f"; no host to retry on: {failure.reason}")
+                self._refuse(
+                    previous,
+                    attempts - 1,
+                    prepared.message_id,
+                    f"; no host to retry on: {failure.reason}",
+                )
             if self._state != "open":
-                self._refuse(self._closing_failure(failure), attempts)
+                self._refuse(self._closing_failure(failure), attempts, prepared.message_id)
             delay = retry_delay(
                 failure.classification,
                 attempt=attempts,
@@ -624,7 +668,7 @@ class SMTPPool:
                 retry_unknown=retry_unknown,
             )
             if delay is None:
-                self._refuse(failure, attempts)
+                self._refuse(failure, attempts, prepared.message_id)
             previous = failure
             self._retries += 1
             assert self._closing is not None
@@ -632,7 +676,7 @@ class SMTPPool:
                 await self._closing.wait()
             if self._state != "open":
                 # The pool closed during the wait: say so now rather than after the delay.
-                self._refuse(self._closing_failure(failure), attempts)
+                self._refuse(self._closing_failure(failure), attempts, prepared.message_id)
 
     def _closing_failure(self, failure: _Failure) -> _Failure:
         """A failure that would be retried, but the pool is closing: POOL_CLOSED, with the truth
@@ -652,7 +696,9 @@ class SMTPPool:
             f"the pool closed; the last attempt had failed: {failure.reason}",
         )
 
-    def _refuse(self, failure: _Failure, attempts: int, note: str = "") -> NoReturn:
+    def _refuse(
+        self, failure: _Failure, attempts: int, message_id: str | None, note: str = ""
+    ) -> NoReturn:
         """Raise the `SendFailed` for `failure`, counting it."""
         classification = failure.classification
         self._failed[classification.kind.value] += 1
@@ -664,6 +710,7 @@ class SMTPPool:
             reply=failure.reply,
             definitely_not_accepted=classification.definitely_not_accepted,
             reason=failure.reason + note,
+            message_id=message_id,
         ) from failure.cause
 
     async def _transact(
@@ -733,7 +780,7 @@ class SMTPPool:
                     result.accepted,
                     result.refused,
                     result.reply,
-                    getattr(prepared, "message_id", None),
+                    prepared.message_id,
                 )
             refused = classify(
                 result.failed_stage,
@@ -757,7 +804,7 @@ class SMTPPool:
         if not transaction.terminator_sent:
             return
         self._cancelled_after_terminator += 1
-        message_id = getattr(prepared, "message_id", None)
+        message_id = prepared.message_id
         logger.warning(
             "send cancelled after the message was handed to %s and before its final reply: "
             "it may have been delivered (Message-ID %s)",

@@ -289,3 +289,110 @@ async def test_send_failed_pickles_with_everything_a_user_reads() -> None:
         assert getattr(copy, field) == getattr(caught.value, field), field
     assert str(copy) == str(caught.value)
     assert "451 4.3.0 try again later" in str(copy)
+
+
+# -- Date, Message-ID and DSN -----------------------------------------------------------------
+
+
+def _message(**headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "Alice <alice@sender.example>"
+    message["To"] = "bob@example.com"
+    message["Subject"] = "hello"
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content("Hello.\n")
+    return message
+
+
+async def test_send_adds_date_and_a_message_id_on_the_senders_domain() -> None:
+    server = FakeSMTPServer(Script())
+    message = _message()
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)])) as pool:
+        result = await pool.send(message)
+    (stored,) = server.messages
+    head = stored.split(b"\r\n\r\n", 1)[0].decode()
+    assert result.message_id is not None
+    assert result.message_id.endswith("@sender.example>")
+    assert f"\r\nMessage-ID: {result.message_id}" in head
+    assert "\r\nDate: " in head
+    # The caller's message is not changed.
+    assert message["Message-ID"] is None
+    assert message["Date"] is None
+
+
+async def test_send_keeps_the_messages_own_date_and_message_id() -> None:
+    server = FakeSMTPServer(Script())
+    own = "<kept.1@sender.example>"
+    message = _message(Message_ID=own, Date="Tue, 01 Dec 2026 10:00:00 +0000")
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)])) as pool:
+        result = await pool.send(message)
+    head = server.messages[0].split(b"\r\n\r\n", 1)[0].decode()
+    assert result.message_id == own
+    assert head.count("Message-ID:") == 1
+    assert head.count("Date:") == 1
+
+
+async def test_send_raw_adds_nothing_and_reports_the_raw_message_id() -> None:
+    server = FakeSMTPServer(Script())
+    raw = b"Message-ID: <raw.7@example.com>\r\nSubject: raw\r\n\r\nbody\r\n"
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)])) as pool:
+        result = await pool.send_raw(raw, sender="a@example.com", recipients=["b@example.com"])
+        bare = await pool.send_raw(BODY, sender="a@example.com", recipients=["b@example.com"])
+    assert result.message_id == "<raw.7@example.com>"
+    assert bare.message_id is None
+    assert server.messages == [raw, BODY]
+
+
+async def test_dsn_parameters_go_out_when_the_server_offers_dsn() -> None:
+    server = FakeSMTPServer(Script(extensions=("PIPELINING", "DSN")))
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)])) as pool:
+        await pool.send(
+            _message(), notify=["SUCCESS", "FAILURE"], ret="HDRS", envid="order-42", orcpt=True
+        )
+    commands = server.connections[0].commands
+    mail = next(c for c in commands if c.startswith("MAIL FROM:"))
+    rcpt = next(c for c in commands if c.startswith("RCPT TO:"))
+    assert "RET=HDRS" in mail
+    assert "ENVID=order-42" in mail
+    assert "NOTIFY=SUCCESS,FAILURE" in rcpt
+    assert "ORCPT=rfc822;bob@example.com" in rcpt
+
+
+async def test_dsn_asked_of_a_server_without_dsn_is_refused_before_any_byte() -> None:
+    server = FakeSMTPServer(Script(extensions=("PIPELINING",)))
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)])) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await pool.send(_message(), notify="NEVER")
+        # The session is fine and is used again.
+        await pool.send(_message())
+    assert caught.value.kind is FailureKind.PERMANENT
+    assert caught.value.reply is None
+    assert "DSN" in str(caught.value)
+    assert caught.value.message_id is not None
+    assert len(server.connections) == 1
+    assert sum(c.startswith("MAIL FROM:") for c in server.connections[0].commands) == 1
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipients", "error", "text"),
+    [
+        ("a@example.com", ["b>@example.com"], ValueError, "recipients[0]"),
+        ("a@example.com", ["b\u2028@example.com"], ValueError, "recipients[0]"),
+        ("a b@example.com", ["b@example.com"], ValueError, "sender"),
+        ("a@example.com", ["x" * 65 + "@example.com"], ValueError, "recipients[0]"),
+        (None, ["b@example.com"], TypeError, "sender"),
+        ("a@example.com", [b"b@example.com"], TypeError, "recipients[0]"),
+    ],
+)
+async def test_bad_addresses_are_refused_naming_the_argument_before_any_connection(
+    sender: Any, recipients: Any, error: type[Exception], text: str
+) -> None:
+    server = FakeSMTPServer(Script())
+    async with server.running(), SMTPPool(PoolConfig([local(server.port)])) as pool:
+        with pytest.raises(error) as caught:
+            await pool.send_raw(BODY, sender=sender, recipients=recipients)
+        created = pool.statistics().created_total
+    assert text in str(caught.value)
+    assert created == 0
+    assert server.connections == []
