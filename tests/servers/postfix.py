@@ -256,6 +256,9 @@ class PostfixServer:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=self._environment(),
+                # A Ctrl-C meant for the test run must not kill the shell that waits for the
+                # master (the master has a session of its own already); close() stops both.
+                start_new_session=True,
             )
         register(self, running=True)
         master = self._master
