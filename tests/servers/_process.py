@@ -27,6 +27,7 @@ __all__ = [
     "is_listening",
     "kill_and_reap",
     "live_servers",
+    "open_files",
     "process_exists",
     "register",
     "tail",
@@ -94,8 +95,12 @@ def free_port() -> int:
         return port
 
 
-def is_listening(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a socket listens on host:port, read from /proc/net/tcp without connecting."""
+def is_listening(port: int, host: str = LOOPBACK, *, pid: int | None = None) -> bool:
+    """Whether a socket listens on host:port, read from /proc/net/tcp without connecting.
+
+    With `pid`, the listening socket must also be one of that process's file descriptors, so that
+    another program that took the port is never mistaken for the server.
+    """
     # /proc/net/tcp writes the IPv4 address as the hex of its bytes in host order.
     wanted_address = socket.inet_aton(host)[::-1].hex().upper()
     wanted_port = f"{port:04X}"
@@ -112,8 +117,17 @@ def is_listening(port: int, host: str = LOOPBACK) -> bool:
             and fields[3] == listen_state
             and address in (wanted_address, "00000000")
         ):
-            return True
+            return pid is None or f"socket:[{fields[9]}]" in _descriptors(pid)
     return False
+
+
+def _descriptors(pid: int) -> set[str]:
+    names = set()
+    with contextlib.suppress(OSError):
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                names.add(os.readlink(descriptor))
+    return names
 
 
 def _accepts_connections(port: int, host: str) -> bool:
@@ -146,6 +160,11 @@ def wait_until(
             raise ServerStartError(f"{what}: not ready after {timeout:.0f} s\n{diagnose()}")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+def open_files(pid: int) -> set[str]:
+    """What the file descriptors of `pid` point to (paths, "socket:[inode]", ...)."""
+    return _descriptors(pid)
 
 
 def tail(path: Path, lines: int = 60) -> str:

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8
@@ -275,6 +275,11 @@ class PostfixServer:
         )
         self.start_seconds.append(time.monotonic() - began)
 
+    def restart(self) -> None:
+        """`postfix stop`, then a start of the same instance on the same port."""
+        self.postfix_stop()
+        self.postfix_start()
+
     def postfix_stop(self) -> None:
         """`postfix stop`: the master and every smtpd exit; returns once the port is free."""
         if self._master is None or self._master.poll() is not None:
@@ -338,7 +343,10 @@ class PostfixServer:
     def sessions(self, since: int = 0) -> list[SessionSummary]:
         """smtpd's command counts for each session that ended after log offset `since`."""
         summaries = []
-        for line in self.log_text(since).splitlines():
+        text = self.log_text(since)
+        # postlogd may be writing the last line right now: read complete lines only.
+        complete = text[: text.rfind("\n") + 1]
+        for line in complete.splitlines():
             match = _DISCONNECT.search(line)
             if match is None:
                 continue
@@ -353,13 +361,27 @@ class PostfixServer:
         return summaries
 
     def wait_for_sessions(
-        self, count: int, *, since: int = 0, timeout: float = 10.0
+        self,
+        until: int | Callable[[list[SessionSummary]], bool],
+        *,
+        since: int = 0,
+        timeout: float = 10.0,
     ) -> list[SessionSummary]:
-        """The summaries once `count` sessions ended (postlogd writes the log asynchronously)."""
+        """The summaries after `since` once `until` holds: a number of sessions, or a predicate.
+
+        postlogd writes the log asynchronously, so a session the client has closed may take a
+        moment to appear.
+        """
+        done: Callable[[list[SessionSummary]], bool]
+        if isinstance(until, int):
+            count = until
+            done, what = (lambda sessions: len(sessions) >= count), f"{count} session summaries"
+        else:
+            done, what = until, "the session summaries expected"
         wait_until(
-            lambda: len(self.sessions(since)) >= count,
+            lambda: done(self.sessions(since)),
             timeout=timeout,
-            what=f"{count} smtpd session summaries in the log",
+            what=what,
             diagnose=self._diagnose,
         )
         return self.sessions(since)

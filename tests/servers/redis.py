@@ -144,7 +144,7 @@ class RedisServer:
         process = self._process
 
         def ready() -> bool:
-            if not is_listening(self.port):
+            if not is_listening(self.port, pid=process.pid):
                 return False
             with self.log_file.open("rb") as log:
                 log.seek(log_position)

@@ -20,7 +20,6 @@ The sink is a child of this process; `close()` ends it whatever happened.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ from ._process import (
     find_binary,
     free_port,
     is_listening,
+    open_files,
     register,
     tail,
     wait_until,
@@ -148,7 +148,12 @@ class SmtpSink:
             self._directory = None
 
     def received(self) -> list[SinkMessage]:
-        """The transactions captured so far (with `record=True`), oldest first."""
+        """The transactions captured so far (with `record=True`).
+
+        Sorted by the capture files' modification times, which are only as fine as the kernel's
+        clock tick: messages captured within one tick come in no defined order. Match them by
+        Message-ID.
+        """
         if not self.record:
             raise RuntimeError("received() needs SmtpSink(record=True)")
         # A transaction in progress has its capture file open; an aborted one's file is deleted.
@@ -164,15 +169,7 @@ class SmtpSink:
         return [_parse_dump(path.read_bytes()) for path in dumps]
 
     def _open_files(self) -> set[str]:
-        if self._process is None:
-            return set()
-        descriptors = Path(f"/proc/{self._process.pid}/fd")
-        names = set()
-        with contextlib.suppress(OSError):
-            for descriptor in descriptors.iterdir():
-                with contextlib.suppress(OSError):
-                    names.add(os.readlink(descriptor))
-        return names
+        return set() if self._process is None else open_files(self._process.pid)
 
     def log_tail(self, lines: int = 60) -> str:
         if self._directory is None:
@@ -194,7 +191,7 @@ class SmtpSink:
         register(self, running=True)
         process = self._process
         wait_until(
-            lambda: is_listening(self.port),
+            lambda: is_listening(self.port, pid=process.pid),
             timeout=self.start_timeout,
             what=f"smtp-sink on {self.host}:{self.port}",
             diagnose=lambda: self.log_tail(20),
