@@ -1,0 +1,160 @@
+"""A private `redis-server` on 127.0.0.1: no persistence, its own directory, stop and restart.
+
+    with RedisServer() as redis:
+        ... connect to redis.url ...
+        redis.stop(); redis.start()          # an outage, then the same server on the same port
+
+Nothing is saved (`--save ""`, no append-only file), so a restart comes back empty, as after a
+crash of a cache. The server is a child of this process; `close()` ends it whatever happened.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from ._process import (
+    LOOPBACK,
+    ServerStartError,
+    find_binary,
+    free_port,
+    is_listening,
+    register,
+    tail,
+    wait_until,
+)
+
+__all__ = ["RedisServer"]
+
+_START_ATTEMPTS = 3
+
+
+class RedisServer:
+    """`redis-server` on 127.0.0.1:`port`; `arguments` are extra `--name value` options."""
+
+    name = "redis"
+
+    def __init__(self, arguments: Sequence[str] = (), *, start_timeout: float = 10.0) -> None:
+        self._binary = find_binary("redis-server", "redis-server")
+        self.arguments = tuple(arguments)
+        self.start_timeout = start_timeout
+        self.host = LOOPBACK
+        self.port = 0
+        self.start_seconds: list[float] = []
+        self._directory: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def directory(self) -> Path:
+        if self._directory is None:
+            raise RuntimeError("the server has not been started")
+        return self._directory
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "redis.log"
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start on a free port the first time, on the same port after `stop()`."""
+        if self._process is not None:
+            raise RuntimeError("the server is already running")
+        if self._directory is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="pooledmail-redis-"))
+            atexit.register(self.close)
+            attempts = _START_ATTEMPTS
+        else:
+            attempts = 1  # a restart must keep its port
+        for attempt in range(1, attempts + 1):
+            if attempts > 1:
+                self.port = free_port()
+            try:
+                self._spawn()
+                return
+            except ServerStartError:
+                bind_failed = "Address already in use" in self.log_tail(10)
+                self.stop()
+                if attempt == attempts or not bind_failed:
+                    raise
+
+    def stop(self) -> None:
+        """SIGTERM (redis shuts down at once: nothing to save), SIGKILL if it lingers."""
+        process, self._process = self._process, None
+        register(self, running=False)
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
+        if self._directory is not None:
+            atexit.unregister(self.close)
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self._directory is None:
+            return "(not started)"
+        return tail(self.log_file, lines)
+
+    def _spawn(self) -> None:
+        began = time.monotonic()
+        log_position = self.log_file.stat().st_size if self.log_file.exists() else 0
+        command = [
+            self._binary,
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--logfile", str(self.log_file),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            *self.arguments,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        register(self, running=True)
+        process = self._process
+
+        def ready() -> bool:
+            if not is_listening(self.port, pid=process.pid):
+                return False
+            with self.log_file.open("rb") as log:
+                log.seek(log_position)
+                return b"Ready to accept connections" in log.read()
+
+        wait_until(
+            ready,
+            timeout=self.start_timeout,
+            what=f"redis-server on {self.host}:{self.port}",
+            diagnose=lambda: self.log_tail(20),
+            alive=lambda: process.poll() is None,
+        )
+        self.start_seconds.append(time.monotonic() - began)
