@@ -22,10 +22,12 @@ from pooledmail_core import (
     TLSMode,
 )
 
+from ._blocking import BlockingSMTPPool
 from ._pool import SMTPPool
 from ._results import SendFailed, SendResult, SendStatistics
 
 __all__ = [
+    "BlockingSMTPPool",
     "ConfigError",
     "Envelope",
     "EnvelopeError",

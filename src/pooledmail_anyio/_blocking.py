@@ -1,0 +1,443 @@
+"""`BlockingSMTPPool`: one `SMTPPool` on an event loop in a background thread, for blocking code.
+
+Theory of operation. Synchronous applications (Django and Flask views, Celery tasks, scripts)
+cannot `await`, and `anyio.run()` per message would open a new pool, and new connections, every
+time. So a blocking pool owns one event loop, run by anyio's blocking portal in a daemon thread,
+and one `SMTPPool` entered on that loop by one long-lived task (the *holder*): the pool's task
+group is entered and left in that same task, as the async pool requires. Every caller thread hands
+its call to the loop through the portal and waits for the answer, so any number of threads share
+the pool's connections, and whatever the async pool raises (`SendFailed` with its classification,
+`EnvelopeError`, `TypeError` ...) reaches the caller as itself. The waits are bounded by the pool's
+own timeouts (`send_timeout` bounds a whole send); the thread adds none of its own.
+
+Life cycle, one explicit state per pool:
+
+    new --start()/first use--> open --close()--> closing --> closed
+    new --close()--> closed
+    open/new (in a child after fork) --> new        closing (in a child after fork) --> closed
+
+* Lazy: constructing a pool checks the options and starts nothing; the thread and the loop start
+  on first use (or `start()`, or `with`). A module-level pool therefore costs nothing until it
+  sends, and is safe to create at import time.
+* Closing asks the holder to leave its `async with`, which drains exactly as the async pool does
+  (idle connections say QUIT, leased ones get the drain grace), waits for the calls still running
+  through the portal, then stops the loop and joins the thread. A send after close fails with
+  `POOL_CLOSED`. Pools still open when the interpreter exits are closed by an `atexit` hook (a
+  process that ends with `os._exit()`, as multiprocessing children do, skips it: close the pool
+  yourself there).
+* Fork: only the forking thread survives in a child, so the parent's loop thread does not exist
+  there and the parent's sockets must not be touched. A hook registered with
+  `os.register_at_fork` runs in the child: every started pool forgets its loop, thread and
+  `SMTPPool` (kept referenced, never run or collected, so no destructor can act on them), the
+  child's copies of the parent's SMTP sockets are pointed at /dev/null so that the child does not
+  hold the parent's connections open, every lock is replaced (another thread may have held it at
+  the fork), and the pool is `new` again: its first use in the child starts the child's own loop
+  and connections.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import importlib.util
+import os
+import ssl
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from email.message import EmailMessage
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio.abc
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+import anyio
+from pooledmail_core import (
+    ConfigError,
+    FailureKind,
+    Limits,
+    PoolConfig,
+    PoolStatistics,
+    RandomSource,
+    classify_pool_failure,
+)
+
+from ._pool import SMTPPool
+from ._results import SendFailed, SendResult
+
+__all__ = ["BlockingSMTPPool"]
+
+_T = TypeVar("_T")
+
+BACKENDS = ("asyncio", "trio")
+
+
+class _Running:
+    """What a started pool holds: the portal (and its thread), and the holder task's future."""
+
+    __slots__ = ("holder", "pool", "portal", "portal_context", "stop")
+
+    def __init__(
+        self,
+        portal_context: contextlib.ExitStack,
+        portal: BlockingPortal,
+        pool: SMTPPool,
+        holder: Future[None],
+        stop: anyio.Event,
+    ) -> None:
+        self.portal_context = portal_context
+        self.portal = portal
+        self.pool = pool
+        self.holder = holder
+        self.stop = stop
+
+    def shut_down(self) -> None:
+        """Leave the pool's `async with` (draining it), then stop the loop and join its thread."""
+        try:
+            self.portal.call(self.stop.set)
+            # Re-raises whatever leaving the pool raised: a failure to close is not hidden.
+            self.holder.result()
+        finally:
+            # Stops the portal without cancelling the calls still in flight (they end within
+            # their own deadlines, against a closed pool), then joins the thread.
+            self.portal_context.close()
+
+    def inherited_socket_fds(self) -> list[int]:
+        """The file descriptors of the pool's SMTP connections (read in a child after fork)."""
+        # The pool keeps its live connections by slot; a connection being opened at the moment
+        # of the fork is not there yet, and its socket is left to the child's exit.
+        connections = getattr(self.pool, "_connections", None)
+        fds: list[int] = []
+        if not isinstance(connections, dict):
+            return fds
+        for connection in connections.values():
+            stream = getattr(connection, "stream", None)
+            if not isinstance(stream, anyio.TypedAttributeProvider):
+                continue
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+            if raw is not None and raw.fileno() >= 0:
+                fds.append(raw.fileno())
+        return fds
+
+
+async def _hold_open(
+    pool: SMTPPool, *, task_status: anyio.abc.TaskStatus[anyio.Event] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    # The one task that enters and leaves the pool's task group.
+    stop = anyio.Event()
+    async with pool:
+        task_status.started(stop)
+        await stop.wait()
+
+
+class BlockingSMTPPool:
+    """A thread-safe, blocking front for one `SMTPPool` running in a background thread.
+
+    `pool = BlockingSMTPPool(config)`; `pool.send(message)` from any thread; `pool.close()` (or
+    `with BlockingSMTPPool(config) as pool:`). `backend` is "asyncio" (the default) or "trio";
+    `ssl_context`, `random` and `limits` are passed to `SMTPPool`. See docs/sync.md.
+    """
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        backend: str = "asyncio",
+        ssl_context: ssl.SSLContext | None = None,
+        random: RandomSource | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        if not isinstance(config, PoolConfig):
+            raise TypeError("config: expected a PoolConfig")
+        if backend not in BACKENDS:
+            raise ConfigError("backend", "must be 'asyncio' or 'trio'")
+        if backend == "trio" and importlib.util.find_spec("trio") is None:
+            raise ConfigError("backend", "'trio' needs trio: pip install 'pooledmail[trio]'")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError("ssl_context", "must be an ssl.SSLContext")
+        if random is not None and not callable(getattr(random, "random", None)):
+            raise ConfigError("random", "must have a random() method, as random.Random has")
+        if limits is not None and not isinstance(limits, Limits):
+            raise ConfigError("limits", "must be a Limits")
+        self._config = config
+        self._backend = backend
+        self._ssl_context = ssl_context
+        self._random = random
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._state = "new"  # new -> open -> closing -> closed
+        self._closed = threading.Event()
+        self._running: _Running | None = None
+        self._pool = self._new_pool()
+        _ALL.add(self)
+
+    def _new_pool(self) -> SMTPPool:
+        return SMTPPool(
+            self._config, ssl_context=self._ssl_context, random=self._random, limits=self._limits
+        )
+
+    @classmethod
+    def shared(
+        cls,
+        config: PoolConfig,
+        *,
+        backend: str = "asyncio",
+        ssl_context: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
+    ) -> BlockingSMTPPool:
+        """The process-wide pool for these arguments, created on first request.
+
+        Every caller that asks with an equal configuration (and the same backend, SSL context
+        and limits) gets the same pool, so a framework adapter built per request still reuses
+        connections. The pool starts on first use and closes at interpreter exit; once closed
+        (by `close()` or the exit hook), the next request gets a new one. A forked child gets
+        the same object, which starts its own loop and connections on first use in the child.
+        """
+        key = (config, backend, ssl_context, limits)
+        with _registry.lock:
+            pool = _registry.shared.get(key)
+            if pool is None or pool.closed:
+                pool = cls(config, backend=backend, ssl_context=ssl_context, limits=limits)
+                _registry.shared[key] = pool
+            return pool
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> PoolConfig:
+        return self._config
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` was called (or the interpreter is exiting)."""
+        return self._state in ("closing", "closed")
+
+    def start(self) -> None:
+        """Start the background loop and the pool now, instead of on first use.
+
+        Idempotent while open. Raises RuntimeError after `close()`.
+        """
+        if self.closed:
+            raise RuntimeError("this BlockingSMTPPool is closed; create a new one")
+        self._ensure_running()
+
+    def _ensure_running(self) -> _Running:
+        running = self._running
+        if running is not None:
+            return running
+        with self._lock:
+            if self._running is not None:
+                return self._running
+            if self._state != "new":
+                raise _closed_failure()
+            running = self._start()
+            self._running = running
+            self._state = "open"
+        with _registry.lock:
+            _registry.started.add(self)
+        return running
+
+    def _start(self) -> _Running:
+        portal_context = contextlib.ExitStack()
+        portal = portal_context.enter_context(start_blocking_portal(self._backend))
+        try:
+            holder, stop = portal.start_task(_hold_open, self._pool)
+        except BaseException:
+            portal_context.close()
+            raise
+        return _Running(portal_context, portal, self._pool, holder, stop)
+
+    def close(self) -> None:
+        """Close the pool as leaving the async pool's `async with` does, then stop the thread.
+
+        Waits for the drain (bounded) and for the sends still in flight (each bounded by
+        `send_timeout`). Safe to call from any thread, any number of times: a second caller
+        waits until the first has finished.
+        """
+        with self._lock:
+            state = self._state
+            running = self._running
+            if state == "new":
+                self._state = "closed"
+                self._closed.set()
+                return
+            if state == "open":
+                self._state = "closing"
+                self._running = None
+        if state != "open":
+            self._closed.wait()
+            return
+        assert running is not None
+        try:
+            running.shut_down()
+        finally:
+            with self._lock:
+                self._state = "closed"
+                self._closed.set()
+            with _registry.lock:
+                _registry.started.discard(self)
+
+    def __enter__(self) -> BlockingSMTPPool:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(host.key for host in self._config.hosts)
+        return f"<BlockingSMTPPool {self._state} {self._backend} [{hosts}]>"
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _call(self, func: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+        running = self._ensure_running()
+        try:
+            future: Future[_T] = running.portal.start_task_soon(func)
+        except RuntimeError:
+            if not self.closed:
+                raise
+            # The pool was closed between the check above and the hand-over.
+            raise _closed_failure() from None
+        try:
+            return future.result()
+        except BaseException:
+            # The waiting thread was interrupted (KeyboardInterrupt, SystemExit): cancel the
+            # send rather than leave it running for nobody. A finished future ignores this.
+            future.cancel()
+            raise
+
+    def send(
+        self,
+        message: EmailMessage,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+    ) -> SendResult:
+        """Send an `EmailMessage` (see `SMTPPool.send`); blocks until the server answered."""
+        return self._call(
+            functools.partial(self._pool.send, message, sender=sender, recipients=recipients)
+        )
+
+    def send_raw(self, data: bytes, *, sender: str, recipients: Sequence[str]) -> SendResult:
+        """Send a message already serialized as bytes (see `SMTPPool.send_raw`)."""
+        return self._call(
+            functools.partial(self._pool.send_raw, data, sender=sender, recipients=recipients)
+        )
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of the pool's state (all zeros before the pool started)."""
+        running = self._running
+        if running is not None:
+            try:
+                return running.portal.call(running.pool.statistics)
+            except RuntimeError:
+                if not self.closed:
+                    raise
+        # Not running: nothing changes the pool's state, so it is read here directly.
+        return self._pool.statistics()
+
+    # -- fork --------------------------------------------------------------------------------
+
+    def _forget_after_fork(self) -> None:
+        """In a child after fork: drop the parent's loop, thread and sockets (see the top)."""
+        self._lock = threading.Lock()
+        closed = threading.Event()
+        running, self._running = self._running, None
+        if running is not None:
+            _abandoned.append(running)
+            _point_at_devnull(running.inherited_socket_fds())
+        if self._state == "open":
+            self._state = "new"
+            self._pool = self._new_pool()
+        elif self._state == "closing":
+            self._state = "closed"
+        if self._state == "closed":
+            closed.set()
+        self._closed = closed
+
+
+def _closed_failure() -> SendFailed:
+    # The same failure the async pool raises for a send on a closed pool.
+    classification = classify_pool_failure(FailureKind.POOL_CLOSED)
+    return SendFailed(
+        FailureKind.POOL_CLOSED,
+        classification.stage,
+        host=None,
+        attempts=1,
+        reply=None,
+        definitely_not_accepted=classification.definitely_not_accepted,
+    )
+
+
+def _point_at_devnull(fds: list[int]) -> None:
+    """Replace each descriptor with /dev/null: the child stops holding the parent's sockets.
+
+    `dup2` rather than `close`: the socket objects of the abandoned pool still own these numbers,
+    and a closed number could be reused by a new socket that a late destructor would then close.
+    """
+    if not fds:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd, inheritable=False)
+    finally:
+        os.close(devnull)
+
+
+class _Registry:
+    """Process-wide bookkeeping: the shared pools and the started ones (for exit and fork)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shared: dict[tuple[object, ...], BlockingSMTPPool] = {}
+        self.started: set[BlockingSMTPPool] = set()
+
+
+_registry = _Registry()
+# Every pool, for the fork hook (a pool being started by another thread at the fork holds its
+# lock); weak, so that an unused pool is collected as usual.
+_ALL: weakref.WeakSet[BlockingSMTPPool] = weakref.WeakSet()
+# The parent's loops and pools, in a child after fork: referenced so that they are never
+# collected (their destructors would act on objects that belong to the parent).
+_abandoned: list[_Running] = []
+
+
+def _close_started_pools() -> None:
+    """At interpreter exit: close every pool still open, each one even if another fails."""
+    with _registry.lock:
+        started = list(_registry.started)
+    failures: list[BaseException] = []
+    for pool in started:
+        try:
+            pool.close()
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
+def _after_fork_in_child() -> None:
+    _registry.lock = threading.Lock()
+    _registry.started.clear()
+    for pool in list(_ALL):
+        pool._forget_after_fork()
+
+
+atexit.register(_close_started_pools)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

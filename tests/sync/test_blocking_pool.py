@@ -1,0 +1,308 @@
+"""`BlockingSMTPPool` from plain threads, on both event loop backends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pooledmail_anyio import (
+    BlockingSMTPPool,
+    ConfigError,
+    EnvelopeError,
+    FailureKind,
+    Host,
+    InvalidArgument,
+    PoolConfig,
+    SendFailed,
+    Stage,
+)
+from tests.anyio.fakesmtp import DISCONNECT, STALL, Script
+
+from .servers import Recorder, accepted_messages, eventually, fault_server, smtpd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def message(subject: str = "hello", to: str = "bob@example.com") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "alice@example.com"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content("Hello.\n")
+    return msg
+
+
+def config(port: int, **options: Any) -> PoolConfig:
+    return PoolConfig([Host("127.0.0.1", port, tls="none")], **options)
+
+
+def run_threads(count: int, target: Any) -> list[BaseException]:
+    """Run `target(i)` in `count` threads; return what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a sender never returned"
+    return errors
+
+
+def test_threads_share_one_pool_and_each_message_is_stored_once(backend: str) -> None:
+    with smtpd() as (port, recorder):
+        pool = BlockingSMTPPool(
+            config(port, max_size=4, max_messages_per_connection=None), backend=backend
+        )
+        results: dict[str, tuple[str, ...]] = {}
+
+        def sender(i: int) -> None:
+            for n in range(8):
+                subject = f"thread {i} message {n}"
+                results[subject] = pool.send(message(subject)).accepted
+
+        errors = run_threads(32, sender)
+        stats = pool.statistics()
+        pool.close()
+        assert errors == []
+        subjects = [
+            line.split(b": ", 1)[1].decode()
+            for d in recorder.deliveries
+            for line in d.content.split(b"\r\n")
+            if line.startswith(b"Subject: ")
+        ]
+        assert sorted(subjects) == sorted(results)
+        assert len(subjects) == 32 * 8
+        assert set(results.values()) == {("bob@example.com",)}
+        assert recorder.sessions <= 4
+        assert stats.created_total == recorder.sessions
+        assert eventually(lambda: recorder.quits == recorder.sessions)
+
+
+def test_a_refused_recipient_arrives_as_send_failed(backend: str) -> None:
+    with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
+        with BlockingSMTPPool(config(server.port), backend=backend) as pool:
+            with pytest.raises(SendFailed) as caught:
+                pool.send(message())
+        failure = caught.value
+        assert type(failure) is SendFailed
+        assert failure.kind is FailureKind.PERMANENT
+        assert failure.stage is Stage.RCPT
+        assert failure.reply is not None and failure.reply.code == 550
+        assert failure.definitely_not_accepted
+        assert accepted_messages(server) == []
+        assert pickle.loads(pickle.dumps(failure)).kind is FailureKind.PERMANENT
+
+
+def test_a_disconnect_after_the_terminator_is_unknown_and_the_server_has_it(
+    backend: str,
+) -> None:
+    with fault_server(Script(data_end=DISCONNECT)) as server:
+        with BlockingSMTPPool(config(server.port), backend=backend) as pool:
+            with pytest.raises(SendFailed) as caught:
+                pool.send(message())
+        assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
+        assert not caught.value.definitely_not_accepted
+        # The server read the whole message: "maybe delivered" was the truth.
+        assert len(server.messages) == 1
+
+
+def test_caller_mistakes_arrive_as_themselves_before_any_connection(backend: str) -> None:
+    with smtpd() as (port, recorder):
+        with BlockingSMTPPool(config(port), backend=backend) as pool:
+            nobody = message()
+            del nobody["To"]
+            with pytest.raises(EnvelopeError):
+                pool.send(nobody)
+            with pytest.raises(TypeError):
+                pool.send_raw("not bytes", sender="a@example.com", recipients=["b@example.com"])  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgument):
+                pool.send_raw(b"x", sender="a@example.com", recipients=["b@example.com\r\nX"])
+            assert pool.statistics().created_total == 0
+        assert recorder.sessions == 0
+
+
+def test_a_stalled_server_is_bounded_by_the_pools_timeouts(backend: str) -> None:
+    with fault_server(Script(data_end=STALL)) as server:
+        pool = BlockingSMTPPool(
+            config(server.port, command_timeout=0.3, send_timeout=0.6), backend=backend
+        )
+        outcome: list[BaseException] = run_threads(1, lambda _i: pool.send(message()))
+        pool.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], SendFailed)
+    assert outcome[0].kind is FailureKind.UNKNOWN_AFTER_DATA
+
+
+class GatedRecorder(Recorder):
+    """Holds each final reply until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+        self.gate = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.arrived.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_close_drains_a_send_in_flight_and_refuses_new_ones(backend: str) -> None:
+    from aiosmtpd.controller import Controller
+
+    from pooledmail_anyio._sink import free_port
+
+    recorder = GatedRecorder()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        pool = BlockingSMTPPool(config(controller.port), backend=backend)
+        in_flight: list[Any] = []
+        sender = threading.Thread(target=lambda: in_flight.append(pool.send(message())))
+        sender.start()
+        assert recorder.arrived.wait(30)
+        closer = threading.Thread(target=pool.close)
+        closer.start()
+        while not pool.closed:
+            threading.Event().wait(0.01)
+        with pytest.raises(SendFailed) as refused:
+            pool.send(message("too late"))
+        assert refused.value.kind is FailureKind.POOL_CLOSED
+        recorder.gate.set()
+        sender.join(30)
+        closer.join(30)
+        assert not sender.is_alive() and not closer.is_alive()
+        assert eventually(lambda: recorder.quits == 1)
+    finally:
+        recorder.gate.set()
+        controller.stop()
+    assert in_flight[0].accepted == ("bob@example.com",)
+    assert len(recorder.deliveries) == 1
+
+
+def test_close_quits_and_the_pool_stays_closed(backend: str) -> None:
+    with smtpd() as (port, recorder):
+        pool = BlockingSMTPPool(config(port), backend=backend)
+        pool.send(message())
+        pool.close()
+        pool.close()
+        assert eventually(lambda: recorder.quits == 1)
+        with pytest.raises(SendFailed) as caught:
+            pool.send(message())
+        assert caught.value.kind is FailureKind.POOL_CLOSED
+        with pytest.raises(RuntimeError):
+            pool.start()
+        assert pool.statistics().live == 0
+        assert len(recorder.deliveries) == 1
+
+
+def test_the_pool_starts_on_first_use_only(backend: str) -> None:
+    before = threading.active_count()
+    with smtpd() as (port, recorder):
+        started_server = threading.active_count()
+        pool = BlockingSMTPPool(config(port), backend=backend)
+        assert threading.active_count() == started_server
+        assert pool.statistics().created_total == 0
+        assert threading.active_count() == started_server
+        pool.send(message())
+        assert threading.active_count() == started_server + 1
+        pool.close()
+        assert threading.active_count() == started_server
+        # A pool closed before it started never starts.
+        BlockingSMTPPool(config(port), backend=backend).close()
+        assert threading.active_count() == started_server
+    assert threading.active_count() == before
+
+
+def test_an_exception_in_the_with_block_leaves_as_itself(backend: str) -> None:
+    with smtpd() as (port, recorder):
+        with pytest.raises(ValueError, match="mine"):
+            with BlockingSMTPPool(config(port), backend=backend) as pool:
+                pool.send(message())
+                raise ValueError("mine")
+        assert pool.closed
+        assert eventually(lambda: recorder.quits == 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"backend": "curio"}, "backend"),
+        ({"ssl_context": "verify please"}, "ssl_context"),
+        ({"random": object()}, "random"),
+        ({"limits": {"max_line_length": 100}}, "limits"),
+    ],
+)
+def test_a_wrong_option_fails_at_construction_with_its_name(
+    options: dict[str, Any], option: str
+) -> None:
+    before = threading.active_count()
+    with pytest.raises(ConfigError) as caught:
+        BlockingSMTPPool(config(25), **options)
+    assert caught.value.option == option
+    assert threading.active_count() == before
+
+
+def test_config_must_be_a_pool_config() -> None:
+    with pytest.raises(TypeError, match="config"):
+        BlockingSMTPPool({"hosts": []})  # type: ignore[arg-type]
+
+
+def test_shared_gives_one_pool_per_configuration(backend: str) -> None:
+    first = BlockingSMTPPool.shared(config(2525), backend=backend)
+    assert BlockingSMTPPool.shared(config(2525), backend=backend) is first
+    assert BlockingSMTPPool.shared(config(2526), backend=backend) is not first
+    other = "trio" if backend == "asyncio" else "asyncio"
+    assert BlockingSMTPPool.shared(config(2525), backend=other) is not first
+    first.close()
+    replacement = BlockingSMTPPool.shared(config(2525), backend=backend)
+    assert replacement is not first
+    assert not replacement.closed
+    replacement.close()
+
+
+def test_open_pools_are_closed_at_interpreter_exit(backend: str) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from email.message import EmailMessage
+        from pooledmail_anyio import BlockingSMTPPool, Host, PoolConfig
+
+        pool = BlockingSMTPPool(
+            PoolConfig([Host("127.0.0.1", int(sys.argv[1]), tls="none")]), backend={backend!r}
+        )
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.com", "exit"
+        msg.set_content("bye")
+        pool.send(msg)
+        # No close(): the interpreter's exit closes the pool.
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    with smtpd() as (port, recorder):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(port)],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert len(recorder.deliveries) == 1
+        assert eventually(lambda: recorder.quits == 1)
