@@ -97,14 +97,17 @@ def test_threads_share_one_pool_and_each_message_is_stored_once(backend: str) ->
 
 def test_a_refused_recipient_arrives_as_send_failed(backend: str) -> None:
     with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
-        with BlockingSMTPPool(config(server.port), backend=backend) as pool:
-            with pytest.raises(SendFailed) as caught:
-                pool.send(message())
+        with (
+            BlockingSMTPPool(config(server.port), backend=backend) as pool,
+            pytest.raises(SendFailed) as caught,
+        ):
+            pool.send(message())
         failure = caught.value
         assert type(failure) is SendFailed
         assert failure.kind is FailureKind.PERMANENT
         assert failure.stage is Stage.RCPT
-        assert failure.reply is not None and failure.reply.code == 550
+        assert failure.reply is not None
+        assert failure.reply.code == 550
         assert failure.definitely_not_accepted
         assert accepted_messages(server) == []
         assert pickle.loads(pickle.dumps(failure)).kind is FailureKind.PERMANENT
@@ -114,9 +117,11 @@ def test_a_disconnect_after_the_terminator_is_unknown_and_the_server_has_it(
     backend: str,
 ) -> None:
     with fault_server(Script(data_end=DISCONNECT)) as server:
-        with BlockingSMTPPool(config(server.port), backend=backend) as pool:
-            with pytest.raises(SendFailed) as caught:
-                pool.send(message())
+        with (
+            BlockingSMTPPool(config(server.port), backend=backend) as pool,
+            pytest.raises(SendFailed) as caught,
+        ):
+            pool.send(message())
         assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
         assert not caught.value.definitely_not_accepted
         # The server read the whole message: "maybe delivered" was the truth.
@@ -145,7 +150,8 @@ def test_a_stalled_server_is_bounded_by_the_pools_timeouts(backend: str) -> None
         )
         outcome: list[BaseException] = run_threads(1, lambda _i: pool.send(message()))
         pool.close()
-    assert len(outcome) == 1 and isinstance(outcome[0], SendFailed)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], SendFailed)
     assert outcome[0].kind is FailureKind.UNKNOWN_AFTER_DATA
 
 
@@ -187,7 +193,8 @@ def test_close_drains_a_send_in_flight_and_refuses_new_ones(backend: str) -> Non
         recorder.gate.set()
         sender.join(30)
         closer.join(30)
-        assert not sender.is_alive() and not closer.is_alive()
+        assert not sender.is_alive()
+        assert not closer.is_alive()
         assert eventually(lambda: recorder.quits == 1)
     finally:
         recorder.gate.set()
@@ -214,7 +221,7 @@ def test_close_quits_and_the_pool_stays_closed(backend: str) -> None:
 
 def test_the_pool_starts_on_first_use_only(backend: str) -> None:
     before = threading.active_count()
-    with smtpd() as (port, recorder):
+    with smtpd() as (port, _recorder):
         started_server = threading.active_count()
         pool = BlockingSMTPPool(config(port), backend=backend)
         assert threading.active_count() == started_server
@@ -231,11 +238,14 @@ def test_the_pool_starts_on_first_use_only(backend: str) -> None:
 
 
 def test_an_exception_in_the_with_block_leaves_as_itself(backend: str) -> None:
+    def body(pool: BlockingSMTPPool) -> None:
+        pool.send(message())
+        raise ValueError("mine")
+
     with smtpd() as (port, recorder):
-        with pytest.raises(ValueError, match="mine"):
-            with BlockingSMTPPool(config(port), backend=backend) as pool:
-                pool.send(message())
-                raise ValueError("mine")
+        pool = BlockingSMTPPool(config(port), backend=backend)
+        with pytest.raises(ValueError, match="mine"), pool:
+            body(pool)
         assert pool.closed
         assert eventually(lambda: recorder.quits == 1)
 
