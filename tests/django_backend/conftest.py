@@ -1,5 +1,4 @@
-"""Django configured once for these tests, with the pooled backend; each test points it at its
-own server with `override_settings`."""
+"""Fixtures for the Django backend's tests: both loops, and a way to point Django at a server."""
 
 from __future__ import annotations
 
@@ -9,18 +8,7 @@ from typing import Any
 
 import pytest
 
-django = pytest.importorskip("django")
-
-from django.conf import settings  # noqa: E402
-
-if not settings.configured:
-    settings.configure(
-        EMAIL_BACKEND="pooledmail_django.EmailBackend",
-        DEFAULT_FROM_EMAIL="webmaster@example.com",
-        DEFAULT_CHARSET="utf-8",
-        USE_TZ=True,
-    )
-    django.setup()
+from . import configured  # noqa: F401  (configures Django before the tests import it)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -425,3 +425,12 @@ def test_the_shared_pool_closes_only_when_asked(pointed_at: Point) -> None:
         assert mail.send_mail("two", "Body.", "alice@example.com", ["bob@example.com"]) == 1
         get_connection().pool.close()
     assert recorder.sessions == 2
+
+
+def test_an_invalid_address_raises_as_django_raises_it_even_silently(pointed_at: Point) -> None:
+    with smtpd() as (port, recorder), pointed_at(port):
+        with pytest.raises(ValueError, match="Invalid address"):
+            mail.send_mail("bad", "Body.", "alice@example.com", ["a@b@example.com"])
+        with pytest.raises(ValueError, match="Invalid address"):
+            mail.send_mail("bad", "B.", "alice@example.com", ["@@"], fail_silently=True)
+    assert recorder.sessions == 0
