@@ -37,8 +37,10 @@ Life cycle, one explicit state per pool:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
+import contextvars
 import functools
 import importlib.util
 import os
@@ -46,7 +48,7 @@ import ssl
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from email.message import EmailMessage
 from types import TracebackType
 from typing import Any, TypeVar
@@ -75,10 +77,104 @@ _T = TypeVar("_T")
 BACKENDS = ("asyncio", "trio")
 
 
-class _Running:
-    """What a started pool holds: the portal (and its thread), and the holder task's future."""
+class _Calls:
+    """Calls handed from threads to the loop: one wake-up each, run as tasks of the holder.
 
-    __slots__ = ("holder", "pool", "portal", "portal_context", "stop")
+    Cheaper than a portal call (which waits for its task to be spawned before waiting for its
+    result): the caller queues the spawn with the loop's own thread-safe `call_soon` and waits
+    once. The calls' task group encloses the pool, so closing drains the pool first (as the
+    async pool does) and then waits for the calls still running, which end within their own
+    deadlines. A call's future stays pending while it runs, so that the waiting thread can still
+    cancel it.
+    """
+
+    def __init__(self, task_group: anyio.abc.TaskGroup, backend: str) -> None:
+        self._task_group = task_group
+        self._run_soon = _run_soon_function(backend)
+        self._lock = threading.Lock()
+        self._accepting = True
+        self.stop = anyio.Event()
+
+    def submit(self, func: Callable[[], Coroutine[Any, Any, _T]]) -> Future[_T]:
+        """From any thread but the loop's: start `func()` on the loop; its future."""
+        future: Future[_T] = Future()
+        with self._lock:
+            # Under the lock: once `refuse_new` returned, nothing more is queued on the loop.
+            if not self._accepting:
+                raise _closed_failure()
+            self._run_soon(self._spawn, func, future)
+        return future
+
+    def refuse_new(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    def _spawn(self, func: Callable[[], Coroutine[Any, Any, _T]], future: Future[_T]) -> None:
+        try:
+            self._task_group.start_soon(self._run, func, future)
+        except RuntimeError:
+            # The calls' task group has already ended: the pool is closed.
+            _settle(future, error=_closed_failure())
+
+    async def _run(self, func: Callable[[], Coroutine[Any, Any, _T]], future: Future[_T]) -> None:
+        with anyio.CancelScope() as scope:
+            future.add_done_callback(functools.partial(self._cancel_if_cancelled, scope))
+            try:
+                result = await func()
+            except Exception as exc:
+                # The caller's outcome, delivered to the caller; the task group goes on.
+                _settle(future, error=exc)
+                return
+            except BaseException as exc:
+                # Cancellation (the caller's, through the scope, or the loop's) propagates.
+                _settle(future, error=exc)
+                raise
+            _settle(future, result=result)
+
+    def _cancel_if_cancelled(self, scope: anyio.CancelScope, future: Future[Any]) -> None:
+        # Runs where the future was settled: in the loop (nothing to do) or, when the waiting
+        # thread cancelled it, in that thread.
+        if future.cancelled():
+            with contextlib.suppress(RuntimeError):
+                self._run_soon(scope.cancel)
+
+
+def _settle(future: Future[_T], *, result: Any = None, error: BaseException | None = None) -> None:
+    # A future the waiting thread cancelled meanwhile takes no outcome.
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _run_soon_function(backend: str) -> Callable[..., None]:
+    """A thread-safe "run this callback on the current loop soon", in the loop's context.
+
+    The context is the one anyio runs in, so that callbacks may start tasks.
+    """
+    context = contextvars.copy_context()
+    if backend == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def run_soon_trio(callback: Callable[..., object], *args: object) -> None:
+            token.run_sync_soon(context.run, callback, *args)
+
+        return run_soon_trio
+    loop = asyncio.get_running_loop()
+
+    def run_soon_asyncio(callback: Callable[..., object], *args: object) -> None:
+        loop.call_soon_threadsafe(callback, *args, context=context)
+
+    return run_soon_asyncio
+
+
+class _Running:
+    """What a started pool holds: the portal (and its thread), the holder's future, the calls."""
+
+    __slots__ = ("calls", "holder", "pool", "portal", "portal_context")
 
     def __init__(
         self,
@@ -86,23 +182,22 @@ class _Running:
         portal: BlockingPortal,
         pool: SMTPPool,
         holder: Future[None],
-        stop: anyio.Event,
+        calls: _Calls,
     ) -> None:
         self.portal_context = portal_context
         self.portal = portal
         self.pool = pool
         self.holder = holder
-        self.stop = stop
+        self.calls = calls
 
     def shut_down(self) -> None:
         """Leave the pool's `async with` (draining it), then stop the loop and join its thread."""
         try:
-            self.portal.call(self.stop.set)
+            self.calls.refuse_new()
+            self.portal.call(self.calls.stop.set)
             # Re-raises whatever leaving the pool raised: a failure to close is not hidden.
             self.holder.result()
         finally:
-            # Stops the portal without cancelling the calls still in flight (they end within
-            # their own deadlines, against a closed pool), then joins the thread.
             self.portal_context.close()
 
     def inherited_socket_fds(self) -> list[int]:
@@ -124,13 +219,21 @@ class _Running:
 
 
 async def _hold_open(
-    pool: SMTPPool, *, task_status: anyio.abc.TaskStatus[anyio.Event] = anyio.TASK_STATUS_IGNORED
+    pool: SMTPPool,
+    backend: str,
+    *,
+    task_status: anyio.abc.TaskStatus[_Calls] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    # The one task that enters and leaves the pool's task group.
-    stop = anyio.Event()
-    async with pool:
-        task_status.started(stop)
-        await stop.wait()
+    # The one task that enters and leaves the pool's task group. The calls' task group is
+    # outside the pool: leaving them waits for the calls still running after the drain.
+    async with anyio.create_task_group() as task_group:
+        calls = _Calls(task_group, backend)
+        try:
+            async with pool:
+                task_status.started(calls)
+                await calls.stop.wait()
+        finally:
+            calls.refuse_new()
 
 
 class BlockingSMTPPool:
@@ -248,11 +351,11 @@ class BlockingSMTPPool:
         portal_context = contextlib.ExitStack()
         portal = portal_context.enter_context(start_blocking_portal(self._backend))
         try:
-            holder, stop = portal.start_task(_hold_open, self._pool)
+            holder, calls = portal.start_task(_hold_open, self._pool, self._backend)
         except BaseException:
             portal_context.close()
             raise
-        return _Running(portal_context, portal, self._pool, holder, stop)
+        return _Running(portal_context, portal, self._pool, holder, calls)
 
     def close(self) -> None:
         """Close the pool as leaving the async pool's `async with` does, then stop the thread.
@@ -304,13 +407,8 @@ class BlockingSMTPPool:
 
     def _call(self, func: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         running = self._ensure_running()
-        try:
-            future: Future[_T] = running.portal.start_task_soon(func)
-        except RuntimeError:
-            if not self.closed:
-                raise
-            # The pool was closed between the check above and the hand-over.
-            raise _closed_failure() from None
+        # Raises POOL_CLOSED if the pool was closed since the check above.
+        future = running.calls.submit(func)
         try:
             return future.result()
         except BaseException:

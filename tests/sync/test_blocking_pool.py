@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -316,3 +317,44 @@ def test_open_pools_are_closed_at_interpreter_exit(backend: str) -> None:
         assert done.returncode == 0, done.stderr.decode()
         assert len(recorder.deliveries) == 1
         assert eventually(lambda: recorder.quits == 1)
+
+
+class Interrupted(BaseException):
+    """What the test's SIGINT handler raises in the main thread, as KeyboardInterrupt would."""
+
+
+def test_an_interrupted_caller_cancels_its_send(backend: str) -> None:
+    reached_rcpt = threading.Event()
+
+    def rcpt(line: str) -> str:
+        reached_rcpt.set()
+        return STALL
+
+    def interrupt(_signal: int, _frame: object) -> None:
+        raise Interrupted
+
+    def press_ctrl_c() -> None:
+        if reached_rcpt.wait(30):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        with fault_server(Script(rcpt=rcpt)) as server:
+            # Long timeouts: only the cancellation can end this send soon.
+            pool = BlockingSMTPPool(
+                config(server.port, command_timeout=120, send_timeout=240), backend=backend
+            )
+            presser = threading.Thread(target=press_ctrl_c)
+            presser.start()
+            with pytest.raises(Interrupted):
+                pool.send(message())
+            presser.join()
+            # The send was cancelled on the loop: its connection is given back (and dropped,
+            # as an exchange cut in the middle leaves the session out of sync).
+            assert eventually(lambda: pool.statistics().leased == 0)
+            stats = pool.statistics()
+            pool.close()
+        assert stats.closed_total.get("broken", 0) == 1
+        assert accepted_messages(server) == []
+    finally:
+        signal.signal(signal.SIGINT, previous)
