@@ -4,11 +4,14 @@ Theory of operation. Synchronous applications (Django and Flask views, Celery ta
 cannot `await`, and `anyio.run()` per message would open a new pool, and new connections, every
 time. So a blocking pool owns one event loop, run by anyio's blocking portal in a daemon thread,
 and one `SMTPPool` entered on that loop by one long-lived task (the *holder*): the pool's task
-group is entered and left in that same task, as the async pool requires. Every caller thread hands
-its call to the loop through the portal and waits for the answer, so any number of threads share
-the pool's connections, and whatever the async pool raises (`SendFailed` with its classification,
-`EnvelopeError`, `TypeError` ...) reaches the caller as itself. The waits are bounded by the pool's
-own timeouts (`send_timeout` bounds a whole send); the thread adds none of its own.
+group is entered and left in that same task, as the async pool requires. A caller thread hands
+its call to the loop with the loop's own thread-safe "call soon" (one wake-up; a portal call
+would cost a second round trip to learn that its task was spawned), the call runs as a task in a
+task group the holder keeps around the pool, and the thread waits for its future. So any number
+of threads share the pool's connections, and whatever the async pool raises (`SendFailed` with
+its classification, `EnvelopeError`, `TypeError` ...) reaches the caller as itself. The waits are
+bounded by the pool's own timeouts (`send_timeout` bounds a whole send); the thread adds none of
+its own. A caller interrupted while it waits (KeyboardInterrupt) cancels its call on the loop.
 
 Life cycle, one explicit state per pool:
 
@@ -19,9 +22,10 @@ Life cycle, one explicit state per pool:
 * Lazy: constructing a pool checks the options and starts nothing; the thread and the loop start
   on first use (or `start()`, or `with`). A module-level pool therefore costs nothing until it
   sends, and is safe to create at import time.
-* Closing asks the holder to leave its `async with`, which drains exactly as the async pool does
-  (idle connections say QUIT, leased ones get the drain grace), waits for the calls still running
-  through the portal, then stops the loop and joins the thread. A send after close fails with
+* Closing refuses new calls, asks the holder to leave the pool's `async with`, which drains
+  exactly as the async pool does (idle connections say QUIT, leased ones get the drain grace),
+  waits for the calls still running (they end within their own deadlines, against a closed
+  pool), then stops the loop and joins the thread. A send after close fails with
   `POOL_CLOSED`. Pools still open when the interpreter exits are closed by an `atexit` hook (a
   process that ends with `os._exit()`, as multiprocessing children do, skips it: close the pool
   yourself there).
