@@ -1,16 +1,21 @@
 """A Django view sending one message per request, under 16 threads: pooled backend vs Django's.
 
-    python bench/bench_django.py [--requests 2000] [--threads 16] [--rounds 3]
+    python bench/bench_django.py [--requests 2000] [--threads 16] [--rounds 3] [--starttls]
 
 Needs Django (`pip install ".[bench]"`) and Postfix's `smtp-sink` (Debian's `postfix` package),
-which plays the relay on 127.0.0.1 in its own process. Each request goes through Django's whole
-request handler (`django.test.Client`, no HTTP server) to a view that calls `send_mail()` for one
-1 KiB message to one recipient and answers with the count sent. Contenders, each with the same
-settings except `EMAIL_BACKEND`:
+which plays the relay on 127.0.0.1 in its own process. With `--starttls` the relay is aiosmtpd
+in its own process instead, requiring STARTTLS with a certificate from a throw-away CA (trustme)
+that the client trusts through `SSL_CERT_FILE`, as a real relay on port 587 would.
+
+Each request goes through Django's whole request handler (`django.test.Client`, no HTTP
+server) to a view that calls `send_mail()` for one 1 KiB message to one recipient and answers
+with the count sent. Contenders, each with the same settings except `EMAIL_BACKEND`:
 
 - `pooledmail_django.EmailBackend` on the asyncio loop and on the trio loop (`max_size` 8);
 - `django.core.mail.backends.smtp.EmailBackend`, which opens one SMTP connection per
-  `send_mail()`.
+  `send_mail()`;
+- `django.core.mail.backends.locmem.EmailBackend`, which sends nothing: the floor, what Django's
+  request handling and message building cost by themselves.
 
 Every contender is warmed up with one request per thread before its clock starts. Each round runs
 every contender once, in a rotated order; the table keeps each one's best round (the least
@@ -22,10 +27,16 @@ backend, `smtplib.SMTP.connect` calls). Nothing is asserted; the numbers are pri
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import smtplib
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +112,7 @@ def run(name: str, requests: int, threads: int, counter: ConnectCounter) -> Timi
                 if response.content != b"1":
                     failures.append(response.content.decode())
 
-        shares = [requests // threads + (1 if i < requests % threads else 0) for i in range(threads)]
+        shares = [requests // threads + (i < requests % threads) for i in range(threads)]
         workers = [threading.Thread(target=worker, args=(i, shares[i])) for i in range(threads)]
         for thread in workers:
             thread.start()
@@ -119,22 +130,73 @@ def run(name: str, requests: int, threads: int, counter: ConnectCounter) -> Timi
     return Timing(wall, cpu, created)
 
 
+STARTTLS_SINK = """
+import ssl, sys, threading
+from aiosmtpd.controller import Controller
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 queued"
+
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(sys.argv[2])
+controller = Controller(
+    Sink(), hostname="127.0.0.1", port=int(sys.argv[1]), tls_context=context,
+    require_starttls=True,
+)
+controller.start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+@contextlib.contextmanager
+def starttls_sink() -> Iterator[int]:
+    """aiosmtpd requiring STARTTLS, in its own process; the client trusts its CA."""
+    import trustme
+
+    ca = trustme.CA()
+    with tempfile.TemporaryDirectory() as folder:
+        server_pem = os.path.join(folder, "server.pem")
+        ca_pem = os.path.join(folder, "ca.pem")
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(server_pem)
+        ca.cert_pem.write_to_path(ca_pem)
+        # Read by ssl.create_default_context() in both backends.
+        os.environ["SSL_CERT_FILE"] = ca_pem
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-c", STARTTLS_SINK, str(port), server_pem],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            process.stdout.readline()
+            yield port
+        finally:
+            process.terminate()
+            process.wait(5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--starttls", action="store_true")
     args = parser.parse_args()
     counter = ConnectCounter()
     counter.install()
     names = list(CONTENDERS)
     best: dict[str, Timing] = {}
-    with smtp_sink() as port:
+    with starttls_sink() if args.starttls else smtp_sink() as port:
         settings.configure(
             ROOT_URLCONF=__name__,
             ALLOWED_HOSTS=["testserver"],
             EMAIL_HOST="127.0.0.1",
             EMAIL_PORT=port,
+            EMAIL_USE_TLS=args.starttls,
             DEFAULT_CHARSET="utf-8",
         )
         django.setup()
@@ -145,8 +207,9 @@ def main() -> None:
                 if name not in best or timing.wall < best[name].wall:
                     best[name] = timing
     n = args.requests
+    sink = "aiosmtpd with STARTTLS" if args.starttls else "smtp-sink"
     print(
-        f"{n} requests, one send_mail() each, {args.threads} threads, smtp-sink on loopback, "
+        f"{n} requests, one send_mail() each, {args.threads} threads, {sink} on loopback, "
         f"best of {args.rounds} rounds"
     )
     for name in names:
