@@ -53,7 +53,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, InvalidStateError
-from email.message import EmailMessage
+from email.message import Message
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -423,20 +423,40 @@ class BlockingSMTPPool:
 
     def send(
         self,
-        message: EmailMessage,
+        message: Message,
         *,
         sender: str | None = None,
         recipients: Sequence[str] | None = None,
+        retry_unknown: bool = False,
     ) -> SendResult:
         """Send an `EmailMessage` (see `SMTPPool.send`); blocks until the server answered."""
         return self._call(
-            functools.partial(self._pool.send, message, sender=sender, recipients=recipients)
+            functools.partial(
+                self._pool.send,
+                message,
+                sender=sender,
+                recipients=recipients,
+                retry_unknown=retry_unknown,
+            )
         )
 
-    def send_raw(self, data: bytes, *, sender: str, recipients: Sequence[str]) -> SendResult:
+    def send_raw(
+        self,
+        data: bytes,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        retry_unknown: bool = False,
+    ) -> SendResult:
         """Send a message already serialized as bytes (see `SMTPPool.send_raw`)."""
         return self._call(
-            functools.partial(self._pool.send_raw, data, sender=sender, recipients=recipients)
+            functools.partial(
+                self._pool.send_raw,
+                data,
+                sender=sender,
+                recipients=recipients,
+                retry_unknown=retry_unknown,
+            )
         )
 
     def statistics(self) -> PoolStatistics:
@@ -481,6 +501,7 @@ def _closed_failure() -> SendFailed:
         attempts=1,
         reply=None,
         definitely_not_accepted=classification.definitely_not_accepted,
+        reason="the pool is closed",
     )
 
 

@@ -9,17 +9,16 @@ they all share one pool per configuration, which none of them closes.
 
 from __future__ import annotations
 
-import functools
 import smtplib
 from collections.abc import Sequence
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import EmailMessage, sanitize_address
 
-from pooledmail_anyio import BlockingSMTPPool, SendFailed, SendResult
+from pooledmail_anyio import BlockingSMTPPool, FailureKind, SendFailed, SendResult, Stage
 
 from ._settings import backend_options
 
@@ -53,24 +52,12 @@ class SMTPSendFailed(SendFailed, smtplib.SMTPException):
 
     @classmethod
     def from_failure(cls, failure: SendFailed) -> SMTPSendFailed:
-        return cls(
-            failure.kind,
-            failure.stage,
-            host=failure.host,
-            attempts=failure.attempts,
-            reply=failure.reply,
-            definitely_not_accepted=failure.definitely_not_accepted,
+        # Every field, taken as SendFailed pickles itself, so that none is left behind.
+        rebuild = cast(
+            "tuple[object, tuple[object, FailureKind, Stage, dict[str, Any]]]", failure.__reduce__()
         )
-
-    def __reduce__(self) -> tuple[object, ...]:
-        rebuild = functools.partial(
-            SMTPSendFailed,
-            host=self.host,
-            attempts=self.attempts,
-            reply=self.reply,
-            definitely_not_accepted=self.definitely_not_accepted,
-        )
-        return (rebuild, (self.kind, self.stage))
+        _, (_, kind, stage, fields) = rebuild
+        return cls(kind, stage, **fields)
 
 
 def _envelope_address(sanitized: str) -> str:

@@ -23,7 +23,7 @@ from django.test import override_settings
 from pooledmail_anyio import FailureKind, SendFailed, Stage, TLSMode
 from pooledmail_django import EmailBackend, SMTPSendFailed
 from tests.anyio.fakesmtp import DISCONNECT, Script
-from tests.sync.servers import accepted_messages, eventually, fault_server, smtpd
+from tests.sync.servers import eventually, fault_server, smtpd
 
 Point = Callable[..., AbstractContextManager[Any]]
 FIXED = {"Message-ID": "<fixed-1@example.com>", "Date": "Tue, 01 Jul 2025 10:00:00 -0000"}
@@ -197,7 +197,7 @@ def test_32_threads_through_broken_connections_store_each_message_once(
         with pointed_at(server.port, POOLEDMAIL=options):
             returned, errors = send_from_threads(32, 4)
             stats = get_connection().pool.statistics()
-        stored = sorted(subject_of(content) for content in accepted_messages(server))
+        stored = sorted(subject_of(content) for content in server.messages)
     assert errors == []
     assert returned == [1] * 128
     assert stored == sorted(f"t{i}-m{n}" for i in range(32) for n in range(4))
@@ -209,7 +209,7 @@ def test_a_failure_is_an_smtplib_exception_and_a_send_failed(pointed_at: Point) 
     with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
         with pointed_at(server.port), pytest.raises(smtplib.SMTPException) as caught:
             mail.send_mail("refused", "Body.", "alice@example.com", ["nobody@example.com"])
-        assert accepted_messages(server) == []
+        assert server.messages == []
     failure = caught.value
     assert isinstance(failure, SMTPSendFailed)
     assert isinstance(failure, SendFailed)
@@ -249,7 +249,7 @@ def test_fail_silently_counts_only_what_was_sent(pointed_at: Point) -> None:
             # Without fail_silently the batch stops at the failure.
             with pytest.raises(SMTPSendFailed):
                 mail.send_mass_mail(batch)
-        stored = [subject_of(content) for content in accepted_messages(server)]
+        stored = [subject_of(content) for content in server.messages]
     assert stored == ["ok 1", "ok 2", "partial", "ok 1"]
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from pooledmail_anyio import BlockingSMTPPool, FailureKind, SendFailed, TLSMode
 from tests.anyio.fakesmtp import DISCONNECT, Script
-from tests.sync.servers import accepted_messages, eventually, fault_server, smtpd
+from tests.sync.servers import eventually, fault_server, smtpd
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)\n```", re.DOTALL)
@@ -152,7 +152,7 @@ def test_flask_recipe_answers_503_when_nothing_was_sent(
             response = app.test_client().post("/invite", data={"email": "x@example.com"})
         finally:
             app.extensions["pooledmail"].close()
-        assert accepted_messages(server) == []
+        assert server.messages == []
     assert response.status_code == 503
 
 
@@ -233,7 +233,7 @@ def test_celery_recipe_retries_only_what_was_definitely_not_sent(
         # In eager mode Celery runs the retry at once, inside this call.
         celery_tasks.send_welcome.apply(args=("busy@example.com",), throw=False)
         pool.close()
-        stored = accepted_messages(server)
+        stored = server.messages
         rcpts = [c for conn in server.connections for c in conn.commands if c.startswith("RCPT")]
     # Two refusals (the send and the pool's own retry), then Celery's retry: stored once.
     assert len(rcpts) == 3
@@ -360,7 +360,7 @@ def test_django_error_handling_snippet() -> None:
         assert len(recorder.deliveries) == 1
     with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
         assert outcome(server.port) == "not sent"
-        assert accepted_messages(server) == []
+        assert server.messages == []
     with fault_server(Script(data_end=DISCONNECT)) as server:
         assert outcome(server.port) == "maybe sent: record it, do not resend blindly"
         assert len(server.messages) == 1

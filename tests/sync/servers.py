@@ -99,16 +99,6 @@ def fault_server(script_for: Callable[[int], Script] | Script) -> Iterator[FakeS
         yield running
 
 
-def accepted_messages(server: FakeSMTPServer) -> list[bytes]:
-    """What the fault server stored: messages on connections whose final reply was 2xx."""
-    stored: list[bytes] = []
-    for number, connection in enumerate(server.connections):
-        script = server._script_for(number)
-        if script.data_end.startswith("2"):
-            stored.extend(connection.messages)
-    return stored
-
-
 def eventually(predicate: Callable[[], bool], within: float = 10.0) -> bool:
     """Whether `predicate` becomes true: for what another thread's server records after the
     client has moved on (a QUIT is sent, the server reads it a moment later). `within` only

@@ -29,7 +29,7 @@ from pooledmail_anyio import (
 )
 from tests.anyio.fakesmtp import DISCONNECT, STALL, Script
 
-from .servers import Recorder, accepted_messages, eventually, fault_server, smtpd
+from .servers import Recorder, eventually, fault_server, smtpd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def test_a_refused_recipient_arrives_as_send_failed(backend: str) -> None:
         assert failure.reply is not None
         assert failure.reply.code == 550
         assert failure.definitely_not_accepted
-        assert accepted_messages(server) == []
+        assert server.messages == []
         assert pickle.loads(pickle.dumps(failure)).kind is FailureKind.PERMANENT
 
 
@@ -127,6 +127,26 @@ def test_a_disconnect_after_the_terminator_is_unknown_and_the_server_has_it(
         assert not caught.value.definitely_not_accepted
         # The server read the whole message: "maybe delivered" was the truth.
         assert len(server.messages) == 1
+
+
+def test_retry_unknown_is_passed_to_the_pool(backend: str) -> None:
+    # The first connection stores the message and drops instead of answering; the next accepts.
+    def script_for(n: int) -> Script:
+        return Script(data_end=DISCONNECT) if n == 0 else Script()
+
+    with fault_server(script_for) as server:
+        with BlockingSMTPPool(config(server.port, retry_base_delay=0), backend=backend) as pool:
+            result = pool.send(message(), retry_unknown=True)
+            raw = pool.send_raw(
+                b"Subject: raw\r\n\r\nx\r\n",
+                sender="a@example.com",
+                recipients=["b@example.com"],
+                retry_unknown=True,
+            )
+        # Sent twice, as the caller allowed: the server has both copies.
+        assert len(server.messages) == 3
+    assert result.attempts == 2
+    assert raw.attempts == 1
 
 
 def test_caller_mistakes_arrive_as_themselves_before_any_connection(backend: str) -> None:
@@ -355,6 +375,6 @@ def test_an_interrupted_caller_cancels_its_send(backend: str) -> None:
             stats = pool.statistics()
             pool.close()
         assert stats.closed_total.get("broken", 0) == 1
-        assert accepted_messages(server) == []
+        assert server.messages == []
     finally:
         signal.signal(signal.SIGINT, previous)
