@@ -426,7 +426,11 @@ class BlockingSMTPPool:
         message: Message,
         *,
         sender: str | None = None,
-        recipients: Sequence[str] | None = None,
+        recipients: str | Sequence[str] | None = None,
+        notify: str | Sequence[str] | None = None,
+        ret: str | None = None,
+        envid: str | None = None,
+        orcpt: bool = False,
         retry_unknown: bool = False,
     ) -> SendResult:
         """Send an `EmailMessage` (see `SMTPPool.send`); blocks until the server answered."""
@@ -436,6 +440,10 @@ class BlockingSMTPPool:
                 message,
                 sender=sender,
                 recipients=recipients,
+                notify=notify,
+                ret=ret,
+                envid=envid,
+                orcpt=orcpt,
                 retry_unknown=retry_unknown,
             )
         )
@@ -445,7 +453,11 @@ class BlockingSMTPPool:
         data: bytes,
         *,
         sender: str,
-        recipients: Sequence[str],
+        recipients: str | Sequence[str],
+        notify: str | Sequence[str] | None = None,
+        ret: str | None = None,
+        envid: str | None = None,
+        orcpt: bool = False,
         retry_unknown: bool = False,
     ) -> SendResult:
         """Send a message already serialized as bytes (see `SMTPPool.send_raw`)."""
@@ -455,6 +467,10 @@ class BlockingSMTPPool:
                 data,
                 sender=sender,
                 recipients=recipients,
+                notify=notify,
+                ret=ret,
+                envid=envid,
+                orcpt=orcpt,
                 retry_unknown=retry_unknown,
             )
         )

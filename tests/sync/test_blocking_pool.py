@@ -149,6 +149,28 @@ def test_retry_unknown_is_passed_to_the_pool(backend: str) -> None:
     assert raw.attempts == 1
 
 
+def test_dsn_parameters_are_passed_to_the_pool(backend: str) -> None:
+    script = Script(extensions=("PIPELINING", "8BITMIME", "DSN"))
+    with fault_server(script) as server:
+        with BlockingSMTPPool(config(server.port), backend=backend) as pool:
+            result = pool.send(message(), notify=["FAILURE", "DELAY"], ret="HDRS", envid="e-1")
+            pool.send_raw(
+                b"Subject: raw\r\n\r\nx\r\n",
+                sender="a@example.com",
+                recipients="b@example.com",
+                notify="NEVER",
+                orcpt=True,
+            )
+        commands = server.connections[0].commands
+    assert result.message_id is not None
+    assert any(
+        c.startswith("MAIL FROM:") and "RET=HDRS" in c and "ENVID=e-1" in c for c in commands
+    )
+    assert any(c.startswith("RCPT TO:") and "NOTIFY=FAILURE,DELAY" in c for c in commands)
+    assert any(c.startswith("RCPT TO:") and "NOTIFY=NEVER" in c and "ORCPT=" in c for c in commands)
+    assert len(server.messages) == 2
+
+
 def test_caller_mistakes_arrive_as_themselves_before_any_connection(backend: str) -> None:
     with smtpd() as (port, recorder):
         with BlockingSMTPPool(config(port), backend=backend) as pool:
