@@ -393,7 +393,7 @@ def test_an_interrupted_caller_cancels_its_send(backend: str) -> None:
             presser.join()
             # The send was cancelled on the loop: its connection is given back (and dropped,
             # as an exchange cut in the middle leaves the session out of sync).
-            assert eventually(lambda: pool.statistics().leased == 0)
+            assert eventually(lambda: pool.statistics().live == 0)
             stats = pool.statistics()
             pool.close()
         assert stats.closed_total.get("broken", 0) == 1
