@@ -206,20 +206,7 @@ class _Running:
 
     def inherited_socket_fds(self) -> list[int]:
         """The file descriptors of the pool's SMTP connections (read in a child after fork)."""
-        # The pool keeps its live connections by slot; a connection being opened at the moment
-        # of the fork is not there yet, and its socket is left to the child's exit.
-        connections = getattr(self.pool, "_connections", None)
-        fds: list[int] = []
-        if not isinstance(connections, dict):
-            return fds
-        for connection in connections.values():
-            stream = getattr(connection, "stream", None)
-            if not isinstance(stream, anyio.TypedAttributeProvider):
-                continue
-            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-            if raw is not None and raw.fileno() >= 0:
-                fds.append(raw.fileno())
-        return fds
+        return self.pool._socket_fds()
 
 
 async def _hold_open(

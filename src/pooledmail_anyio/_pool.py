@@ -832,6 +832,16 @@ class SMTPPool:
             "reply; the server may have stored it",
         )
 
+    def _socket_fds(self) -> list[int]:
+        """The file descriptors of the pool's established connections (for the blocking pool's
+        fork hook: a child must not share them). A connection being opened is not counted."""
+        fds = []
+        for connection in self._connections.values():
+            raw = connection.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+            if raw is not None and raw.fileno() >= 0:
+                fds.append(raw.fileno())
+        return fds
+
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's connections and waiters."""
         return self._machine.statistics()
