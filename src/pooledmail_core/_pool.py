@@ -221,6 +221,8 @@ class PoolMachine:
         self._created_total = 0
         self._closed_total: Counter[str] = Counter()
         self._last_connect_error: object = None
+        # Per host: connections not opened because the host was cooling down.
+        self._connects_suppressed = [0] * len(config.hosts)
         # Warm min_size as soon as the driver first calls handle_timer.
         self._refill_at: float | None = -math.inf if config.min_size > 0 else None
 
@@ -354,7 +356,7 @@ class PoolMachine:
         if not healthy:
             self._move(record, event)
             record.close_reason = reason
-            actions.append(CloseSlot(record.id, graceful=False))
+            actions.append(CloseSlot(record.id, graceful=False, reason=reason))
         else:
             record.idle_since = now
             self._move(record, event)
@@ -385,8 +387,9 @@ class PoolMachine:
         now = self._advance(now)
         self._move(record, _PROBE_FAILED)
         # A probe cut short by close() says nothing about the connection.
-        record.close_reason = "pool_closed" if self._close_requested else "probe_failed"
-        actions: list[Action] = [CloseSlot(record.id, graceful=False)]
+        reason = "pool_closed" if self._close_requested else "probe_failed"
+        record.close_reason = reason
+        actions: list[Action] = [CloseSlot(record.id, graceful=False, reason=reason)]
         self._settle(now, actions)
         return actions
 
@@ -511,6 +514,7 @@ class PoolMachine:
                 cooling_down=cooldown.is_cooling(at),
                 consecutive_failures=cooldown.consecutive_failures,
                 cooldown_until=cooldown.until,
+                connects_suppressed=self._connects_suppressed[index],
             )
             for index, (host, cooldown) in enumerate(zip(self._hosts, self._cooldowns, strict=True))
         }
@@ -691,7 +695,7 @@ class PoolMachine:
     def _retire(self, record: _Slot, reason: str, actions: list[Action]) -> None:
         self._move(record, _RETIRE)
         record.close_reason = reason
-        actions.append(CloseSlot(record.id, graceful=True))
+        actions.append(CloseSlot(record.id, graceful=True, reason=reason))
 
     def _grant(self, record: _Slot, waiter: int, actions: list[Action]) -> None:
         self._move(record, _GRANT)
@@ -707,10 +711,21 @@ class PoolMachine:
             return False
         usable = [i for i in range(len(self._hosts)) if self._host_usable(i, now)]
         host = self._selector.choose(usable, self._host_has_room)
+        if len(usable) < len(self._hosts):
+            self._count_suppressed(now, host)
         if host is None:
             return False
         self._add_slot(host, actions, background_trial=False)
         return True
+
+    def _count_suppressed(self, now: float, chosen: int | None) -> None:
+        # A connection was needed and a host was passed over because it is cooling down. Hosts of
+        # a worse priority than the one chosen would not have been asked anyway: not counted.
+        hosts = self._hosts
+        worst = math.inf if chosen is None else hosts[chosen].priority
+        for index in self._failing:
+            if hosts[index].priority <= worst and self._cooldowns[index].is_cooling(now):
+                self._connects_suppressed[index] += 1
 
     def _add_slot(self, host: int, actions: list[Action], *, background_trial: bool) -> None:
         record = _Slot(self._next_slot, host, background_trial=background_trial)

@@ -49,10 +49,15 @@ class ProbeSlot:
 # Don't subclass this.
 @dataclass(frozen=True, slots=True)
 class CloseSlot:
-    """Close slot `slot`: with QUIT if `graceful`, else drop the transport. Then `slot_closed`."""
+    """Close slot `slot`: with QUIT if `graceful`, else drop the transport. Then `slot_closed`.
+
+    `reason` is why, one of `CLOSE_REASONS` ("idle_timeout", "broken", "pool_closed" ...): the
+    key under which `closed_total` will count the slot once it is closed.
+    """
 
     slot: int
     graceful: bool
+    reason: str
 
 
 # Don't subclass this.
@@ -89,12 +94,18 @@ Action: TypeAlias = OpenConnection | ProbeSlot | CloseSlot | GrantSlot | FailWai
 # Don't subclass this.
 @dataclass(frozen=True, slots=True)
 class HostStatistics:
-    """One host as the pool sees it. `cooldown_until` is None when no cooldown was ever set."""
+    """One host as the pool sees it. `cooldown_until` is None when no cooldown was ever set.
+
+    `connects_suppressed` counts the times the pool needed a new connection and did not open one
+    to this host because it was cooling down, while it would otherwise have been considered (its
+    priority no worse than that of the host chosen instead, or no host could be chosen).
+    """
 
     live: int
     cooling_down: bool
     consecutive_failures: int
     cooldown_until: float | None
+    connects_suppressed: int = 0
 
 
 # Don't subclass this.

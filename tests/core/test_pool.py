@@ -299,6 +299,30 @@ def test_waiters_fail_over_to_the_backup_while_the_primary_trial_is_in_flight() 
     assert m.acquire(11.0, 100.0)[1] == [OpenConnection(3, BACKUP)]
 
 
+def test_connections_not_opened_because_a_host_cools_down_are_counted_per_host() -> None:
+    m = machine([A, BACKUP], max_size=4)
+
+    def suppressed() -> tuple[int, int]:
+        hosts = m.statistics().hosts
+        return hosts[A.key].connects_suppressed, hosts[BACKUP.key].connects_suppressed
+
+    m.acquire(0.0, 100.0)
+    assert suppressed() == (0, 0)
+    # A fails: the waiter's connection goes to BACKUP, and A was passed over for it.
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == [OpenConnection(1, BACKUP)]
+    assert suppressed() == (1, 0)
+    # BACKUP fails too: a connection is needed and both hosts are cooling down.
+    assert m.connect_failed(1, 2.0, FailureKind.CONNECT_FAILED) == []
+    assert suppressed() == (2, 1)
+    # A's cooldown ends first: its trial is opened; BACKUP, worse than A, was not passed over.
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    assert suppressed() == (2, 1)
+    # A second waiter: A is on probation with its trial in flight (not cooling, not counted),
+    # BACKUP is still cooling down and would have been asked.
+    assert m.acquire(11.5, 100.0)[1] == []
+    assert suppressed() == (2, 2)
+
+
 def test_exhausted_waiter_reports_hosts_unavailable_while_every_host_is_failing() -> None:
     m = machine()
     w, _ = m.acquire(0.0, 100.0)
@@ -341,8 +365,10 @@ def test_when_the_better_host_recovers_idle_backup_connections_retire() -> None:
     w3, actions = m.acquire(12.0, 100.0)
     assert actions == [OpenConnection(3, BACKUP)]  # not queued behind the trial
     assert m.connected(2, 13.0) == [GrantSlot(2, w3)]  # the trial won the race
-    assert m.release(1, 14.0, healthy=True) == [CloseSlot(1, graceful=True)]
-    assert m.connected(3, 14.5) == [CloseSlot(3, graceful=True)]
+    assert m.release(1, 14.0, healthy=True) == [
+        CloseSlot(1, graceful=True, reason="retired_for_priority")
+    ]
+    assert m.connected(3, 14.5) == [CloseSlot(3, graceful=True, reason="retired_for_priority")]
     m.slot_closed(1, 15.0)
     m.slot_closed(3, 15.0)
     assert m.statistics().closed_total["retired_for_priority"] == 2
@@ -367,9 +393,9 @@ def test_idle_backup_slots_retire_when_the_primary_connects() -> None:
     assert m.slot_state(1) is SlotState.LEASED
     m.release(1, 11.6, healthy=True)
     assert m.slot_state(1) is SlotState.IDLE  # A has not proven itself yet
-    assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True)]
+    assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True, reason="retired_for_priority")]
     assert m.slot_state(2) is SlotState.IDLE
-    assert m.connected(3, 12.5) == [CloseSlot(3, graceful=True)]
+    assert m.connected(3, 12.5) == [CloseSlot(3, graceful=True, reason="retired_for_priority")]
 
 
 def test_idle_backup_connections_are_kept_while_every_host_is_failing() -> None:
@@ -417,7 +443,7 @@ def test_recovered_primary_gets_a_background_trial_when_its_cooldown_ends() -> N
     assert send_through(m, 11.5) == BACKUP  # the backup serves while the trial is in flight
     assert m.slot_state(1) is SlotState.IDLE
     # The trial works: the idle backup connection retires and the next send goes to A.
-    assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True)]
+    assert m.connected(2, 12.0) == [CloseSlot(1, graceful=True, reason="retired_for_priority")]
     assert send_through(m, 12.5) == A
     stats = m.statistics()
     assert stats.hosts[A.key].consecutive_failures == 0
@@ -428,7 +454,9 @@ def test_released_backup_connection_retires_once_primary_is_back() -> None:
     m = backup_serving()
     assert m.handle_timer(11.0) == [OpenConnection(2, A)]
     assert m.connected(2, 12.0) == []  # the backup connection is leased: nothing to retire yet
-    assert m.release(1, 13.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    assert m.release(1, 13.0, healthy=True) == [
+        CloseSlot(1, graceful=True, reason="retired_for_priority")
+    ]
     m.slot_closed(1, 14.0)
     assert m.statistics().closed_total == {"connect_failed": 1, "retired_for_priority": 1}
 
@@ -444,7 +472,9 @@ def test_released_backup_connection_serves_a_queued_waiter_before_it_retires() -
     # Served now by the backup rather than made to wait for a connect to A...
     assert m.release(1, 13.0, healthy=True) == [GrantSlot(1, w2)]
     # ...which retires when nobody is waiting for it any more.
-    assert m.release(1, 14.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    assert m.release(1, 14.0, healthy=True) == [
+        CloseSlot(1, graceful=True, reason="retired_for_priority")
+    ]
 
 
 def test_failed_background_trial_cools_the_primary_down_longer_and_retries_at_the_next_end() -> (
@@ -480,11 +510,14 @@ def test_full_pool_retires_one_idle_backup_connection_to_make_room_for_the_trial
     m.release(2, 4.0, healthy=True)
     m.release(1, 5.0, healthy=True)
     # The least recently used idle backup connection makes room; only one at a time.
-    assert m.handle_timer(11.0) == [CloseSlot(2, graceful=True)]
+    assert m.handle_timer(11.0) == [CloseSlot(2, graceful=True, reason="retired_for_priority")]
     assert m.release(3, 11.5, healthy=True) == []
     assert m.handle_timer(11.5) == []
     assert m.slot_closed(2, 12.0) == [OpenConnection(4, A)]
-    assert m.connected(4, 13.0) == [CloseSlot(1, graceful=True), CloseSlot(3, graceful=True)]
+    assert m.connected(4, 13.0) == [
+        CloseSlot(1, graceful=True, reason="retired_for_priority"),
+        CloseSlot(3, graceful=True, reason="retired_for_priority"),
+    ]
     assert waiter == 1
 
 
@@ -494,7 +527,9 @@ def test_trial_blocked_by_a_full_pool_of_leased_backup_connections_follows_the_n
     m = backup_serving(max_size=1)
     assert m.handle_timer(11.0) == []
     assert m.next_deadline() is None  # nothing can be done until a slot comes back: no busy timer
-    assert m.release(1, 12.0, healthy=True) == [CloseSlot(1, graceful=True)]
+    assert m.release(1, 12.0, healthy=True) == [
+        CloseSlot(1, graceful=True, reason="retired_for_priority")
+    ]
     assert m.slot_closed(1, 12.5) == [OpenConnection(2, A)]
     m.connect_failed(2, 13.0, FailureKind.CONNECT_FAILED)
     # The trial failed: the next acquire fails over to the backup again, without thrashing.
@@ -514,7 +549,7 @@ def test_room_for_a_trial_is_never_made_ahead_of_a_queued_waiter() -> None:
 def test_under_load_the_trial_is_the_next_connection_a_waiter_needs() -> None:
     m = backup_serving(max_size=1)
     waiter, _ = m.acquire(11.0, 100.0)
-    assert m.release(1, 12.0, healthy=False) == [CloseSlot(1, graceful=False)]
+    assert m.release(1, 12.0, healthy=False) == [CloseSlot(1, graceful=False, reason="broken")]
     assert m.slot_closed(1, 12.5) == [OpenConnection(2, A)]  # A is the best usable host
     assert m.connected(2, 13.0) == [GrantSlot(2, waiter)]
 
@@ -548,8 +583,10 @@ def test_every_recovered_host_better_than_the_one_in_use_gets_a_trial_best_first
     assert m.handle_timer(12.0) == [OpenConnection(3, first), OpenConnection(4, second)]
     # The second tier comes back while the first tier's trial still hangs: traffic moves up.
     assert m.connected(4, 12.5) == []
-    assert m.release(2, 13.0, healthy=True) == [CloseSlot(2, graceful=True)]
-    assert m.connected(3, 13.5) == [CloseSlot(4, graceful=True)]
+    assert m.release(2, 13.0, healthy=True) == [
+        CloseSlot(2, graceful=True, reason="retired_for_priority")
+    ]
+    assert m.connected(3, 13.5) == [CloseSlot(4, graceful=True, reason="retired_for_priority")]
 
 
 # --------------------------------------------------------------------------------- release
@@ -559,7 +596,7 @@ def test_broken_release_closes_abruptly_and_never_goes_idle() -> None:
     m = machine(max_size=1)
     slot = leased_slot(m)
     waiter, _ = m.acquire(1.0, 30.0)
-    assert m.release(slot, 2.0, healthy=False) == [CloseSlot(slot, graceful=False)]
+    assert m.release(slot, 2.0, healthy=False) == [CloseSlot(slot, graceful=False, reason="broken")]
     assert m.slot_state(slot) is SlotState.CLOSING
     # A closing socket still counts against max_size; its room returns when it is gone.
     assert m.slot_closed(slot, 3.0) == [OpenConnection(1, A)]
@@ -573,7 +610,9 @@ def test_release_past_max_messages_retires_with_quit() -> None:
     slot = leased_slot(m)
     assert m.release(slot, 1.0, healthy=True, messages=2) == []
     m.acquire(1.0, 10.0)
-    assert m.release(slot, 2.0, healthy=True, messages=1) == [CloseSlot(slot, graceful=True)]
+    assert m.release(slot, 2.0, healthy=True, messages=1) == [
+        CloseSlot(slot, graceful=True, reason="max_messages")
+    ]
     m.slot_closed(slot, 3.0)
     assert m.statistics().closed_total == {"max_messages": 1}
 
@@ -581,14 +620,18 @@ def test_release_past_max_messages_retires_with_quit() -> None:
 def test_release_past_max_connection_age_retires_with_quit() -> None:
     m = machine(max_connection_age=100.0)
     slot = leased_slot(m)
-    assert m.release(slot, 100.0, healthy=True) == [CloseSlot(slot, graceful=True)]
+    assert m.release(slot, 100.0, healthy=True) == [
+        CloseSlot(slot, graceful=True, reason="max_age")
+    ]
 
 
 def test_retired_slot_is_replaced_for_a_waiting_caller() -> None:
     m = machine(max_size=1, max_messages_per_connection=1)
     slot = leased_slot(m)
     waiter, _ = m.acquire(1.0, 30.0)
-    assert m.release(slot, 2.0, healthy=True, messages=1) == [CloseSlot(slot, graceful=True)]
+    assert m.release(slot, 2.0, healthy=True, messages=1) == [
+        CloseSlot(slot, graceful=True, reason="max_messages")
+    ]
     assert m.slot_closed(slot, 3.0) == [OpenConnection(1, A)]
     assert m.connected(1, 4.0) == [GrantSlot(1, waiter)]
 
@@ -609,7 +652,7 @@ def test_idle_slot_past_idle_timeout_retires_on_the_timer() -> None:
     m = machine(idle_timeout=50.0, max_connection_age=None)
     slot = idle_slot(m, 0.0)
     assert m.next_deadline() == 50.0
-    assert m.handle_timer(50.0) == [CloseSlot(slot, graceful=True)]
+    assert m.handle_timer(50.0) == [CloseSlot(slot, graceful=True, reason="idle_timeout")]
     m.slot_closed(slot, 51.0)
     assert m.statistics().closed_total == {"idle_timeout": 1}
     assert m.next_deadline() is None
@@ -625,7 +668,11 @@ def test_only_the_idle_slots_past_their_limit_retire(limit: str) -> None:
     m.release(older, 10.0 if limit == "max_connection_age" else 0.0, healthy=True)
     m.release(newer, 10.0, healthy=True)
     assert m.next_deadline() == 50.0
-    assert m.handle_timer(50.0) == [CloseSlot(older, graceful=True)]
+    assert m.handle_timer(50.0) == [
+        CloseSlot(
+            older, graceful=True, reason="idle_timeout" if limit == "idle_timeout" else "max_age"
+        )
+    ]
     assert m.slot_state(newer) is SlotState.IDLE
     assert m.next_deadline() == 60.0
 
@@ -635,7 +682,7 @@ def test_idle_slot_past_max_age_retires_on_the_timer() -> None:
     slot = leased_slot(m, 0.0)
     m.release(slot, 70.0, healthy=True)
     assert m.next_deadline() == 80.0
-    assert m.handle_timer(80.0) == [CloseSlot(slot, graceful=True)]
+    assert m.handle_timer(80.0) == [CloseSlot(slot, graceful=True, reason="max_age")]
 
 
 def test_with_limits_switched_off_an_idle_slot_needs_no_timer() -> None:
@@ -673,7 +720,10 @@ def test_failed_probe_closes_the_slot_and_serves_the_waiter_elsewhere() -> None:
     m = machine(keepalive_interval=30.0)
     slot = idle_slot(m, 0.0)
     waiter, _ = m.acquire(30.0, 60.0)
-    assert m.probe_failed(slot, 31.0) == [CloseSlot(slot, graceful=False), OpenConnection(1, A)]
+    assert m.probe_failed(slot, 31.0) == [
+        CloseSlot(slot, graceful=False, reason="probe_failed"),
+        OpenConnection(1, A),
+    ]
     assert m.connected(1, 32.0) == [GrantSlot(1, waiter)]
     m.slot_closed(slot, 33.0)
     stats = m.statistics()
@@ -767,10 +817,14 @@ def test_close_fails_waiters_closes_idle_and_waits_for_the_rest() -> None:
     assert m.close(41.0) == []
     w, actions = m.acquire(42.0, 50.0)
     assert actions == [FailWaiter(w, FailureKind.POOL_CLOSED)]
-    assert m.release(leased, 43.0, healthy=True) == [CloseSlot(leased, graceful=True)]
-    assert m.release(broken, 43.0, healthy=False) == [CloseSlot(broken, graceful=False)]
-    assert m.connected(3, 44.0) == [CloseSlot(3, graceful=True)]
-    assert m.probe_succeeded(idle, 44.0) == [CloseSlot(idle, graceful=True)]
+    assert m.release(leased, 43.0, healthy=True) == [
+        CloseSlot(leased, graceful=True, reason="pool_closed")
+    ]
+    assert m.release(broken, 43.0, healthy=False) == [
+        CloseSlot(broken, graceful=False, reason="broken")
+    ]
+    assert m.connected(3, 44.0) == [CloseSlot(3, graceful=True, reason="pool_closed")]
+    assert m.probe_succeeded(idle, 44.0) == [CloseSlot(idle, graceful=True, reason="pool_closed")]
     for slot in (leased, broken, 3, idle):
         assert not m.is_closed
         m.slot_closed(slot, 45.0)
@@ -789,8 +843,8 @@ def test_close_with_idle_slots_sends_quit_on_each() -> None:
     m.release(first, 1.0, healthy=True)
     m.release(second, 1.0, healthy=True)
     assert sorted(m.close(2.0), key=lambda a: a.slot) == [  # type: ignore[union-attr]
-        CloseSlot(first, graceful=True),
-        CloseSlot(second, graceful=True),
+        CloseSlot(first, graceful=True, reason="pool_closed"),
+        CloseSlot(second, graceful=True, reason="pool_closed"),
     ]
 
 
@@ -807,7 +861,7 @@ def test_probe_failure_after_close_closes_abruptly() -> None:
     slot = idle_slot(m)
     m.acquire(30.0, 60.0)
     m.close(31.0)
-    assert m.probe_failed(slot, 32.0) == [CloseSlot(slot, graceful=False)]
+    assert m.probe_failed(slot, 32.0) == [CloseSlot(slot, graceful=False, reason="pool_closed")]
 
 
 def test_close_with_min_size_cancels_the_refill() -> None:
@@ -947,7 +1001,7 @@ def test_an_unhealthy_release_is_counted_under_its_reason() -> None:
         (grant,) = m.connected(open_.slot, 0.0)
         assert isinstance(grant, GrantSlot)
         assert m.release(grant.slot, 0.0, healthy=False, reason=reason) == [
-            CloseSlot(grant.slot, graceful=False)
+            CloseSlot(grant.slot, graceful=False, reason=reason)
         ]
         m.slot_closed(grant.slot, 0.0)
     assert m.statistics().closed_total == {"stale": 1, "out_of_sync": 1, "broken": 1}
@@ -970,6 +1024,6 @@ def test_a_probe_cut_short_by_close_is_counted_as_closing_not_as_a_failed_probe(
     _, actions = m.acquire(10.0, 25.0)
     assert actions == [ProbeSlot(0)]
     m.close(11.0)
-    assert m.probe_failed(0, 11.0) == [CloseSlot(0, graceful=False)]
+    assert m.probe_failed(0, 11.0) == [CloseSlot(0, graceful=False, reason="pool_closed")]
     m.slot_closed(0, 11.5)
     assert m.statistics().closed_total == {"pool_closed": 1}

@@ -14,6 +14,7 @@ slot to a worse host goes back from LEASED to IDLE.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 from hypothesis import HealthCheck, settings
@@ -29,6 +30,7 @@ from hypothesis.stateful import (
 from pooledmail_core._classify import FailureKind
 from pooledmail_core._config import Host, PoolConfig
 from pooledmail_core._pool import (
+    CLOSE_REASONS,
     CloseSlot,
     FailWaiter,
     GrantSlot,
@@ -97,6 +99,9 @@ class PoolWorld(RuleBasedStateMachine):
         # When each slot last became idle, and when it connected: what next_deadline() follows.
         self.idle_since: dict[int, float] = {}
         self.connected_at: dict[int, float] = {}
+        # Why each closing slot is being closed (from its CloseSlot), and the slots gone by reason.
+        self.close_reason: dict[int, str] = {}
+        self.gone: Counter[str] = Counter()
 
     @initialize(config=configs(), seed=st.integers(0, 2**32 - 1))
     def start(self, config: PoolConfig, seed: int) -> None:
@@ -130,6 +135,12 @@ class PoolWorld(RuleBasedStateMachine):
                 assert self.slot_state[action.slot] == "idle"
                 self.slot_state[action.slot] = "probing"
             elif isinstance(action, CloseSlot):
+                assert action.reason in CLOSE_REASONS
+                assert action.reason != "connect_failed"
+                self.close_reason[action.slot] = action.reason
+                if self.closed:
+                    # After close(), a connection that comes back healthy goes for that reason.
+                    assert action.graceful <= (action.reason == "pool_closed")
                 if action.slot in self.expect_abrupt:
                     assert not action.graceful
                     self.expect_abrupt.discard(action.slot)
@@ -230,6 +241,7 @@ class PoolWorld(RuleBasedStateMachine):
 
     def connect_failed(self, slot: int, kind: FailureKind) -> None:
         self.failing_with = kind
+        self.gone["connect_failed"] += 1
         try:
             self.apply(self.machine.connect_failed(slot, self.now, kind, OSError("refused")))
         finally:
@@ -241,6 +253,7 @@ class PoolWorld(RuleBasedStateMachine):
         """The driver abandons a connection attempt because the pool is closing."""
         slot = data.draw(st.sampled_from(self.slots_in("connecting")))
         del self.slot_state[slot]
+        self.gone["pool_closed"] += 1
         assert self.machine.connect_cancelled(slot, self.now) == []
 
     @precondition(lambda self: bool(self.slots_in("connecting")))
@@ -380,6 +393,7 @@ class PoolWorld(RuleBasedStateMachine):
     def slot_closed(self, data: st.DataObject) -> None:
         slot = data.draw(st.sampled_from(self.slots_in("closing")))
         del self.slot_state[slot]
+        self.gone[self.close_reason.pop(slot)] += 1
         self.apply(self.machine.slot_closed(slot, self.now))
 
     @rule(dt=st.floats(0.0, 30.0))
@@ -428,6 +442,9 @@ class PoolWorld(RuleBasedStateMachine):
             assert getattr(stats, state) == len(self.slots_in(state))
         assert stats.waiting == len(self.waiting)
         assert stats.created_total == stats.live + sum(stats.closed_total.values())
+        # Each slot is counted under the reason its CloseSlot gave.
+        assert dict(stats.closed_total) == dict(+self.gone)
+        assert set(self.close_reason) == set(self.slots_in("closing"))
 
     @invariant()
     def indexes_agree_with_the_slots(self) -> None:
