@@ -13,6 +13,7 @@ from pooledmail_core import (
     InvalidArgument,
     Limits,
     LocalProtocolError,
+    OAuth2TokenProvider,
     PoolConfig,
     PooledMailError,
     PoolStatistics,
@@ -23,6 +24,7 @@ from pooledmail_core import (
 )
 
 from ._blocking import BlockingSMTPPool
+from ._health import HealthReport, HostCheck
 from ._pool import SMTPPool
 from ._results import SendFailed, SendResult, SendStatistics
 
@@ -32,10 +34,13 @@ __all__ = [
     "Envelope",
     "EnvelopeError",
     "FailureKind",
+    "HealthReport",
     "Host",
+    "HostCheck",
     "InvalidArgument",
     "Limits",
     "LocalProtocolError",
+    "OAuth2TokenProvider",
     "PoolConfig",
     "PoolStatistics",
     "PooledMailError",

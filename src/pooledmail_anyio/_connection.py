@@ -36,6 +36,7 @@ from pooledmail_core import (
     Host,
     Limits,
     LocalProtocolError,
+    OAuth2TokenProvider,
     RemoteProtocolError,
     Reply,
     Stage,
@@ -119,6 +120,8 @@ class Connection:
         "_clock",
         "_deadline_stream",
         "_peek_socket",
+        "auth_mechanism",
+        "greeting",
         "host",
         "server_closed",
         "session",
@@ -131,6 +134,9 @@ class Connection:
         self.host = host
         # The server ended the stream (FIN) while this side was reading: what broke an exchange.
         self.server_closed = False
+        # What setup learned, for diagnostics (`check()`, `pooledmail probe`).
+        self.greeting: Reply | None = None
+        self.auth_mechanism: str | None = None
         # Cancel scope deadlines are in the event loop's time; a connection never changes loops.
         self._clock = backend_clock()
         # The plain TCP stream that bounds its own waits, when there is one (asyncio): then no
@@ -144,6 +150,11 @@ class Connection:
         if self._deadline_stream is None:
             with contextlib.suppress(anyio.TypedAttributeLookupError):
                 self._peek_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+
+    def tls_version(self) -> str | None:
+        """The TLS version in use ("TLSv1.3"), or None on a plaintext connection."""
+        version: str | None = self.stream.extra(TLSAttribute.tls_version, None)
+        return version
 
     def unusable(self) -> str | None:
         """Why this connection must not carry another exchange, or None; never a round trip.
@@ -327,9 +338,106 @@ async def open_connection(
 
     `connect_timeout` bounds all of it, as one deadline: a session ready for MAIL, or a
     `ConnectFailure` saying at which stage it went wrong and why. Nothing is left open on failure.
+
+    A host with an `oauth2_token_provider` gets its token from it first, within the same deadline.
+    If the server then refuses that token (an expired one, typically), the provider is asked once
+    more, told which token was refused, and a fresh token gets one more connection; the same token
+    again ends it with AUTH_FAILED.
     """
-    implicit = host.tls is TLSMode.IMPLICIT
     deadline = backend_clock()() + connect_timeout
+
+    async def attempt(token: str | None) -> Connection | ConnectFailure:
+        return await _open_once(
+            host,
+            token,
+            deadline,
+            local_hostname=local_hostname,
+            connect_timeout=connect_timeout,
+            ssl_context=ssl_context,
+            limits=limits,
+            quit_grace=quit_grace,
+        )
+
+    provider = host.oauth2_token_provider
+    if provider is None:
+        return await attempt(host.oauth2_token)
+    token = await _fetch_token(provider, None, host, deadline, connect_timeout)
+    if isinstance(token, ConnectFailure):
+        return token
+    outcome = await attempt(token)
+    if not (
+        isinstance(outcome, ConnectFailure)
+        and outcome.kind is FailureKind.AUTH_FAILED
+        and outcome.reply is not None
+    ):
+        return outcome
+    # The server refused the token: perhaps it expired while a cache still held it.
+    fresh = await _fetch_token(provider, token, host, deadline, connect_timeout)
+    if isinstance(fresh, ConnectFailure):
+        return fresh
+    if fresh == token:
+        return ConnectFailure(
+            outcome.host,
+            outcome.classification,
+            outcome.reply,
+            outcome.error,
+            outcome.reason + " (the token provider gave the refused token again)",
+        )
+    return await attempt(fresh)
+
+
+async def _fetch_token(
+    provider: OAuth2TokenProvider,
+    refused: str | None,
+    host: Host,
+    deadline: float,
+    connect_timeout: float,
+) -> str | ConnectFailure:
+    """A token from the application's provider, or the failure to report for the host.
+
+    The provider's own error is kept as the cause, never quoted: its text is the application's
+    and might hold a secret."""
+    token: object = None
+    try:
+        with anyio.CancelScope(deadline=deadline) as scope:
+            token = await provider(refused)
+    except Exception as exc:
+        return ConnectFailure(
+            host.key,
+            classify(Stage.AUTH),
+            None,
+            exc,
+            f"the OAuth2 token provider raised {type(exc).__name__}",
+        )
+    if scope.cancelled_caught:
+        return ConnectFailure(
+            host.key,
+            classify(Stage.AUTH),
+            None,
+            ExchangeTimeout("token provider"),
+            f"the OAuth2 token provider gave no token within {connect_timeout:g} s "
+            "(connect_timeout)",
+        )
+    if not isinstance(token, str) or not token or any(ch.isspace() or ch == "\0" for ch in token):
+        reason = "the OAuth2 token provider returned no usable token (a non-empty str without "
+        reason += "whitespace is needed)"
+        refusal = classify(Stage.AUTH, local_refusal=True)
+        return ConnectFailure(host.key, refusal, None, LocalProtocolError(reason), reason)
+    return token
+
+
+async def _open_once(
+    host: Host,
+    oauth2_token: str | None,
+    deadline: float,
+    *,
+    local_hostname: str,
+    connect_timeout: float,
+    ssl_context: ssl.SSLContext | None,
+    limits: Limits,
+    quit_grace: float,
+) -> Connection | ConnectFailure:
+    implicit = host.tls is TLSMode.IMPLICIT
     stage = Stage.CONNECT
     stream: anyio.abc.ByteStream | None = None
     try:
@@ -362,7 +470,7 @@ async def open_connection(
         tls_active=implicit,
         username=host.username,
         password=host.password,
-        oauth2_token=host.oauth2_token,
+        oauth2_token=oauth2_token,
         allow_plaintext_auth=host.allow_plaintext_auth,
     )
     try:
@@ -380,6 +488,8 @@ async def open_connection(
         await connection.abort(quit_grace)
         raise
     result = setup.result
+    connection.greeting = setup.greeting
+    connection.auth_mechanism = setup.auth_mechanism
     if not result.ok:
         await connection.quit(quit_grace)
         if result.reply is not None:

@@ -67,6 +67,8 @@ from ._connection import (
     describe_transport_failure,
     open_connection,
 )
+from ._health import HealthReport, HostCheck, check_host
+from ._observe import Observer
 from ._results import SendFailed, SendResult, SendStatistics
 from ._stream import backend_clock
 
@@ -125,9 +127,17 @@ class SMTPPool:
         clock: Callable[[], float] | None = None,
         random: RandomSource | None = None,
         limits: Limits | None = None,
+        name: str | None = None,
+        metrics: bool = True,
+        meter_provider: Any = None,
+        log_recipients: bool = False,
     ) -> None:
         if not isinstance(config, PoolConfig):
             raise TypeError("config: expected a PoolConfig")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise TypeError("name: expected a non-empty str")
+        _check_flag("metrics", metrics)
+        _check_flag("log_recipients", log_recipients)
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError("ssl_context: expected an ssl.SSLContext")
         if limits is not None and not isinstance(limits, Limits):
@@ -166,6 +176,18 @@ class SMTPPool:
         self._retries = 0
         self._cancelled_after_terminator = 0
         self._stale_discarded = 0
+        # Where the pool reports what happens (logs, and metrics with pooledmail[otel]).
+        self._observer = Observer(
+            name or "default",
+            metrics=metrics,
+            meter_provider=meter_provider,
+            log_recipients=log_recipients,
+            pool=self,
+        )
+        # Checked before each per-message report: False unless metrics are recorded.
+        self._metered = self._observer.metered
+        # When each leased slot was granted, while metered (for the lease duration).
+        self._leased_at: dict[int, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -342,9 +364,11 @@ class SMTPPool:
                 if not self._spawn(self._probe, action.slot):
                     pending += self._machine.probe_failed(action.slot, self._clock())
             elif type(action) is CloseSlot:
-                if not self._spawn(self._close, action.slot, action.graceful):
+                if not self._spawn(self._close, action.slot, action.graceful, action.reason):
                     # After shutdown every connection has been aborted already.
-                    self._connections.pop(action.slot, None)
+                    gone = self._connections.pop(action.slot, None)
+                    if gone is not None:
+                        self._observer.connection_closed(gone.host.key, action.reason)
                     pending += self._machine.slot_closed(action.slot, self._clock())
             else:  # pragma: no cover - the machine returns only the actions above
                 raise AssertionError(f"unknown action {action!r}")
@@ -380,6 +404,7 @@ class SMTPPool:
 
     async def _open(self, slot: int) -> None:
         host = self._machine.slot_host(slot)
+        started = self._clock()
         outcome: Connection | ConnectFailure | None = None
         scope = self._setup_scopes[slot] = anyio.CancelScope()
         try:
@@ -403,12 +428,30 @@ class SMTPPool:
                 self._perform(self._machine.connect_cancelled(slot, self._clock()))
         if isinstance(outcome, ConnectFailure):
             self._host_failures[host.key] = outcome
-            self._perform(self._machine.connect_failed(slot, self._clock(), outcome.kind, outcome))
+            now = self._clock()
+            self._perform(self._machine.connect_failed(slot, now, outcome.kind, outcome))
+            self._report_connect_failure(host.key, outcome, now)
             return
         if outcome is not None:
-            self._host_failures.pop(host.key, None)
+            now = self._clock()
+            if self._host_failures.pop(host.key, None) is not None:
+                failures = self._machine.statistics().hosts[host.key].consecutive_failures
+                self._observer.host_recovered(host.key, failures)
             self._connections[slot] = outcome
-            self._perform(self._machine.connected(slot, self._clock()))
+            self._observer.connection_opened(host.key, now - started, outcome.tls_version())
+            self._perform(self._machine.connected(slot, now))
+
+    def _report_connect_failure(self, key: str, failure: ConnectFailure, now: float) -> None:
+        host = self._machine.statistics(now).hosts[key]
+        until = host.cooldown_until
+        self._observer.connect_failed(
+            key,
+            failure.kind,
+            failure.stage,
+            failure.reason,
+            None if until is None else max(0.0, until - now),
+            host.consecutive_failures,
+        )
 
     async def _probe(self, slot: int) -> None:
         connection = self._connections[slot]
@@ -428,9 +471,11 @@ class SMTPPool:
             if ok:
                 self._perform(self._machine.probe_succeeded(slot, now))
             else:
+                if self._state == "open":
+                    self._observer.probe_failed(connection.host.key)
                 self._perform(self._machine.probe_failed(slot, now))
 
-    async def _close(self, slot: int, graceful: bool) -> None:
+    async def _close(self, slot: int, graceful: bool, reason: str) -> None:
         connection = self._connections.pop(slot, None)
         try:
             if connection is not None:
@@ -439,6 +484,8 @@ class SMTPPool:
                 else:
                     await connection.abort(ABORT_GRACE)
         finally:
+            if connection is not None:
+                self._observer.connection_closed(connection.host.key, reason)
             self._perform(self._machine.slot_closed(slot, self._clock()))
 
     # -- acquiring ---------------------------------------------------------------------------
@@ -448,7 +495,8 @@ class SMTPPool:
         if self._state != "open":
             raise _AcquireFailed(self._closed_failure(Stage.ACQUIRE, None))
         waiter = _Waiter()
-        waiter_id, actions = self._machine.acquire(self._clock(), deadline)
+        now = self._clock()
+        waiter_id, actions = self._machine.acquire(now, deadline)
         self._waiters[waiter_id] = waiter
         self._perform(actions)
         if waiter.slot is None and waiter.kind is None:
@@ -465,9 +513,16 @@ class SMTPPool:
                     self._perform(self._machine.cancel(waiter_id, self._clock()))
                 raise
         if waiter.slot is not None:
+            if self._metered:
+                self._note_grant(waiter.slot, now, waited=waiter.event is not None)
             return waiter.slot
         assert waiter.kind is not None
         raise _AcquireFailed(self._acquire_failure(waiter.kind, waiter.error, deadline))
+
+    def _note_grant(self, slot: int, asked: float, *, waited: bool) -> None:
+        granted = self._clock() if waited else asked
+        self._leased_at[slot] = granted
+        self._observer.acquired(granted - asked)
 
     async def _lease(self, deadline: float) -> tuple[int, Connection]:
         """A slot and its connection, checked usable without a round trip.
@@ -484,6 +539,7 @@ class SMTPPool:
             if why is None:
                 return slot, connection
             self._stale_discarded += 1
+            self._leased_at.pop(slot, None)
             self._perform(self._machine.release(slot, self._clock(), healthy=False, reason=why))
         raise _AcquireFailed(
             _Failure(
@@ -622,11 +678,12 @@ class SMTPPool:
         return await self._send(PreparedMessage(envelope, raw, message_id_of(raw)), retry_unknown)
 
     async def _send(self, prepared: PreparedMessage, retry_unknown: bool) -> SendResult:
-        if self._state != "open":
-            self._refuse(self._closed_failure(Stage.ACQUIRE, None), 0, prepared.message_id)
         config = self._config
         clock = self._clock
-        deadline = clock() + config.send_timeout
+        started = clock()
+        if self._state != "open":
+            self._refuse(self._closed_failure(Stage.ACQUIRE, None), 0, prepared, started)
+        deadline = started + config.send_timeout
         attempts = 0
         previous: _Failure | None = None
         while True:
@@ -640,6 +697,8 @@ class SMTPPool:
                 outcome = await self._transact(slot, connection, prepared, deadline, attempts)
                 if type(outcome) is SendResult:
                     self._accepted += 1
+                    if self._metered:
+                        self._observer.send_accepted(outcome.host, clock() - started)
                     return outcome
                 assert isinstance(outcome, _Failure)
                 failure = outcome
@@ -651,11 +710,12 @@ class SMTPPool:
                 self._refuse(
                     previous,
                     attempts - 1,
-                    prepared.message_id,
+                    prepared,
+                    started,
                     f"; no host to retry on: {failure.reason}",
                 )
             if self._state != "open":
-                self._refuse(self._closing_failure(failure), attempts, prepared.message_id)
+                self._refuse(self._closing_failure(failure), attempts, prepared, started)
             delay = retry_delay(
                 failure.classification,
                 attempt=attempts,
@@ -668,15 +728,26 @@ class SMTPPool:
                 retry_unknown=retry_unknown,
             )
             if delay is None:
-                self._refuse(failure, attempts, prepared.message_id)
+                self._refuse(failure, attempts, prepared, started)
             previous = failure
             self._retries += 1
+            classification = failure.classification
+            self._observer.retrying(
+                kind=classification.kind,
+                stage=classification.stage,
+                host=failure.host,
+                reason=failure.reason,
+                attempt=attempts,
+                delay=delay,
+                message_id=prepared.message_id,
+                recipients=prepared.envelope.recipients,
+            )
             assert self._closing is not None
             with anyio.move_on_after(delay):
                 await self._closing.wait()
             if self._state != "open":
                 # The pool closed during the wait: say so now rather than after the delay.
-                self._refuse(self._closing_failure(failure), attempts, prepared.message_id)
+                self._refuse(self._closing_failure(failure), attempts, prepared, started)
 
     def _closing_failure(self, failure: _Failure) -> _Failure:
         """A failure that would be retried, but the pool is closing: POOL_CLOSED, with the truth
@@ -697,12 +768,17 @@ class SMTPPool:
         )
 
     def _refuse(
-        self, failure: _Failure, attempts: int, message_id: str | None, note: str = ""
+        self,
+        failure: _Failure,
+        attempts: int,
+        prepared: PreparedMessage,
+        started: float,
+        note: str = "",
     ) -> NoReturn:
-        """Raise the `SendFailed` for `failure`, counting it."""
+        """Raise the `SendFailed` for `failure`, counting and reporting it."""
         classification = failure.classification
         self._failed[classification.kind.value] += 1
-        raise SendFailed(
+        failed = SendFailed(
             classification.kind,
             classification.stage,
             host=failure.host,
@@ -710,8 +786,10 @@ class SMTPPool:
             reply=failure.reply,
             definitely_not_accepted=classification.definitely_not_accepted,
             reason=failure.reason + note,
-            message_id=message_id,
-        ) from failure.cause
+            message_id=prepared.message_id,
+        )
+        self._observer.send_failed(failed, self._clock() - started, prepared.envelope.recipients)
+        raise failed from failure.cause
 
     async def _transact(
         self,
@@ -791,11 +869,12 @@ class SMTPPool:
             return _Failure(refused, result.reply, None, host, f"server said {result.reply}")
         finally:
             self._aborted_by_close.discard(slot)
+            now = self._clock()
             self._perform(
-                self._machine.release(
-                    slot, self._clock(), healthy=healthy, messages=messages, reason=reason
-                )
+                self._machine.release(slot, now, healthy=healthy, messages=messages, reason=reason)
             )
+            if self._metered:
+                self._observer.released(host, now - self._leased_at.pop(slot, now))
 
     def _note_cancelled(self, transaction: Any, prepared: PreparedMessage, host: str) -> None:
         """A caller cancelled a send: if the message had been handed over in full, it may have
@@ -804,14 +883,7 @@ class SMTPPool:
         if not transaction.terminator_sent:
             return
         self._cancelled_after_terminator += 1
-        message_id = prepared.message_id
-        logger.warning(
-            "send cancelled after the message was handed to %s and before its final reply: "
-            "it may have been delivered (Message-ID %s)",
-            host,
-            message_id,
-            extra={"host": host, "stage": transaction.stage.value, "message_id": message_id},
-        )
+        self._observer.cancelled_after_terminator(host, transaction.stage, prepared.message_id)
 
     def _aborted(self, classification: Classification, error: BaseException, host: str) -> _Failure:
         """The pool's close aborted this connection under its sender."""
@@ -841,6 +913,41 @@ class SMTPPool:
             if raw is not None and raw.fileno() >= 0:
                 fds.append(raw.fileno())
         return fds
+
+    async def check(self) -> HealthReport:
+        """Open one connection to each host up to a session ready for MAIL (TLS and AUTH as
+        configured), time one NOOP on it, say QUIT, and report per host what worked and what did
+        not. Sends no message and changes nothing in the pool (no cooldown, no connection kept).
+
+        All hosts are checked at once, each within `connect_timeout`. Usable before, during and
+        after the pool's `async with`; typical at start-up::
+
+            report = await pool.check()
+            if not report.ok:
+                raise SystemExit(f"mail relay not usable:\n{report}")
+        """
+        ssl_context = self._ssl_context
+        if ssl_context is None and any(h.tls.value != "none" for h in self._config.hosts):
+            ssl_context = ssl.create_default_context()
+        hosts = self._config.hosts
+        found: list[HostCheck | None] = [None] * len(hosts)
+        clock = self._clock if self._custom_clock else backend_clock()
+
+        async def run(index: int) -> None:
+            found[index] = await check_host(
+                hosts[index],
+                clock=clock,
+                local_hostname=self._local_hostname,
+                connect_timeout=self._config.connect_timeout,
+                ssl_context=ssl_context,
+                limits=self._limits,
+                quit_grace=QUIT_GRACE,
+            )
+
+        async with anyio.create_task_group() as checks:
+            for index in range(len(hosts)):
+                checks.start_soon(run, index)
+        return HealthReport(tuple(check for check in found if check is not None))
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's connections and waiters."""

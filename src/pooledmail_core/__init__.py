@@ -10,7 +10,7 @@ from ._classify import (
     classify_pool_failure,
     retry_delay,
 )
-from ._config import Host, PoolConfig, TLSMode
+from ._config import Host, OAuth2TokenProvider, PoolConfig, TLSMode
 from ._entropy import RandomSource
 from ._envelope import Envelope, PreparedMessage, checked_envelope
 from ._errors import (
@@ -76,6 +76,7 @@ __all__ = [
     "Limits",
     "LocalProtocolError",
     "MessageTooLarge",
+    "OAuth2TokenProvider",
     "OpenConnection",
     "PoolConfig",
     "PoolMachine",

@@ -10,13 +10,20 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ._errors import ConfigError
 
-__all__ = ["Host", "PoolConfig", "TLSMode"]
+__all__ = ["Host", "OAuth2TokenProvider", "PoolConfig", "TLSMode"]
+
+OAuth2TokenProvider: TypeAlias = Callable[[str | None], Awaitable[str]]
+"""`async def provider(refused: str | None) -> str`: a current OAuth 2.0 access token.
+
+The driver awaits it each time it opens a connection to the host (`refused` is None), and once
+more when the server refused the token it returned (`refused` is that token: return a new one).
+The core never calls it; it only checks that it is callable."""
 
 
 class TLSMode(enum.Enum):
@@ -127,7 +134,8 @@ class Host:
     `priority` orders failover groups (lower is preferred); `weight` shares connections inside a
     group; `max_connections` caps the connections to this host (providers answer 421 beyond it).
     `key` is "hostname:port" ("[addr]:port" for an IPv6 literal); the repr never shows the
-    password or the token.
+    password or the token. `oauth2_token_provider` (see `OAuth2TokenProvider`) replaces a static
+    `oauth2_token` for pools that outlive a token.
     """
 
     hostname: str
@@ -136,6 +144,7 @@ class Host:
     username: str | None
     password: str | None
     oauth2_token: str | None
+    oauth2_token_provider: OAuth2TokenProvider | None
     priority: int
     weight: int
     max_connections: int | None
@@ -150,6 +159,7 @@ class Host:
         username: str | None = None,
         password: str | None = None,
         oauth2_token: str | None = None,
+        oauth2_token_provider: OAuth2TokenProvider | None = None,
         priority: int = 0,
         weight: int = 1,
         max_connections: int | None = None,
@@ -176,8 +186,24 @@ class Host:
                 raise ConfigError("oauth2_token", "requires a username")
             if password is not None:
                 raise ConfigError("oauth2_token", "set either password or oauth2_token, not both")
-        if username is not None and password is None and oauth2_token is None:
-            raise ConfigError("username", "requires a password or an oauth2_token")
+        if oauth2_token_provider is not None:
+            if not callable(oauth2_token_provider):
+                raise ConfigError("oauth2_token_provider", "must be an async callable")
+            if username is None:
+                raise ConfigError("oauth2_token_provider", "requires a username")
+            if password is not None or oauth2_token is not None:
+                raise ConfigError(
+                    "oauth2_token_provider", "set only one of password, oauth2_token and this"
+                )
+        if (
+            username is not None
+            and password is None
+            and oauth2_token is None
+            and oauth2_token_provider is None
+        ):
+            raise ConfigError(
+                "username", "requires a password, an oauth2_token or an oauth2_token_provider"
+            )
         priority = _check_int("priority", priority)
         weight = _check_int("weight", weight, minimum=1)
         if max_connections is not None:
@@ -195,6 +221,7 @@ class Host:
         setattr_(self, "username", username)
         setattr_(self, "password", password)
         setattr_(self, "oauth2_token", oauth2_token)
+        setattr_(self, "oauth2_token_provider", oauth2_token_provider)
         setattr_(self, "priority", priority)
         setattr_(self, "weight", weight)
         setattr_(self, "max_connections", max_connections)
@@ -215,6 +242,8 @@ class Host:
             parts.append("password='***'")
         if self.oauth2_token is not None:
             parts.append("oauth2_token='***'")
+        if self.oauth2_token_provider is not None:
+            parts.append("oauth2_token_provider=<provider>")
         if self.priority != 0:
             parts.append(f"priority={self.priority}")
         if self.weight != 1:

@@ -241,7 +241,9 @@ class SetupExchange(Exchange):
     __slots__ = (
         "_allow_plaintext",
         "_credentials",
+        "_greeting",
         "_hostname",
+        "_mechanism",
         "_mechanisms",
         "_result",
         "_stage",
@@ -264,6 +266,8 @@ class SetupExchange(Exchange):
         self._allow_plaintext = allow_plaintext_auth
         self._result: SetupResult | None = None
         self._stage = Stage.GREETING
+        self._greeting: Reply | None = None
+        self._mechanism: str | None = None
         super().__init__(session)
 
     def __repr__(self) -> str:
@@ -279,12 +283,22 @@ class SetupExchange(Exchange):
     def result(self) -> SetupResult:
         return self._ready(self._result)
 
+    @property
+    def greeting(self) -> Reply | None:
+        """The server's greeting, once it arrived (for diagnostics: `pooledmail probe`)."""
+        return self._greeting
+
+    @property
+    def auth_mechanism(self) -> str | None:
+        """The SASL mechanism AUTH used, once it was chosen; never a credential."""
+        return self._mechanism
+
     def _end(self, ok: bool, stage: Stage, reply: Reply | None, reason: str) -> None:
         self._result = SetupResult(ok, stage, reply, reason)
 
     def _run(self) -> _Steps:
         session = self._session
-        greeting = yield from self._reply()
+        greeting = self._greeting = yield from self._reply()
         if not greeting.is_positive:
             return self._end(False, Stage.GREETING, greeting, "server refused the session")
         reply = yield from self._hello()
@@ -321,6 +335,7 @@ class SetupExchange(Exchange):
             if mechanism is None:
                 return self._end(False, Stage.AUTH, None, "no AUTH mechanism in common")
             self._stage = Stage.AUTH
+            self._mechanism = mechanism.name
             yield Write(session._emit(_AUTH, mechanism.command()))
             reply = yield from self._reply()
             while reply.is_intermediate:

@@ -59,6 +59,20 @@ def test_a_port_inside_the_hostname_is_refused_with_the_fix() -> None:
         Host("smtp.example.com:587")
 
 
+async def _provider(refused: str | None) -> str:
+    return "fresh-token"
+
+
+def test_a_host_takes_a_token_provider_instead_of_a_token_and_hides_it() -> None:
+    h = Host("smtp.gmail.com", 587, username="alice@gmail.com", oauth2_token_provider=_provider)
+    assert h.oauth2_token_provider is _provider
+    assert h.oauth2_token is None
+    assert repr(h) == (
+        "Host('smtp.gmail.com', 587, tls='starttls', username='alice@gmail.com', "
+        "oauth2_token_provider=<provider>)"
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "option"),
     [
@@ -84,6 +98,16 @@ def test_a_port_inside_the_hostname_is_refused_with_the_fix() -> None:
         ({"username": "u", "oauth2_token": "t\r\n"}, "oauth2_token"),
         ({"username": "u", "password": "p", "oauth2_token": "t"}, "oauth2_token"),
         ({"username": "u"}, "username"),
+        ({"username": "u", "oauth2_token_provider": "token"}, "oauth2_token_provider"),
+        ({"oauth2_token_provider": _provider}, "oauth2_token_provider"),
+        (
+            {"username": "u", "password": "p", "oauth2_token_provider": _provider},
+            "oauth2_token_provider",
+        ),
+        (
+            {"username": "u", "oauth2_token": "t", "oauth2_token_provider": _provider},
+            "oauth2_token_provider",
+        ),
         ({"priority": 1.5}, "priority"),
         ({"weight": 0}, "weight"),
         ({"weight": -2}, "weight"),

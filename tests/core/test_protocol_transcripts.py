@@ -1312,6 +1312,8 @@ def test_3xx_to_data_with_no_recipient_gets_the_lone_dot() -> None:
 def test_setup_stage_tracks_where_a_transport_failure_would_strike() -> None:
     session = ClientSession("client.example")
     setup = session.setup(tls=TLSMode.STARTTLS, username="u", password="p")
+    assert setup.greeting is None
+    assert setup.auth_mechanism is None
     seen = [setup.stage]
     server = [
         GREETING,
@@ -1337,6 +1339,10 @@ def test_setup_stage_tracks_where_a_transport_failure_would_strike() -> None:
     ]
     assert repr(setup) == "<SetupExchange AUTH tls=STARTTLS auth=True>"
     assert setup.result.ok
+    # What `pooledmail probe` shows: the greeting, and the mechanism (never the credentials).
+    assert setup.greeting is not None
+    assert setup.greeting.code == 220
+    assert setup.auth_mechanism == "PLAIN"
 
 
 server_replies = st.lists(
