@@ -128,7 +128,7 @@ class Observer:
             # The pool was closing: nothing was held against the host.
             return
         host_log.warning(
-            "host %s cooling down for %.1f s after %s during %s: %s (%d consecutive failure%s)",
+            "host %s cooling down for %.3g s after %s during %s: %s (%d consecutive failure%s)",
             host,
             cooldown_seconds,
             kind.name,
