@@ -71,6 +71,7 @@ from pooledmail_core import (
     classify_pool_failure,
 )
 
+from ._health import HealthReport
 from ._pool import SMTPPool
 from ._results import SendFailed, SendResult
 
@@ -461,6 +462,12 @@ class BlockingSMTPPool:
                 retry_unknown=retry_unknown,
             )
         )
+
+    def check(self) -> HealthReport:
+        """Check every host (see `SMTPPool.check`); blocks until each has answered or failed.
+
+        Starts the pool's loop if it was not running; sends no message."""
+        return self._call(self._pool.check)
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's state (all zeros before the pool started)."""

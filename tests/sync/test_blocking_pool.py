@@ -96,6 +96,20 @@ def test_threads_share_one_pool_and_each_message_is_stored_once(backend: str) ->
         assert eventually(lambda: recorder.quits == recorder.sessions)
 
 
+def test_check_reports_each_host_from_a_plain_thread(backend: str) -> None:
+    from pooledmail_anyio._sink import free_port
+
+    dead = free_port()
+    with smtpd() as (port, recorder):
+        hosts = [Host("127.0.0.1", port, tls="none"), Host("127.0.0.1", dead, tls="none")]
+        with BlockingSMTPPool(PoolConfig(hosts), backend=backend) as pool:
+            report = pool.check()
+    assert [found.ok for found in report.hosts] == [True, False]
+    assert report.hosts[1].kind is FailureKind.CONNECT_FAILED
+    assert recorder.deliveries == []
+    assert eventually(lambda: recorder.quits == 1)
+
+
 def test_a_refused_recipient_arrives_as_send_failed(backend: str) -> None:
     with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
         with (
