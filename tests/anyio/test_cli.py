@@ -1,0 +1,431 @@
+"""The `pooledmail` command, every subcommand, against the embedded server (aiosmtpd), aiosmtpd with
+STARTTLS and AUTH, and the fault server; on both backends. Outcomes are judged by the servers' own
+records, and exit statuses by the table in docs/guide/operations.md."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from pooledmail_anyio._cli import EXIT_CODES, main
+from pooledmail_anyio._sink import LoopbackSink, free_port
+from pooledmail_core import FailureKind
+from tests.sync.servers import fault_server
+
+from .fakesmtp import DISCONNECT, Script
+
+PASSWORD = "s3cret-pw"  # what tests/anyio/conftest.py's authenticator accepts for alice
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def sink() -> Iterator[LoopbackSink]:
+    with LoopbackSink() as running:
+        yield running
+
+
+@pytest.fixture
+def cafile(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def run(
+    capsys: pytest.CaptureFixture[str],
+    *argv: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes = b"",
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> tuple[int, str, str]:
+    if monkeypatch is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    code = main(list(argv), environ=env or {})
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"], environ={})
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("pooledmail 0.")
+
+
+# -- probe ------------------------------------------------------------------------------------
+
+
+@pytest.mark.aiosmtpd(tls_context="server_tls", with_auth=True, require_starttls=True)
+def test_probe_shows_greeting_extensions_tls_certificate_and_auth(
+    aiosmtpd_server: Any, cafile: str, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    controller, handler = aiosmtpd_server
+    code, out, _ = run(
+        capsys,
+        "--backend",
+        backend,
+        "probe",
+        f"127.0.0.1:{controller.port}",
+        "--cafile",
+        cafile,
+        "--user",
+        "alice",
+        env={"POOLEDMAIL_PASSWORD": PASSWORD},
+    )
+    assert code == 0
+    fields = dict(line.split(None, 1) for line in out.splitlines() if " " in line)
+    assert fields["server"] == f"127.0.0.1:{controller.port}"
+    assert fields["greeting"].startswith("220 ")
+    assert fields["TLS"].startswith("TLSv1.") and fields["TLS"].endswith("(STARTTLS)")
+    assert "127.0.0.1" in out or "localhost" in out  # the certificate's names
+    assert "issuer" in fields
+    assert "days)" in fields["expires"]
+    assert "8BITMIME" in fields["extensions"]
+    assert "AUTH mechanisms" in out
+    assert "accepted for alice" in out
+    assert "round trip" in out
+    assert PASSWORD not in out
+    assert handler.envelopes == []  # the probe sends nothing
+
+
+@pytest.mark.aiosmtpd(tls_context="server_tls", with_auth=True, require_starttls=True)
+def test_probe_with_a_wrong_password_exits_with_auth_failed(
+    aiosmtpd_server: Any, cafile: str, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    controller, _ = aiosmtpd_server
+    env = {"POOLEDMAIL_USERNAME": "alice", "POOLEDMAIL_PASSWORD": "wrong-pw"}
+    argv = ["--backend", backend, "probe", f"127.0.0.1:{controller.port}", "--cafile", cafile]
+    code, out, _ = run(capsys, *argv, env=env)
+    assert code == EXIT_CODES[FailureKind.AUTH_FAILED]
+    assert "AUTH_FAILED" in out
+    assert "535" in out
+    assert "wrong-pw" not in out
+
+
+@pytest.mark.aiosmtpd(tls_context="server_tls", require_starttls=True)
+def test_probe_of_an_untrusted_certificate_exits_with_tls_failed(
+    aiosmtpd_server: Any, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    controller, _ = aiosmtpd_server
+    code, out, _ = run(capsys, "--backend", backend, "probe", f"127.0.0.1:{controller.port}")
+    assert code == EXIT_CODES[FailureKind.TLS_FAILED]
+    assert "certificate verify failed" in out
+
+
+def test_probe_of_a_closed_port_exits_with_connect_failed(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    port = free_port()
+    code, out, _ = run(capsys, "--backend", backend, "probe", f"127.0.0.1:{port}", "--tls", "none")
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    assert "CONNECT_FAILED during CONNECT" in out
+    assert "connection refused" in out
+
+
+def test_probe_of_a_fault_server_that_refuses_the_session(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    with fault_server(Script(greeting="554 5.3.2 go away")) as server:
+        argv = ["--backend", backend, "probe", f"127.0.0.1:{server.port}", "--tls", "none"]
+        code, out, _ = run(capsys, *argv)
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    assert "554 5.3.2 go away" in out
+
+
+# -- send -------------------------------------------------------------------------------------
+
+
+def test_send_delivers_stdin_to_the_embedded_server(
+    sink: LoopbackSink,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "--backend",
+        backend,
+        "send",
+        "--host",
+        f"127.0.0.1:{sink.port}",
+        "--tls",
+        "none",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.com",
+        "--to",
+        "c@example.com",
+        "--subject",
+        "hello",
+        stdin="Hello from the command line.\n".encode(),
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0
+    assert out.startswith(f"accepted by 127.0.0.1:{sink.port}: 250")
+    assert "message-id <" in out
+    assert sink.handler.messages == 1
+    assert sink.handler.recipients == 2
+
+
+@pytest.mark.parametrize(
+    ("script", "kind", "stored"),
+    [
+        (Script(rcpt="550 5.1.1 no such user"), FailureKind.PERMANENT, 0),
+        (Script(mail="451 4.3.0 later"), FailureKind.TRANSIENT, 0),
+        (Script(data_end=DISCONNECT), FailureKind.UNKNOWN_AFTER_DATA, 1),
+    ],
+)
+def test_send_exits_with_the_failure_kind_and_the_server_agrees(
+    script: Script,
+    kind: FailureKind,
+    stored: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    with fault_server(script) as server:
+        code, out, err = run(
+            capsys,
+            "--backend",
+            backend,
+            "send",
+            "--host",
+            f"127.0.0.1:{server.port}",
+            "--tls",
+            "none",
+            "--max-retries",
+            "0",
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.com",
+            "--raw",
+            stdin=b"Subject: raw\r\n\r\nraw body\r\n",
+            monkeypatch=monkeypatch,
+        )
+        received = server.received
+    assert code == EXIT_CODES[kind]
+    assert err.startswith(f"pooledmail: {kind.name} during ")
+    assert out == ""
+    # UNKNOWN_AFTER_DATA: the server has the message the client could not confirm.
+    assert received == stored
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def test_check_reports_every_host_and_exits_with_the_first_failure(
+    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    dead = free_port()
+    env = {"POOLEDMAIL_HOST": f"127.0.0.1:{sink.port},127.0.0.1:{dead}", "POOLEDMAIL_TLS": "none"}
+    code, out, _ = run(capsys, "--backend", backend, "check", env=env)
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    lines = out.splitlines()
+    assert lines[0].split() == ["host", "result", "TLS", "AUTH", "ready", "in", "NOOP", "detail"]
+    assert lines[1].startswith(f"127.0.0.1:{sink.port}") and " ok " in lines[1]
+    assert lines[2].startswith(f"127.0.0.1:{dead}") and "connection refused" in lines[2]
+    assert sink.handler.messages == 0
+
+
+def test_check_passes_for_a_good_host(
+    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    argv = ["--backend", backend, "check", "--host", f"127.0.0.1:{sink.port}", "--tls", "none"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "ready for MAIL" in out
+
+
+# -- bench and demo ---------------------------------------------------------------------------
+
+
+def test_bench_against_the_embedded_server(
+    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "--backend",
+        backend,
+        "bench",
+        "--host",
+        f"127.0.0.1:{sink.port}",
+        "--tls",
+        "none",
+        "-n",
+        "40",
+        "-c",
+        "4",
+        "--size",
+        "2000",
+        "--max-size",
+        "2",
+    )
+    assert code == 0
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert fields["accepted"] == "40"
+    assert fields["failures"] == "none"
+    assert fields["connections"].startswith("2 created")
+    assert fields["latency"].startswith("p50 ")
+    assert fields["latency"].endswith(" ms")
+    assert sink.handler.messages == 40
+    # Every message carried the size asked for (give or take the line ending the sink adds).
+    assert abs(sink.handler.bytes / 40 - 2000) < 8
+
+
+def test_bench_against_a_refusing_server_counts_failures_by_kind(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    with fault_server(Script(rcpt="550 5.1.1 no")) as server:
+        code, out, _ = run(
+            capsys,
+            "--backend",
+            backend,
+            "bench",
+            "--host",
+            f"127.0.0.1:{server.port}",
+            "--tls",
+            "none",
+            "-n",
+            "10",
+            "-c",
+            "2",
+        )
+        stored = len(server.messages)
+    assert code == EXIT_CODES[FailureKind.PERMANENT]
+    assert "PERMANENT 10" in out
+    assert stored == 0
+
+
+def test_demo(capsys: pytest.CaptureFixture[str], backend: str) -> None:
+    code, out, _ = run(capsys, "--backend", backend, "demo", "--messages", "30")
+    assert code == 0
+    assert "server received  30" in out
+    assert "bounded by the embedded server" in out
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {"POOLEDMAIL_MAX_SIZE": "many"}, "max_size: must be an integer (POOLEDMAIL_MAX_SIZE)"),
+        (
+            ["--connect-timeout", "-1"],
+            {},
+            "connect_timeout: must be greater than 0 (--connect-timeout)",
+        ),
+        ([], {"POOLEDMAIL_PORT": "smtp"}, "port: must be an integer (POOLEDMAIL_PORT)"),
+        (["--port", "70000"], {}, "port: must be at most 65535 (--port)"),
+        ([], {"POOLEDMAIL_IDLE_TIMEOUT": "soon"}, "idle_timeout: must be a number of seconds"),
+        (
+            ["--user", "alice"],
+            {},
+            "password: --user needs POOLEDMAIL_PASSWORD or POOLEDMAIL_OAUTH2_TOKEN",
+        ),
+    ],
+)
+def test_a_wrong_option_exits_2_naming_the_option_and_its_source(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "check", "--host", "127.0.0.1", *argv, env=env)
+    assert code == 2
+    assert message in err
+    assert out == ""
+
+
+def test_no_host_at_all_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "check")
+    assert code == 2
+    assert "hosts: give a server with --host" in err
+
+
+def test_options_come_from_a_file_then_the_environment_then_the_flags(
+    sink: LoopbackSink, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pool.json"
+    config.write_text(
+        json.dumps(
+            {"hosts": [{"hostname": "127.0.0.1", "port": sink.port, "tls": "none"}], "max_size": 1}
+        )
+    )
+
+    def created(out: str) -> str:
+        return dict(line.split(None, 1) for line in out.splitlines())["connections"].split()[0]
+
+    only_file = {"POOLEDMAIL_CONFIG": str(config)}
+    code, out, _ = run(capsys, "bench", "-n", "12", "-c", "6", env=only_file)
+    assert code == 0
+    assert created(out) == "1"  # the file's max_size
+    env = {**only_file, "POOLEDMAIL_MAX_SIZE": "3"}
+    code, out, _ = run(capsys, "bench", "-n", "12", "-c", "6", env=env)
+    assert code == 0
+    assert created(out) == "3"  # six senders at once, and the environment's max_size
+    code, out, _ = run(capsys, "bench", "-n", "12", "-c", "6", "--max-size", "2", env=env)
+    assert code == 0
+    assert created(out) == "2"  # the flag's
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"hosts": [{"hostname": "127.0.0.1", "prot": 25}]}))
+    code, _, err = run(capsys, "check", "--config", str(bad))
+    assert code == 2
+    assert "hosts[0].prot: unknown host option" in err
+
+
+def test_a_toml_file_works_too(
+    sink: LoopbackSink, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text(f'[[hosts]]\nhostname = "127.0.0.1"\nport = {sink.port}\ntls = "none"\n')
+    code, out, _ = run(capsys, "check", "--config", str(config))
+    assert code == 0
+    assert "ok" in out
+
+
+def test_a_bad_count_is_refused_by_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--host", "x", "-n", "0"], environ={})
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def test_rich_tables_where_a_terminal_is_attached(
+    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # what rich takes for "a terminal is attached"
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    argv = ["check", "--host", f"127.0.0.1:{sink.port}", "--tls", "none"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "┃" in out or "│" in out  # drawn by rich
+    assert "ready for MAIL" in out
+    code, out, err = run(capsys, "demo", "--messages", "10")
+    assert code == 0
+    assert "│" in out
+
+
+def test_plain_output_without_rich(
+    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # as if rich were not installed
+    argv = ["check", "--host", f"127.0.0.1:{sink.port}", "--tls", "none"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "│" not in out
+    assert out.splitlines()[0].startswith("host")
