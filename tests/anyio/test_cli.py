@@ -87,7 +87,8 @@ def test_probe_shows_greeting_extensions_tls_certificate_and_auth(
     fields = dict(line.split(None, 1) for line in out.splitlines() if " " in line)
     assert fields["server"] == f"127.0.0.1:{controller.port}"
     assert fields["greeting"].startswith("220 ")
-    assert fields["TLS"].startswith("TLSv1.") and fields["TLS"].endswith("(STARTTLS)")
+    assert fields["TLS"].startswith("TLSv1.")
+    assert fields["TLS"].endswith("(STARTTLS)")
     assert "127.0.0.1" in out or "localhost" in out  # the certificate's names
     assert "issuer" in fields
     assert "days)" in fields["expires"]
@@ -169,7 +170,7 @@ def test_send_delivers_stdin_to_the_embedded_server(
         "c@example.com",
         "--subject",
         "hello",
-        stdin="Hello from the command line.\n".encode(),
+        stdin=b"Hello from the command line.\n",
         monkeypatch=monkeypatch,
     )
     assert code == 0
@@ -235,8 +236,10 @@ def test_check_reports_every_host_and_exits_with_the_first_failure(
     assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
     lines = out.splitlines()
     assert lines[0].split() == ["host", "result", "TLS", "AUTH", "ready", "in", "NOOP", "detail"]
-    assert lines[1].startswith(f"127.0.0.1:{sink.port}") and " ok " in lines[1]
-    assert lines[2].startswith(f"127.0.0.1:{dead}") and "connection refused" in lines[2]
+    assert lines[1].startswith(f"127.0.0.1:{sink.port}")
+    assert " ok " in lines[1]
+    assert lines[2].startswith(f"127.0.0.1:{dead}")
+    assert "connection refused" in lines[2]
     assert sink.handler.messages == 0
 
 
@@ -414,7 +417,7 @@ def test_rich_tables_where_a_terminal_is_attached(
     assert code == 0
     assert "┃" in out or "│" in out  # drawn by rich
     assert "ready for MAIL" in out
-    code, out, err = run(capsys, "demo", "--messages", "10")
+    code, out, _err = run(capsys, "demo", "--messages", "10")
     assert code == 0
     assert "│" in out
 
