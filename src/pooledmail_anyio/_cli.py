@@ -258,6 +258,9 @@ def _tls_rows(connection: Connection, mode: TLSMode) -> list[tuple[str, str]]:
     certificate = stream.extra(TLSAttribute.peer_certificate, None)
     if certificate:
         rows.append(("certificate", _name(certificate.get("subject", ()))))
+        names: Any = certificate.get("subjectAltName", ())
+        if names:
+            rows.append(("names", ", ".join(f"{kind} {value}" for kind, value in names)))
         rows.append(("issuer", _name(certificate.get("issuer", ()))))
         expires = certificate.get("notAfter")
         if isinstance(expires, str):
