@@ -233,7 +233,7 @@ class BlockingSMTPPool:
 
     `pool = BlockingSMTPPool(config)`; `pool.send(message)` from any thread; `pool.close()` (or
     `with BlockingSMTPPool(config) as pool:`). `backend` is "asyncio" (the default) or "trio";
-    `ssl_context`, `random` and `limits` are passed to `SMTPPool`. See docs/sync.md.
+    `ssl_context`, `random` and `limits` are passed to `SMTPPool`. See docs/guide/sync.md.
     """
 
     def __init__(

@@ -5,11 +5,12 @@ by one loop (`Connection.run`): write what the core says, read when it needs dat
 when it asks. Each read and write is bounded by the step timeout and by the caller's absolute
 deadline, whichever comes first.
 
-The ambiguity boundary (docs/design.md) depends on one property of this loop: after a `Write`, the
-exchange's `next_step()` is called again only once the stream's `send()` returned, that is once
-every byte of the write was handed to the transport. A `send()` that raised, timed out or was
-cancelled hands nothing more over (the asyncio stream aborts a transport it could not drain; trio
-and TLS keep unsent bytes in memory), so the exchange never sees a write it cannot trust as done.
+The ambiguity boundary (docs/internals/design.md) depends on one property of this loop: after a
+`Write`, the exchange's `next_step()` is called again only once the stream's `send()` returned, that
+is once every byte of the write was handed to the transport. A `send()` that raised, timed out or
+was cancelled hands nothing more over (the asyncio stream aborts a transport it could not drain;
+trio and TLS keep unsent bytes in memory), so the exchange never sees a write it cannot trust as
+done.
 """
 
 from __future__ import annotations

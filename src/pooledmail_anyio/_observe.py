@@ -1,6 +1,6 @@
 """What a pool tells the world: log records, and metrics when OpenTelemetry is installed.
 
-The pool reports to one `Observer` at a handful of points (docs/operations.md lists them): a
+The pool reports to one `Observer` at a handful of points (docs/guide/operations.md lists them): a
 connection opened, failed to open, or closed; a host recovered; a probe failed; a send finished,
 was retried, or was cancelled after its terminator; and, only while metrics are on, how long an
 acquire waited and a lease lasted. Everything rare is always reported (the logger decides whether

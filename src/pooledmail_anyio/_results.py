@@ -32,7 +32,7 @@ class SendResult:
 class SendFailed(Exception):
     """A send that did not end with the server accepting the message.
 
-    `kind` says what happened (see docs/failures.md), `stage` where, `reason` why in one line,
+    `kind` says what happened (see docs/guide/failures.md), `stage` where, `reason` why in one line,
     `definitely_not_accepted` whether the server is known not to have taken the message: it is
     False only for `FailureKind.UNKNOWN_AFTER_DATA`, where the message may have been delivered.
     `reply` is the server's reply when it gave one, `host` the server that had the last word,

@@ -1,4 +1,4 @@
-"""Failure classification and retry decisions (see docs/design.md, "The ambiguity boundary").
+"""Failure classification and retry decisions (docs/internals/design.md, "The ambiguity boundary").
 
 Theory of operation
 -------------------
@@ -24,7 +24,7 @@ This module is the only place that turns `terminator_sent` into `UNKNOWN_AFTER_D
 `classify` first reduces its inputs to one `_Outcome` (what the server or the transport did),
 then reads the answer from `_TABLE`, which holds one precomputed `Classification` for every
 (stage, outcome) pair. The table is built from `_SETUP_ROWS` and `_TRANSACTION_ROWS` below, which
-are the table of docs/failures.md written as data.
+are the table of docs/guide/failures.md written as data.
 
 `retry_delay` is the retry decision: pure, with time (`now`, `deadline`) and randomness (`rng`)
 passed in.
@@ -116,7 +116,7 @@ _TRANSACTION_STAGES = (Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.BODY, Stage.DAT
 # Setup stages: no message byte has been sent, so everything is definitely not accepted, and the
 # session is never kept (it never became usable). The host cools down because it failed to give
 # us a session. Connect and TLS failures may well succeed elsewhere; AUTH failures are a
-# credentials or policy problem that another attempt will not cure (docs/failures.md).
+# credentials or policy problem that another attempt will not cure (docs/guide/failures.md).
 # (kind, retryable)
 _SETUP_ROWS: dict[Stage, tuple[FailureKind, bool]] = {
     Stage.CONNECT: (FailureKind.CONNECT_FAILED, True),
@@ -201,7 +201,7 @@ def classify(
     terminator_sent: bool = False,
     local_refusal: bool = False,
 ) -> Classification:
-    """Classify a failure at `stage` (docs/design.md, "The ambiguity boundary").
+    """Classify a failure at `stage` (docs/internals/design.md, "The ambiguity boundary").
 
     `reply` is the failing server reply; None (with `local_refusal` False) is a transport
     failure: disconnect, timeout or protocol error. `terminator_sent` is the protocol machine's

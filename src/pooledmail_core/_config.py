@@ -258,7 +258,7 @@ class Host:
     def from_mapping(cls, mapping: Mapping[str, object]) -> Host:
         """Build a host from a plain mapping (a config file section, environment variables).
 
-        Strings are accepted for numbers and booleans (see docs/options.md); unknown keys are
+        Strings are accepted for numbers and booleans (see docs/guide/options.md); unknown keys are
         refused by name.
         """
         if not isinstance(mapping, Mapping):
@@ -281,7 +281,7 @@ class PoolConfig:
 
     Durations are seconds (floats). `None` switches off `idle_timeout`, `keepalive_interval`,
     `max_connection_age` and `max_messages_per_connection`; every network timeout must be set,
-    because an operation without a bound is how pools hang. See docs/options.md.
+    because an operation without a bound is how pools hang. See docs/guide/options.md.
     """
 
     hosts: tuple[Host, ...]

@@ -4,7 +4,7 @@ Every complete line in the buffer is parsed in one pass (`bytes.split`), never b
 Python; a reply in progress keeps its parsed lines between calls, so a reply fed byte by byte is
 never parsed twice.
 
-Decisions (see docs/protocol.md):
+Decisions (see docs/internals/protocol.md):
 
 * A line ends at LF; a CR before it is dropped. RFC 5321 asks for CRLF, but a reply is data the
   client only reads, and tolerating a bare LF there cannot smuggle anything.

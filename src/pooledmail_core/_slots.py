@@ -27,7 +27,8 @@ count the pool reports — live, idle, leased … — is derived by counting sta
     CLOSED      gone; the pool forgets the slot and its id is never reused.
 
 Inputs are `SlotEvent`s. A pair missing from the table is a caller error: the pool raises
-`LocalProtocolError` before changing anything. docs/pool.md draws its state diagram from this table.
+`LocalProtocolError` before changing anything. docs/internals/pool.md draws its state diagram from
+this table (scripts/state_diagrams.py).
 """
 
 from __future__ import annotations

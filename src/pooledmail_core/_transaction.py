@@ -3,7 +3,7 @@
 Everything that can refuse a message locally happens here, before the machine produces a byte,
 and everything the hot path can compute once is computed here.
 
-Decisions (see docs/protocol.md):
+Decisions (see docs/internals/protocol.md):
 
 * 8-bit content is never re-encoded. A body with 8-bit bytes is sent with BODY=8BITMIME when the
   server offers 8BITMIME (RFC 6152), else with SMTPUTF8 when offered (RFC 6531 §3.1 servers take

@@ -68,7 +68,7 @@ def _envelope_address(sanitized: str) -> str:
 
 
 class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
-    """`EMAIL_BACKEND = "pooledmail_django.EmailBackend"`. See docs/django.md.
+    """`EMAIL_BACKEND = "pooledmail_django.EmailBackend"`. See docs/guide/django.md.
 
     Takes the keyword arguments of Django's SMTP backend (`host`, `port`, `username`,
     `password`, `use_tls`, `use_ssl`, `timeout`, `ssl_keyfile`, `ssl_certfile`,

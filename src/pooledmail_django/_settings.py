@@ -1,6 +1,6 @@
 """From Django settings (and `get_connection()` arguments) to a pool configuration.
 
-Two ways, chosen by whether the `POOLEDMAIL` dict names `hosts` (docs/django.md):
+Two ways, chosen by whether the `POOLEDMAIL` dict names `hosts` (docs/guide/django.md):
 
 * Without `hosts`, the one host comes from Django's own settings, read as Django's SMTP backend
   reads them: `EMAIL_HOST`, `EMAIL_PORT`, `EMAIL_USE_TLS` (STARTTLS), `EMAIL_USE_SSL` (implicit

@@ -1,8 +1,8 @@
 """What a user sees when something fails: exceptions arrive as themselves and say why.
 
-Each test holds one promise of docs/failures.md on both backends: the exception a caller catches
-outside `async with SMTPPool(...)` is the one raised inside it; a setup failure carries its own
-kind, stage and reason; a host in cooldown says until when; mistakes are refused with a clear
+Each test holds one promise of docs/guide/failures.md on both backends: the exception a caller
+catches outside `async with SMTPPool(...)` is the one raised inside it; a setup failure carries its
+own kind, stage and reason; a host in cooldown says until when; mistakes are refused with a clear
 error before anything is sent.
 """
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import pathlib
 import random
 from typing import Any
 
@@ -19,7 +18,6 @@ from pooledmail_core._pool import (
     ProbeSlot,
     SlotState,
 )
-from pooledmail_core._slots import SLOT_TRANSITIONS
 
 A = Host("a.example", 25)
 B = Host("b.example", 25)
@@ -964,18 +962,6 @@ def test_actions_never_show_secrets() -> None:
     text = repr(actions) + repr(m.statistics())
     assert SECRET not in text
     assert "PermissionError" in text
-
-
-def test_the_state_diagram_in_the_docs_is_the_transition_table() -> None:
-    docs = pathlib.Path(__file__).parents[2] / "docs" / "pool.md"
-    block = docs.read_text().split("```transitions\n", 1)[1].split("```", 1)[0]
-    documented = set(block.strip().splitlines())
-    table = {
-        f"{state.name} --{event.value}--> {target.name}"
-        for state, events in SLOT_TRANSITIONS.items()
-        for event, target in events.items()
-    }
-    assert documented == table
 
 
 def test_a_connection_abandoned_at_close_is_gone_without_cooling_its_host() -> None:

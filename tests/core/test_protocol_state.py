@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-import re
 from collections.abc import Callable
 
 import pytest
@@ -346,40 +344,6 @@ def test_any_sequence_raises_only_protocol_errors(actions: list[object]) -> None
         assert len(session.awaiting) <= 25
         if session.state in (S.CLOSED, S.ERROR):
             assert session.awaiting == ()
-
-
-# --- the docs draw their diagram from these tables -------------------------------------------
-
-
-def mermaid_from_tables() -> str:
-    lines = ["stateDiagram-v2", "    [*] --> AWAIT_GREETING"]
-    edges: dict[tuple[str, str], list[str]] = {}
-
-    def edge(source: SessionState, target: SessionState, label: str) -> None:
-        edges.setdefault((source.name, target.name), []).append(label)
-
-    edge(S.AWAIT_GREETING, S.GREETED, "greeting 2xx")
-    edge(S.AWAIT_GREETING, S.REJECTED, "greeting 4xx/5xx")
-    edge(S.TLS_HANDSHAKE, S.GREETED, "tls_established()")
-    for (source, verb), after in COMMAND_TRANSITIONS.items():
-        if after is not source:
-            edge(source, after, f"send {verb.value}")
-        for kind in ReplyKind:
-            target = REPLY_TRANSITIONS.get((verb, kind))
-            if target is not None and target is not KEEP and target is not after:
-                edge(after, target, f"{verb.value} {kind.value}")
-    for (start, end), labels in sorted(edges.items()):
-        lines.append(f"    {start} --> {end}: {', '.join(sorted(set(labels)))}")
-    lines.append("    note right of CLOSED: a 421 from any state leads here")
-    lines.append("    ERROR --> [*]")
-    lines.append("    CLOSED --> [*]")
-    return "\n".join(lines)
-
-
-def test_docs_state_diagram_matches_the_tables() -> None:
-    doc = pathlib.Path(__file__).parents[2] / "docs" / "protocol.md"
-    blocks = re.findall(r"```mermaid\n(.*?)\n```", doc.read_text(), re.S)
-    assert mermaid_from_tables() in blocks
 
 
 def test_last_in_group_names_the_rfc2920_verbs() -> None:

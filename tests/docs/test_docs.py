@@ -1,0 +1,406 @@
+"""The docs hold what the code does: every Python block of README.md and docs/ runs here (or in
+test_recipes.py), the links resolve, the state diagrams are the transition tables, and the tables
+of metrics and exit statuses are the code's own. Outcomes are judged by the servers' records."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import ssl
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from anyio.streams.tls import TLSStream
+
+import anyio
+from pooledmail_anyio import Host, PoolConfig, SMTPPool, TLSMode
+from pooledmail_anyio._cli import EXIT_CODES
+from pooledmail_anyio._metrics import INSTRUMENTS
+from pooledmail_anyio._sink import free_port
+from pooledmail_anyio.testing import LocalSMTPServer
+from tests.anyio.fakesmtp import DISCONNECT, FakeSMTPServer, Script
+from tests.anyio.tokenserver import TokenServer
+
+from .test_recipes import PAGES as RECIPE_PAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)\n```", re.DOTALL)
+# The snippets this module runs; test_recipes.py runs the others.
+RUN_HERE = {
+    "readme-asyncio",
+    "readme-trio",
+    "readme-failures",
+    "operations-check",
+    "options-token-provider",
+    "options-from-mapping",
+    "providers-gmail",
+    "providers-microsoft",
+    "providers-ses",
+    "providers-relay",
+    "providers-postfix",
+    "use-case-one-relay",
+    "use-case-backup",
+    "use-case-never-twice",
+    "use-case-tests",
+    "protocol-setup-loop",
+}
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def all_snippets() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for page in pages():
+        for name, code in SNIPPET.findall(page.read_text()):
+            assert name not in found, f"snippet {name} appears twice"
+            found[name] = code
+    return found
+
+
+def snippet(name: str) -> str:
+    return all_snippets()[name]
+
+
+def run_snippet(name: str) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": f"snippet_{name.replace('-', '_')}"}
+    exec(compile(snippet(name), f"<snippet {name}>", "exec"), namespace)
+    return namespace
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
+# -- the pages as a whole ---------------------------------------------------------------------
+
+
+def test_every_python_block_in_the_readme_and_docs_is_named_and_run() -> None:
+    for page in pages():
+        text = page.read_text()
+        blocks = text.count("```python")
+        named = len(SNIPPET.findall(text))
+        assert blocks == named, f"{page.relative_to(ROOT)}: a python block without a snippet name"
+    recipes = set().union(*RECIPE_PAGES.values())
+    assert set(all_snippets()) == RUN_HERE | recipes
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    for page in pages():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links {target}"
+
+
+def _diagrams() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "state_diagrams", ROOT / "scripts" / "state_diagrams.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_state_diagrams_are_drawn_from_the_transition_tables() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "state_diagrams.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout
+
+
+def test_a_changed_table_makes_the_check_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    diagrams = _diagrams()
+    assert diagrams.stale() == []
+    slots = diagrams.SlotState
+    changed = {state: dict(events) for state, events in diagrams.SLOT_TRANSITIONS.items()}
+    changed[slots.IDLE][diagrams.SlotEvent.CONNECTED] = slots.LEASED
+    monkeypatch.setattr(diagrams, "SLOT_TRANSITIONS", changed)
+    assert diagrams.stale() == [ROOT / "docs" / "internals" / "pool.md"]
+
+
+def test_the_metrics_table_is_the_instruments_of_the_code() -> None:
+    text = (ROOT / "docs" / "guide" / "operations.md").read_text()
+    rows = re.findall(r"^\| `(pooledmail\.[\w.]+)` \| (\w+) \| `([^`]+)` \|", text, re.M)
+    assert {name: (kind, unit) for name, kind, unit in rows} == {
+        name: (kind, unit) for name, (kind, unit, _) in INSTRUMENTS.items()
+    }
+
+
+def test_the_exit_status_table_is_the_code_s() -> None:
+    text = (ROOT / "docs" / "guide" / "operations.md").read_text()
+    table = text.split("<!-- exit-codes -->", 1)[1].split("\n\n", 1)[0]
+    documented = dict(re.findall(r"^\| (\d+) \| ([A-Z_]+) \|$", table, re.M))
+    assert {int(code): kind for code, kind in documented.items()} == {
+        code: kind.name for kind, code in EXIT_CODES.items()
+    }
+
+
+# -- README.md --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["readme-asyncio", "readme-trio"])
+def test_the_quick_starts_run_as_pasted(name: str, tmp_path: Path) -> None:
+    program = tmp_path / "quickstart.py"
+    program.write_text(snippet(name))
+    done = subprocess.run(
+        [sys.executable, str(program)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    if name == "readme-asyncio":
+        assert lines[0].startswith("accepted for ('ann@example.com',) by 127.0.0.1:")
+        assert lines[2] == "connections opened: 1"
+        assert lines[3] == "the server received 2 messages"
+    else:
+        assert lines == ["the server received 3 messages"]
+
+
+def message(to: str = "bob@example.com") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "alice@example.com"
+    msg["To"] = to
+    msg["Subject"] = "docs"
+    msg.set_content("Hello.\n")
+    return msg
+
+
+def local(port: int) -> PoolConfig:
+    return PoolConfig([Host("127.0.0.1", port, tls="none")], max_retries=0)
+
+
+@pytest.mark.anyio
+async def test_the_readme_failure_handling_says_what_happened() -> None:
+    deliver = run_snippet("readme-failures")["deliver"]
+    refusing = FakeSMTPServer(Script(rcpt="550 5.1.1 no such user"))
+    vanishing = FakeSMTPServer(Script(data_end=DISCONNECT))
+    greylisting = FakeSMTPServer(Script(mail="451 4.7.1 greylisted"))
+    good = FakeSMTPServer(Script())
+    async with refusing.running(), vanishing.running(), greylisting.running(), good.running():
+        outcomes = []
+        for server in (refusing, vanishing, greylisting, good):
+            async with SMTPPool(local(server.port)) as pool:
+                outcomes.append(await deliver(pool, message()))
+    assert outcomes[0] == "refused: 550 5.1.1 no such user"
+    assert outcomes[1].startswith("unknown: <")
+    assert vanishing.received == 1  # the server has the message the caller may not resend
+    assert outcomes[2] == "later: TRANSIENT: server said 451 4.7.1 greylisted"
+    assert outcomes[3].startswith("sent: <")
+    assert len(good.messages) == 1
+
+
+# -- docs/guide/operations.md -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_failing_fast_at_start_up() -> None:
+    run_with_mail = run_snippet("operations-check")["run_with_mail"]
+    ran: list[SMTPPool] = []
+
+    async def application(pool: SMTPPool) -> None:
+        ran.append(pool)
+
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        await run_with_mail(local(server.port), application)
+    assert len(ran) == 1
+    dead = free_port()
+    with pytest.raises(SystemExit) as stopped:
+        await run_with_mail(local(dead), application)
+    assert f"127.0.0.1:{dead}: CONNECT_FAILED during CONNECT" in str(stopped.value)
+    assert len(ran) == 1
+
+
+# -- docs/guide/options.md --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_token_cache_refreshes_a_refused_token_and_the_pool_sends() -> None:
+    namespace = run_snippet("options-token-provider")
+    issued = iter(["expired-token", "fresh-token"])
+    fetched: list[str] = []
+
+    async def fetch() -> str:
+        fetched.append(next(issued))
+        return fetched[-1]
+
+    host = namespace["gmail_host"]("app@gmail.com", fetch)
+    assert host.hostname == "smtp.gmail.com"
+    assert host.tls is TLSMode.STARTTLS
+    server = TokenServer({"fresh-token"})
+    async with server.running():
+        cache = namespace["TokenCache"](fetch)
+        config = PoolConfig(
+            [
+                Host(
+                    "127.0.0.1",
+                    server.port,
+                    tls="none",
+                    allow_plaintext_auth=True,
+                    username="app@gmail.com",
+                    oauth2_token_provider=cache,
+                )
+            ],
+            max_messages_per_connection=1,
+        )
+        async with SMTPPool(config) as pool:
+            await pool.send(message())
+            await pool.send(message())  # a second connection: the cached token, no fetch
+    assert server.tokens_seen == ["expired-token", "fresh-token", "fresh-token"]
+    assert fetched == ["expired-token", "fresh-token"]
+    assert len(server.messages) == 2
+
+
+def test_the_mapping_example_builds_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_PASSWORD", "from-the-environment")
+    monkeypatch.delenv("SMTP_POOL_SIZE", raising=False)
+    config = run_snippet("options-from-mapping")["config"]
+    assert [h.key for h in config.hosts] == ["smtp.example.com:587", "backup.example.net:587"]
+    assert config.hosts[0].password == "from-the-environment"
+    assert config.hosts[1].priority == 1
+    assert config.max_size == 8
+    assert config.idle_timeout is None
+
+
+# -- docs/guide/providers.md ------------------------------------------------------------------
+
+
+@pytest.fixture
+def provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SES_SMTP_USERNAME", "SES_SMTP_PASSWORD", "SENDGRID_API_KEY"):
+        monkeypatch.setenv(name, f"{name.lower()}-value")
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "key", "tls", "auth"),
+    [
+        ("providers-gmail", "gmail", "smtp.gmail.com:587", TLSMode.STARTTLS, "provider"),
+        (
+            "providers-microsoft",
+            "microsoft_365",
+            "smtp.office365.com:587",
+            TLSMode.STARTTLS,
+            "provider",
+        ),
+        (
+            "providers-ses",
+            "ses",
+            "email-smtp.eu-west-1.amazonaws.com:587",
+            TLSMode.STARTTLS,
+            "password",
+        ),
+        ("providers-relay", "sendgrid", "smtp.sendgrid.net:587", TLSMode.STARTTLS, "password"),
+        ("providers-postfix", "local_postfix", "127.0.0.1:25", TLSMode.NONE, None),
+    ],
+)
+def test_each_provider_example_builds_a_valid_config(
+    name: str, variable: str, key: str, tls: TLSMode, auth: str | None, provider_env: None
+) -> None:
+    config = run_snippet(name)[variable]
+    (host,) = config.hosts
+    assert host.key == key
+    assert host.tls is tls
+    if auth == "provider":
+        token = anyio.run(host.oauth2_token_provider, None)
+        assert isinstance(token, str)
+        assert token
+    elif auth == "password":
+        assert host.password
+    else:
+        assert host.username is None
+    if name == "providers-relay":
+        assert host.username == "apikey"
+        assert config.max_messages_per_connection == 5000
+    if name == "providers-microsoft":
+        assert config.max_size == 1
+
+
+# -- docs/guide/use-cases.md ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_one_relay_for_a_web_application() -> None:
+    namespace = run_snippet("use-case-one-relay")
+    config = namespace["relay_config"]("s3cret")
+    assert config.max_size == 4
+    assert config.acquire_timeout == 5.0
+    assert config.send_timeout == 20.0
+    assert config.hosts[0].password == "s3cret"
+    with LocalSMTPServer() as server:
+        local_config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], max_size=4)
+        await namespace["serve"](local_config, [message(f"u{n}@example.com") for n in range(10)])
+    assert len(server.messages) == 10
+
+
+def test_a_primary_and_a_backup() -> None:
+    config = run_snippet("use-case-backup")["failover_config"]("s3cret")
+    assert [(h.key, h.priority) for h in config.hosts] == [
+        ("mx1.example:587", 0),
+        ("mx2.example:587", 1),
+    ]
+
+
+@pytest.mark.anyio
+async def test_never_sending_twice_records_each_outcome() -> None:
+    send_once = run_snippet("use-case-never-twice")["send_once"]
+    vanishing = FakeSMTPServer(Script(data_end=DISCONNECT))
+    greylisting = FakeSMTPServer(Script(mail="451 4.7.1 greylisted"))
+    good = FakeSMTPServer(Script())
+    ledger: dict[str, str] = {}
+    async with vanishing.running(), greylisting.running(), good.running():
+        for server in (vanishing, greylisting, good):
+            async with SMTPPool(local(server.port)) as pool:
+                await send_once(pool, message(), ledger)
+    assert sorted(ledger.values()) == ["retry later", "sent", "unknown"]
+    assert vanishing.received == 1
+    assert len(good.messages) == 1
+
+
+@pytest.mark.anyio
+async def test_the_example_test_of_your_own_code_passes() -> None:
+    await run_snippet("use-case-tests")["test_the_welcome_mail_goes_to_the_new_user"]()
+
+
+# -- docs/internals/protocol.md ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_setup_loop_of_the_protocol_page_sets_a_session_up(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    set_up = run_snippet("protocol-setup-loop")["set_up"]
+    server = FakeSMTPServer(
+        Script(extensions=("PIPELINING", "STARTTLS", "AUTH PLAIN"), tls_context=server_tls)
+    )
+
+    async def upgrade(stream: Any) -> Any:
+        return await TLSStream.wrap(stream, hostname="127.0.0.1", ssl_context=client_tls)
+
+    async with server.running():
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        async with stream:
+            result = await set_up(stream, upgrade)
+    assert result.ok
+    assert server.connections[0].commands[:4] == [
+        "EHLO client.example",
+        "STARTTLS",
+        "EHLO client.example",
+        "AUTH",
+    ]
