@@ -243,6 +243,33 @@ def test_check_reports_every_host_and_exits_with_the_first_failure(
     assert sink.handler.messages == 0
 
 
+def test_check_against_a_fault_server_that_refuses_auth(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    script = Script(extensions=("PIPELINING", "AUTH PLAIN"), auth="535 5.7.8 bad credentials")
+    with fault_server(script) as server:
+        code, out, _ = run(
+            capsys,
+            "--backend",
+            backend,
+            "check",
+            "--host",
+            f"127.0.0.1:{server.port}",
+            "--tls",
+            "none",
+            "--allow-plaintext-auth",
+            "--user",
+            "alice",
+            env={"POOLEDMAIL_PASSWORD": "not-this-one"},
+        )
+        commands = [command for connection in server.connections for command in connection.commands]
+    assert code == EXIT_CODES[FailureKind.AUTH_FAILED]
+    assert "AUTH_FAILED" in out
+    assert "535 5.7.8 bad credentials" in out
+    assert "not-this-one" not in out
+    assert "MAIL" not in " ".join(commands)  # nothing was sent
+
+
 def test_check_passes_for_a_good_host(
     sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
 ) -> None:
