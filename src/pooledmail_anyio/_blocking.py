@@ -233,7 +233,8 @@ class BlockingSMTPPool:
 
     `pool = BlockingSMTPPool(config)`; `pool.send(message)` from any thread; `pool.close()` (or
     `with BlockingSMTPPool(config) as pool:`). `backend` is "asyncio" (the default) or "trio";
-    `ssl_context`, `random` and `limits` are passed to `SMTPPool`. See docs/guide/sync.md.
+    `ssl_context`, `random`, `limits`, `name`, `metrics`, `meter_provider` and `log_recipients`
+    are passed to `SMTPPool`. See docs/guide/sync.md.
     """
 
     def __init__(
@@ -244,6 +245,10 @@ class BlockingSMTPPool:
         ssl_context: ssl.SSLContext | None = None,
         random: RandomSource | None = None,
         limits: Limits | None = None,
+        name: str | None = None,
+        metrics: bool = True,
+        meter_provider: Any = None,
+        log_recipients: bool = False,
     ) -> None:
         if not isinstance(config, PoolConfig):
             raise TypeError("config: expected a PoolConfig")
@@ -262,6 +267,13 @@ class BlockingSMTPPool:
         self._ssl_context = ssl_context
         self._random = random
         self._limits = limits
+        # Checked by SMTPPool itself when the first pool is built below.
+        self._observing: dict[str, Any] = {
+            "name": name,
+            "metrics": metrics,
+            "meter_provider": meter_provider,
+            "log_recipients": log_recipients,
+        }
         self._lock = threading.Lock()
         self._state = "new"  # new -> open -> closing -> closed
         self._closed = threading.Event()
@@ -271,7 +283,11 @@ class BlockingSMTPPool:
 
     def _new_pool(self) -> SMTPPool:
         return SMTPPool(
-            self._config, ssl_context=self._ssl_context, random=self._random, limits=self._limits
+            self._config,
+            ssl_context=self._ssl_context,
+            random=self._random,
+            limits=self._limits,
+            **self._observing,
         )
 
     @classmethod
@@ -282,20 +298,23 @@ class BlockingSMTPPool:
         backend: str = "asyncio",
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits | None = None,
+        name: str | None = None,
     ) -> BlockingSMTPPool:
         """The process-wide pool for these arguments, created on first request.
 
-        Every caller that asks with an equal configuration (and the same backend, SSL context
-        and limits) gets the same pool, so a framework adapter built per request still reuses
+        Every caller that asks with an equal configuration (and the same backend, SSL context,
+        limits and name) gets the same pool, so a framework adapter built per request still reuses
         connections. The pool starts on first use and closes at interpreter exit; once closed
         (by `close()` or the exit hook), the next request gets a new one. A forked child gets
         the same object, which starts its own loop and connections on first use in the child.
         """
-        key = (config, backend, ssl_context, limits)
+        key = (config, backend, ssl_context, limits, name)
         with _registry.lock:
             pool = _registry.shared.get(key)
             if pool is None or pool.closed:
-                pool = cls(config, backend=backend, ssl_context=ssl_context, limits=limits)
+                pool = cls(
+                    config, backend=backend, ssl_context=ssl_context, limits=limits, name=name
+                )
                 _registry.shared[key] = pool
             return pool
 

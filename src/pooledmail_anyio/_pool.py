@@ -38,6 +38,7 @@ from pooledmail_core import (
     Action,
     Classification,
     CloseSlot,
+    ConfigError,
     FailureKind,
     FailWaiter,
     GrantSlot,
@@ -134,14 +135,20 @@ class SMTPPool:
     ) -> None:
         if not isinstance(config, PoolConfig):
             raise TypeError("config: expected a PoolConfig")
+        # A wrong option fails here, naming it, as a wrong PoolConfig value does.
         if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise TypeError("name: expected a non-empty str")
-        _check_flag("metrics", metrics)
-        _check_flag("log_recipients", log_recipients)
+            raise ConfigError("name", "must be a non-empty string")
+        for option, value in (("metrics", metrics), ("log_recipients", log_recipients)):
+            if not isinstance(value, bool):
+                raise ConfigError(option, "must be True or False")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError("ssl_context: expected an ssl.SSLContext")
+            raise ConfigError("ssl_context", "must be an ssl.SSLContext")
         if limits is not None and not isinstance(limits, Limits):
-            raise TypeError("limits: expected a pooledmail_core.Limits")
+            raise ConfigError("limits", "must be a pooledmail_core.Limits")
+        if random is not None and not callable(getattr(random, "random", None)):
+            raise ConfigError("random", "must have a random() method, as random.Random has")
+        if clock is not None and not callable(clock):
+            raise ConfigError("clock", "must be a callable returning the time in seconds")
         self._config = config
         self._ssl_context = ssl_context
         # Resolved on entry (the event loop's own clock, read without anyio's per-call backend

@@ -396,3 +396,23 @@ async def test_bad_addresses_are_refused_naming_the_argument_before_any_connecti
     assert text in str(caught.value)
     assert created == 0
     assert server.connections == []
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"ssl_context": "verify please"}, "ssl_context"),
+        ({"limits": {"max_line_length": 100}}, "limits"),
+        ({"random": object()}, "random"),
+        ({"clock": 12.0}, "clock"),
+        ({"name": ""}, "name"),
+        ({"metrics": "yes"}, "metrics"),
+        ({"log_recipients": 1}, "log_recipients"),
+    ],
+)
+def test_a_wrong_pool_option_fails_at_construction_with_its_name(
+    options: dict[str, Any], option: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SMTPPool(PoolConfig([local(25)]), **options)
+    assert caught.value.option == option

@@ -414,3 +414,12 @@ def test_an_interrupted_caller_cancels_its_send(backend: str) -> None:
         assert server.messages == []
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_observing_options_reach_the_pool_and_are_checked_at_construction() -> None:
+    pool = BlockingSMTPPool(config(25), name="billing", metrics=False, log_recipients=True)
+    assert pool._pool._observer.name == "billing"
+    with pytest.raises(ConfigError) as caught:
+        BlockingSMTPPool(config(25), name="")
+    assert caught.value.option == "name"
+    pool.close()
