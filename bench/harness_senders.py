@@ -1,0 +1,513 @@
+"""The in-process senders of `bench/harness.py`; each run happens alone in a fresh child process.
+
+The harness forks a child per run (from a parent that imported the libraries but never sends),
+and the child runs one sender once and returns a `Measurement`. A fresh process per run means no
+sender inherits another's heap, caches, threads or event-loop state, and its memory can be
+measured on its own.
+
+Every sender works the same way: open its connections (eight, say) and send `warmup` messages
+through each of them, untimed, so that the timed part is the steady state (for the senders that
+connect per message, the warm-up is one message per worker, which only takes first-call costs out);
+then `messages` messages split evenly over `concurrency` workers, timed. Messages are raw bytes of
+`MESSAGE_SIZE` with one recipient, except for `send(EmailMessage)` and its stdlib reference, which
+serialize an `EmailMessage` of about the same size for every message.
+
+What a `Measurement` holds, and how it is measured:
+
+- `wall`: seconds of the timed part (`time.perf_counter`).
+- `cpu`: this process's CPU seconds in the timed part (`time.process_time`: user + system, all
+  threads).
+- `peak_rss_growth_kib`: the peak resident set size during the timed part minus the resident set
+  size at its start. The peak is Linux's VmHWM, reset to the current size just before the timed
+  part by writing 5 to /proc/self/clear_refs; where that is refused, ru_maxrss is used instead
+  and `memory_method` says so (a lifetime peak, which may include the warm-up).
+- `client_connections`: the connections the sender says it opened (the pool's own
+  `created_total` for pooledmail); the harness also counts them at the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any
+
+__all__ = [
+    "MESSAGE_SIZE",
+    "RAW_MESSAGE",
+    "RECIPIENTS",
+    "SENDER",
+    "SENDERS",
+    "Measurement",
+    "SenderSpec",
+    "email_message",
+    "run_sender",
+]
+
+SENDER = "sender@bench.test"
+RECIPIENTS = ("rcpt@bench.test",)
+LOCAL_HOSTNAME = "client.bench.test"
+MESSAGE_SIZE = 1024
+
+
+def _raw_message(size: int) -> bytes:
+    head = (
+        b"From: sender@bench.test\r\nTo: rcpt@bench.test\r\nSubject: bench\r\n"
+        b"Message-ID: <raw@bench.test>\r\n\r\n"
+    )
+    lines = []
+    remaining = size - len(head)
+    while remaining > 0:
+        # Lines of 72 bytes with their CRLF; the last one takes what is left (at least "x\r\n").
+        length = 72 if remaining >= 72 + 3 or remaining == 72 else remaining
+        lines.append(b"x" * (length - 2) + b"\r\n")
+        remaining -= length
+    data = head + b"".join(lines)
+    assert len(data) == size
+    return data
+
+
+RAW_MESSAGE = _raw_message(MESSAGE_SIZE)
+
+
+def email_message() -> EmailMessage:
+    """An EmailMessage of about MESSAGE_SIZE bytes once serialized, with Date and Message-ID, so
+    that `send()` adds nothing and does exactly what `as_bytes(policy=SMTP)` does."""
+    message = EmailMessage()
+    message["From"] = SENDER
+    message["To"] = RECIPIENTS[0]
+    message["Subject"] = "bench"
+    message["Date"] = "Mon, 23 Nov 2026 13:46:38 +0000"
+    message["Message-ID"] = "<email@bench.test>"
+    line = "x" * 70 + "\n"  # 72 bytes once serialized with CRLF
+    message.set_content(line)
+    lines, rest = divmod(MESSAGE_SIZE - len(message.as_bytes(policy=SMTP_POLICY)), 72)
+    message.set_content(line * (1 + lines) + ("x" * (rest - 2) + "\n" if rest > 2 else ""))
+    return message
+
+
+@dataclass(frozen=True)
+class SenderSpec:
+    """What one child run does."""
+
+    sender: str
+    host: str
+    port: int
+    messages: int
+    concurrency: int
+    warmup: int
+    tls: str = "none"  # "none" or "starttls"
+    cafile: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls == "none":
+            return None
+        return ssl.create_default_context(cafile=self.cafile)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    wall: float
+    cpu: float
+    messages: int
+    warmup_messages: int
+    client_connections: int
+    peak_rss_growth_kib: int
+    memory_method: str
+    message_bytes: int
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise LookupError(field)
+
+
+class Meter:
+    """Wall clock, process CPU and peak RSS growth of the timed part."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self.rss_start = 0
+        self.peak_growth = 0
+        self.method = ""
+
+    def start(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # reset VmHWM to the current RSS (Linux 4.0+)
+            self.method = "VmHWM growth (reset via clear_refs)"
+        except OSError:
+            self.method = "ru_maxrss growth (lifetime peak)"
+        self.rss_start = _status_kib("VmRSS")
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+        if self.method.startswith("VmHWM"):
+            peak = _status_kib("VmHWM")
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.peak_growth = max(0, peak - self.rss_start)
+
+    def measurement(
+        self, spec: SenderSpec, warmup_messages: int, connections: int, message_bytes: int
+    ) -> Measurement:
+        return Measurement(
+            wall=self.wall,
+            cpu=self.cpu,
+            messages=spec.messages,
+            warmup_messages=warmup_messages,
+            client_connections=connections,
+            peak_rss_growth_kib=self.peak_growth,
+            memory_method=self.method,
+            message_bytes=message_bytes,
+        )
+
+
+# -- pooledmail --------------------------------------------------------------------------------
+
+
+async def _pooledmail(spec: SenderSpec, how: str) -> Measurement:
+    import anyio
+    from pooledmail_anyio import Host, PoolConfig, SMTPPool
+
+    host = Host(
+        spec.host,
+        spec.port,
+        tls=spec.tls,
+        username=spec.username,
+        password=spec.password,
+    )
+    # Connection for connection against the reused clients: no planned retirements.
+    config = PoolConfig(
+        [host],
+        max_size=spec.concurrency,
+        max_messages_per_connection=None,
+        max_connection_age=None,
+    )
+    message = email_message()
+    meter = Meter()
+    async with SMTPPool(config, ssl_context=spec.ssl_context()) as pool:
+        send_one: Callable[[], Awaitable[object]]
+        if how == "send_raw":
+            message_bytes = len(RAW_MESSAGE)
+
+            def send_one() -> Awaitable[object]:
+                return pool.send_raw(RAW_MESSAGE, sender=SENDER, recipients=RECIPIENTS)
+
+        elif how == "send":
+            message_bytes = len(message.as_bytes(policy=SMTP_POLICY))
+
+            def send_one() -> Awaitable[object]:
+                return pool.send(message)
+
+        else:  # the stdlib reference for send(): serialize, then the raw path
+            message_bytes = len(message.as_bytes(policy=SMTP_POLICY))
+
+            def send_one() -> Awaitable[object]:
+                data = message.as_bytes(policy=SMTP_POLICY)
+                return pool.send_raw(data, sender=SENDER, recipients=RECIPIENTS)
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await send_one()
+
+        async def run_workers(counts: list[int]) -> None:
+            async with anyio.create_task_group() as task_group:
+                for count in counts:
+                    task_group.start_soon(worker, count)
+
+        await run_workers([spec.warmup] * spec.concurrency)
+        meter.start()
+        await run_workers(split(spec.messages, spec.concurrency))
+        meter.stop()
+        created = pool.statistics().created_total
+    return meter.measurement(spec, spec.warmup * spec.concurrency, created, message_bytes)
+
+
+def _run_pooledmail(backend: str, how: str) -> Callable[[SenderSpec], Measurement]:
+    def run(spec: SenderSpec) -> Measurement:
+        import anyio
+
+        return anyio.run(_pooledmail, spec, how, backend=backend)
+
+    return run
+
+
+# -- aiosmtplib (asyncio only) -----------------------------------------------------------------
+
+
+def _aiosmtplib_options(spec: SenderSpec) -> dict[str, Any]:
+    return {
+        "hostname": spec.host,
+        "port": spec.port,
+        "local_hostname": LOCAL_HOSTNAME,
+        "start_tls": spec.tls == "starttls",
+        "tls_context": spec.ssl_context(),
+        "username": spec.username,
+        "password": spec.password,
+    }
+
+
+async def _aiosmtplib_reused(spec: SenderSpec) -> Measurement:
+    import aiosmtplib
+
+    # One client per worker, connected (and, with credentials, logged in) before the clock runs.
+    clients = [aiosmtplib.SMTP(**_aiosmtplib_options(spec)) for _ in range(spec.concurrency)]
+    await asyncio.gather(*(client.connect() for client in clients))
+
+    async def worker(client: aiosmtplib.SMTP, count: int) -> None:
+        for _ in range(count):
+            await client.sendmail(SENDER, RECIPIENTS, RAW_MESSAGE)
+
+    await asyncio.gather(*(worker(client, spec.warmup) for client in clients))
+    meter = Meter()
+    meter.start()
+    counts = split(spec.messages, spec.concurrency)
+    await asyncio.gather(*(worker(c, n) for c, n in zip(clients, counts, strict=True)))
+    meter.stop()
+    await asyncio.gather(*(client.quit() for client in clients))
+    return meter.measurement(
+        spec, spec.warmup * spec.concurrency, spec.concurrency, len(RAW_MESSAGE)
+    )
+
+
+async def _aiosmtplib_per_message(spec: SenderSpec) -> Measurement:
+    import aiosmtplib
+
+    options = _aiosmtplib_options(spec)
+    connections = 0
+
+    async def worker(count: int) -> None:
+        nonlocal connections
+        for _ in range(count):
+            connections += 1
+            await aiosmtplib.send(
+                RAW_MESSAGE, sender=SENDER, recipients=list(RECIPIENTS), **options
+            )
+
+    # One message per worker first: first-call costs (imports, TLS context) are not timed.
+    await asyncio.gather(*(worker(1) for _ in range(spec.concurrency)))
+    meter = Meter()
+    meter.start()
+    await asyncio.gather(*(worker(n) for n in split(spec.messages, spec.concurrency)))
+    meter.stop()
+    return meter.measurement(spec, spec.concurrency, connections, len(RAW_MESSAGE))
+
+
+# -- smtplib in threads ------------------------------------------------------------------------
+
+
+def _smtplib_connect(spec: SenderSpec) -> smtplib.SMTP:
+    client = smtplib.SMTP(spec.host, spec.port, local_hostname=LOCAL_HOSTNAME, timeout=60)
+    if spec.tls == "starttls":
+        client.starttls(context=spec.ssl_context())
+    if spec.username is not None and spec.password is not None:
+        client.login(spec.username, spec.password)
+    return client
+
+
+def _smtplib_threads(spec: SenderSpec, per_message: bool) -> Measurement:
+    meter = Meter()
+    # Every worker is connected and warmed up before the first barrier, whose action starts the
+    # clock; the second one stops it once the last worker is done, before anyone says QUIT.
+    started = threading.Barrier(spec.concurrency, action=meter.start)
+    finished = threading.Barrier(spec.concurrency, action=meter.stop)
+    errors: list[BaseException] = []
+    connections = [0] * spec.concurrency
+
+    def send_alone(index: int) -> None:
+        connections[index] += 1
+        with _smtplib_connect(spec) as client:
+            client.sendmail(SENDER, list(RECIPIENTS), RAW_MESSAGE)
+
+    def worker(index: int, count: int) -> None:
+        try:
+            if per_message:
+                send_alone(index)
+                started.wait()
+                for _ in range(count):
+                    send_alone(index)
+                finished.wait()
+            else:
+                connections[index] += 1
+                with _smtplib_connect(spec) as client:
+                    for _ in range(spec.warmup):
+                        client.sendmail(SENDER, list(RECIPIENTS), RAW_MESSAGE)
+                    started.wait()
+                    for _ in range(count):
+                        client.sendmail(SENDER, list(RECIPIENTS), RAW_MESSAGE)
+                    finished.wait()
+        except BaseException as error:
+            errors.append(error)
+            started.abort()
+            finished.abort()
+
+    threads = [
+        threading.Thread(target=worker, args=(index, count))
+        for index, count in enumerate(split(spec.messages, spec.concurrency))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    warmup = spec.concurrency if per_message else spec.warmup * spec.concurrency
+    return meter.measurement(spec, warmup, sum(connections), len(RAW_MESSAGE))
+
+
+# -- the bare pipelined loops: the floor for a driver's own overhead ---------------------------
+
+ENVELOPE_FLIGHT = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENTS[0]}>\r\nDATA\r\n".encode("ascii")
+DATA_FLIGHT = RAW_MESSAGE + b".\r\n"  # RAW_MESSAGE has no line starting with a dot
+
+
+class BareSession:
+    """One connection that knows only the happy path: MAIL, RCPT and DATA in one write, then the
+    body and its terminator in one write (RFC 2920 pipelining). Replies are counted, not parsed:
+    what is left is the cost of the backend's streams and of the task switches."""
+
+    def __init__(
+        self, write: Callable[[bytes], Awaitable[None]], read: Callable[[], Awaitable[bytes]]
+    ) -> None:
+        self._write = write
+        self._read = read
+
+    async def _await_final_replies(self, count: int) -> None:
+        received = b""
+        while True:
+            received += await self._read()
+            # A final reply line has a space after its code (RFC 5321 §4.2.1); the last part of
+            # the split is an incomplete line or empty.
+            lines = received.split(b"\r\n")[:-1]
+            if sum(1 for line in lines if line[3:4] == b" ") >= count:
+                return
+
+    async def greet(self) -> None:
+        await self._await_final_replies(1)
+        await self._write(f"EHLO {LOCAL_HOSTNAME}\r\n".encode("ascii"))
+        await self._await_final_replies(1)
+
+    async def transact(self, count: int) -> None:
+        for _ in range(count):
+            await self._write(ENVELOPE_FLIGHT)
+            await self._await_final_replies(3)
+            await self._write(DATA_FLIGHT)
+            await self._await_final_replies(1)
+
+    async def quit(self) -> None:
+        await self._write(b"QUIT\r\n")
+        await self._await_final_replies(1)
+
+
+async def _bare_asyncio(spec: SenderSpec) -> Measurement:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def open_session() -> BareSession:
+        reader, writer = await asyncio.open_connection(spec.host, spec.port)
+        writers.append(writer)
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        session = BareSession(write, lambda: reader.read(65536))
+        await session.greet()
+        await session.transact(spec.warmup)
+        return session
+
+    sessions = await asyncio.gather(*(open_session() for _ in range(spec.concurrency)))
+    meter = Meter()
+    meter.start()
+    counts = split(spec.messages, spec.concurrency)
+    await asyncio.gather(*(s.transact(n) for s, n in zip(sessions, counts, strict=True)))
+    meter.stop()
+    await asyncio.gather(*(session.quit() for session in sessions))
+    for writer in writers:
+        writer.close()
+    return meter.measurement(
+        spec, spec.warmup * spec.concurrency, spec.concurrency, len(RAW_MESSAGE)
+    )
+
+
+async def _bare_anyio(spec: SenderSpec) -> Measurement:
+    import anyio
+
+    streams: list[anyio.abc.SocketStream] = []
+    sessions: list[BareSession] = []
+
+    async def open_session() -> None:
+        stream = await anyio.connect_tcp(spec.host, spec.port)
+        streams.append(stream)
+        session = BareSession(stream.send, lambda: stream.receive(65536))
+        await session.greet()
+        await session.transact(spec.warmup)
+        sessions.append(session)
+
+    async with anyio.create_task_group() as task_group:
+        for _ in range(spec.concurrency):
+            task_group.start_soon(open_session)
+    meter = Meter()
+    meter.start()
+    async with anyio.create_task_group() as task_group:
+        for session, count in zip(sessions, split(spec.messages, spec.concurrency), strict=True):
+            task_group.start_soon(session.transact, count)
+    meter.stop()
+    async with anyio.create_task_group() as task_group:
+        for session in sessions:
+            task_group.start_soon(session.quit)
+    for stream in streams:
+        await stream.aclose()
+    return meter.measurement(
+        spec, spec.warmup * spec.concurrency, spec.concurrency, len(RAW_MESSAGE)
+    )
+
+
+def _run_bare_anyio(backend: str) -> Callable[[SenderSpec], Measurement]:
+    def run(spec: SenderSpec) -> Measurement:
+        import anyio
+
+        return anyio.run(_bare_anyio, spec, backend=backend)
+
+    return run
+
+
+# The in-process senders by name; bench/harness.py names the rest (smtp-source) itself.
+SENDERS: dict[str, Callable[[SenderSpec], Measurement]] = {
+    "pooledmail-asyncio-send_raw": _run_pooledmail("asyncio", "send_raw"),
+    "pooledmail-trio-send_raw": _run_pooledmail("trio", "send_raw"),
+    "pooledmail-asyncio-send": _run_pooledmail("asyncio", "send"),
+    "pooledmail-trio-send": _run_pooledmail("trio", "send"),
+    "pooledmail-asyncio-as_bytes": _run_pooledmail("asyncio", "as_bytes"),
+    "pooledmail-trio-as_bytes": _run_pooledmail("trio", "as_bytes"),
+    "aiosmtplib-reused": lambda spec: asyncio.run(_aiosmtplib_reused(spec)),
+    "aiosmtplib-per-message": lambda spec: asyncio.run(_aiosmtplib_per_message(spec)),
+    "smtplib-reused": lambda spec: _smtplib_threads(spec, per_message=False),
+    "smtplib-per-message": lambda spec: _smtplib_threads(spec, per_message=True),
+    "bare-asyncio": lambda spec: asyncio.run(_bare_asyncio(spec)),
+    "bare-anyio-trio": _run_bare_anyio("trio"),
+}
+
+
+def run_sender(spec: SenderSpec) -> Measurement:
+    """Run the sender the spec names, once."""
+    return SENDERS[spec.sender](spec)
