@@ -265,6 +265,7 @@ class Row:
     target: Target
     messages: int
     warmup: int
+    concurrency: int | None = None  # the section's, unless given
 
 
 @dataclass
@@ -377,6 +378,7 @@ def run_smtp_source(
 
 def run_row(row: Row, concurrency: int, message_file: Path) -> dict[str, Any]:
     target = row.target
+    concurrency = row.concurrency or concurrency
     timeout = 120 + row.messages * 0.1
     target.record.before_run()
     before = target.record.counts()
@@ -529,10 +531,11 @@ def latency_comparisons(
     without the delay, same server, same round; and against aiosmtplib connecting per message.
     The target (0.85) is the issue's, set for a server with CHUNKING (one round trip a message).
 
-    The detail adds a model: if each connection carries one message at a time, a message costs
-    it the round trips plus what a message costs it without the delay (concurrency / the direct
-    rate: the server's time and the client's), so the rate cannot exceed
-    concurrency / (round trips x measured round trip + concurrency / direct rate)."""
+    The detail adds a ceiling for a pool that has one message in flight per connection: each
+    message costs its connection the round trips it needs plus what a message costs one
+    connection alone without the delay (the server's time and the client's, uncontended: the
+    "direct, 1 connection" row), so the pool cannot exceed
+    concurrency / (round trips x measured round trip + 1 / that row's rate)."""
     comparisons = []
     by_key = {result.row.key: result for result in results}
     for result in results:
@@ -554,13 +557,21 @@ def latency_comparisons(
                     f"medians: {delayed_rate:,.0f} msg/s through the delay; min({bound:,.0f}, "
                     f"{direct_rate:,.0f}) = {reference:,.0f}, 85 % of it {0.85 * reference:,.0f}"
                 )
-                round_trip_ms = measured_ms.get(row.target.record.name)
-                if round_trip_ms is not None:
-                    per_message_ms = trips * round_trip_ms + concurrency / direct_rate * 1000
+                name = row.target.record.name
+                alone = by_key.get(f"{name} direct, 1 connection / {row.contender.id}")
+                alone_rate = (
+                    None
+                    if alone is None
+                    else _median([run["rate"] for run in _good_runs(alone).values()])
+                )
+                round_trip_ms = measured_ms.get(name)
+                if round_trip_ms is not None and alone_rate is not None:
+                    per_message_ms = trips * round_trip_ms + 1000 / alone_rate
                     detail += (
-                        f"; one message at a time per connection at the measured "
-                        f"{round_trip_ms:.1f} ms round trip: at most "
-                        f"{concurrency / per_message_ms * 1000:,.0f} msg/s"
+                        f"; one message in flight per connection: at most "
+                        f"{concurrency / per_message_ms * 1000:,.0f} msg/s ({trips} x "
+                        f"{round_trip_ms:.1f} ms measured round trip + {1000 / alone_rate:.1f} ms "
+                        "a message on one connection alone)"
                     )
             per = "one round trip" if trips == 1 else f"{trips} round trips"
             comparisons.append(
@@ -952,17 +963,18 @@ def run_latency(
                 rows.append(Row(key, contender, delayed, messages, args.latency_warmup))
         for contender_id in LATENCY_DIRECT:
             if contender_id in chosen:
-                key = f"{name} direct / {contender_id}"
+                contender = CONTENDERS[contender_id]
+                messages, warmup = args.latency_messages, args.latency_warmup
                 direct_row = replace(direct, label=f"{name} direct")
                 rows.append(
-                    Row(
-                        key,
-                        CONTENDERS[contender_id],
-                        direct_row,
-                        args.latency_messages,
-                        args.latency_warmup,
-                    )
+                    Row(f"{name} direct / {contender_id}", contender, direct_row, messages, warmup)
                 )
+                # What one message costs one connection alone: the other half of the ceiling
+                # for one message in flight per connection (see latency_comparisons).
+                alone = replace(direct, label=f"{name} direct, 1 connection")
+                messages = max(1, messages // args.latency_per_message_share)
+                key = f"{name} direct, 1 connection / {contender_id}"
+                rows.append(Row(key, contender, alone, messages, warmup, concurrency=1))
     title = (
         f"Latency-bound: {round_trip_ms:g} ms round trip added by a delay proxy, {concurrency} "
         f"connections, 1 KiB messages; median of {args.latency_rounds} interleaved rounds; "
