@@ -40,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -278,6 +279,7 @@ class RowResult:
 
 
 def _child(spec: SenderSpec, results: multiprocessing.connection.Connection) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         results.send(("ok", asdict(run_sender(spec))))
     except BaseException as error:
@@ -298,11 +300,11 @@ def run_in_child(spec: SenderSpec, timeout: float) -> dict[str, Any]:
         if not receiver.poll(timeout):
             raise TimeoutError(f"no result after {timeout:.0f} s")
         status, payload = receiver.recv()
+        child.join(10)  # it has sent its result and is closing its connections
     except EOFError:
         status, payload = "error", "the child exited without a result"
     finally:
-        if child.is_alive():
-            child.join(10)
+        # A timeout or an interruption (Ctrl-C, SIGTERM) leaves nothing running behind.
         if child.is_alive():
             child.kill()
             child.join()
@@ -790,8 +792,14 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # As for Ctrl-C: unwind, so that the servers and proxies this run started are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     servers = _import_servers()
     chosen = [c for c in args.contenders.split(",") if c]
     missing_modules = []
