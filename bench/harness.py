@@ -456,12 +456,15 @@ def _good_runs(result: RowResult) -> dict[int, dict[str, Any]]:
 
 
 def paired_median(
-    numerator: RowResult, denominator: RowResult, transform: Callable[[float], float] = float
+    numerator: RowResult,
+    denominator: RowResult,
+    transform: Callable[[float], float] = float,
+    figure: str = "rate",
 ) -> tuple[float | None, list[float]]:
-    """The median over rounds of numerator rate / transform(denominator rate), same round only."""
+    """The median over rounds of numerator / transform(denominator), same round only."""
     top, bottom = _good_runs(numerator), _good_runs(denominator)
     ratios = [
-        top[r]["rate"] / transform(bottom[r]["rate"]) for r in sorted(top.keys() & bottom.keys())
+        top[r][figure] / transform(bottom[r][figure]) for r in sorted(top.keys() & bottom.keys())
     ]
     return _median(ratios), ratios
 
@@ -523,6 +526,17 @@ def throughput_comparisons(by_id: dict[str, RowResult]) -> list[Comparison]:
             value, per_round = paired_median(by_id[top], by_id[bottom])
             label = f"{CONTENDERS[top].label} / {CONTENDERS[bottom].label}"
             comparisons.append(Comparison(label, value, per_round, target))
+    # CPU per message, the steadier figure on a busy machine: what the pool costs over the floor.
+    for top, bottom in [
+        ("pooledmail-asyncio-send_raw", "bare-asyncio"),
+        ("pooledmail-trio-send_raw", "bare-anyio-trio"),
+        ("pooledmail-asyncio-send_raw", BASELINE),
+        ("pooledmail-trio-send_raw", BASELINE),
+    ]:
+        if top in by_id and bottom in by_id:
+            value, per_round = paired_median(by_id[top], by_id[bottom], figure="cpu_us_per_message")
+            label = f"CPU per message: {CONTENDERS[top].label} / {CONTENDERS[bottom].label}"
+            comparisons.append(Comparison(label, value, per_round))
     return comparisons
 
 
