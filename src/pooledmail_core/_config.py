@@ -603,7 +603,7 @@ class SharedBudget:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, object]) -> SharedBudget:
-        """Build a budget from a plain mapping, with the same validation (see `Host.from_mapping`)."""
+        """Build a budget from a plain mapping, validated alike (see `Host.from_mapping`)."""
         if not isinstance(mapping, Mapping):
             raise ConfigError("budget", "must be a mapping")
         values: dict[str, Any] = {}

@@ -348,9 +348,9 @@ class PoolMachine:
         actions: list[Action] = []
         if self._admission is not None:
             self._admission.slot_gone(record.host, record.id, actions)
-            budget = self._hosts[record.host].budget
-            if counted and budget is not None and cooldown.until is not None:
-                actions.append(ShareCooldown(budget, self._hosts[record.host], cooldown.until - now))
+            host = self._hosts[record.host]
+            if counted and host.budget is not None and cooldown.until is not None:
+                actions.append(ShareCooldown(host.budget, host, cooldown.until - now))
         if kind is FailureKind.AUTH_FAILED and self._waiters:
             head = next(iter(self._waiters))
             self._fail(head, FailureKind.AUTH_FAILED, error, actions)
@@ -529,7 +529,8 @@ class PoolMachine:
         return actions
 
     def store_failed(self, budget: str, now: float) -> list[Action]:
-        """The driver's own store call for `budget` (renewing leases) failed: as `request_failed`."""
+        """The driver's own store call for `budget` (renewing leases) failed, as in
+        `request_failed`."""
         admission = self._need_admission()
         now = self._advance(now)
         admission.store_failed(budget, now)
