@@ -392,7 +392,7 @@ class Admission:
                 count = min(ledger.batch_cap, max(need, ledger.batch))
             request = self._new_request(ledger, -1)
             ledger.token_request = request
-            actions.append(RequestTokens(request, budget, count))
+            actions.append(RequestTokens(request, budget, count, BATCH_HORIZON))
 
     def _new_request(self, ledger: _Ledger, host: int) -> int:
         request = self._next_request
@@ -433,14 +433,14 @@ class Admission:
         ledger.spare.append(lease)
 
     def lease_refused(
-        self, request: int, now: float, retry_at: float, cooling_until: float | None
+        self, request: int, now: float, retry_at: float | None, cooling_until: float | None
     ) -> tuple[int, float] | None:
         """Returns (host, until) when the refusal says the host is cooling down fleet-wide."""
         ledger, host = self._take_request(request, lease=True)
         self._recovered(ledger)
         if cooling_until is not None:
             return host, float(cooling_until)
-        ledger.lease_retry_at = max(float(retry_at), now)
+        ledger.lease_retry_at = now + LEASE_RETRY if retry_at is None else max(retry_at, now)
         return None
 
     def tokens_granted(

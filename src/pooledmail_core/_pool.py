@@ -482,14 +482,21 @@ class PoolMachine:
         return actions
 
     def lease_refused(
-        self, request: int, now: float, *, retry_at: float, cooling_until: float | None = None
+        self,
+        request: int,
+        now: float,
+        *,
+        retry_at: float | None = None,
+        cooling_until: float | None = None,
     ) -> list[Action]:
         """The store refused `RequestLease` `request`: the host is cooling down fleet-wide until
         `cooling_until` (this pool cools it down too), or the fleet holds every connection the
-        budget allows (the pool asks again at `retry_at`)."""
+        budget allows (the pool asks again at `retry_at`, by default a short poll later: the
+        store cannot say when a lease will be given back)."""
         admission = self._need_admission()
         now = self._advance(now)
-        _check_time("retry_at", retry_at)
+        if retry_at is not None:
+            _check_time("retry_at", retry_at)
         if cooling_until is not None:
             _check_time("cooling_until", cooling_until)
         cooling = admission.lease_refused(request, now, retry_at, cooling_until)

@@ -123,7 +123,8 @@ class ReleaseLease:
 # Don't subclass this.
 @dataclass(frozen=True, slots=True)
 class RequestTokens:
-    """Ask the store for up to `count` message tokens of `budget`.
+    """Ask the store for up to `count` message tokens of `budget`, none of them usable later than
+    `horizon` seconds from now (so that one pool does not reserve the fleet's near future).
 
     Report `tokens_granted(request, now, times, retry_at)`: the times (on the driver's clock) at
     which each granted token may be used, and when none was granted, when to ask again; or
@@ -133,6 +134,7 @@ class RequestTokens:
     request: int
     budget: SharedBudget
     count: int
+    horizon: float
 
 
 # Don't subclass this.
