@@ -19,8 +19,8 @@ Every change of the store is one atomic Lua script (the keys are in docs/scaling
   acquire first drops expired leases, so a process killed with -9 frees its leases within
   `lease_ttl`. The host's shared cooldown is checked in the same script.
 * messages: GCRA on the store's clock (the same arithmetic as the core's `Gcra`): one call
-  reserves up to `count` tokens, the first now or soon, the others at the rate's spacing, none
-  further than the action's `horizon` ahead; each comes back as an offset from the store's "now",
+  reserves up to `count` tokens at the rate's spacing, the first no further ahead than the
+  action's `wait`, the others no further than its `horizon`; each comes back as an offset from the store's "now",
   which the driver adds to its own clock when the answer arrives (later than the store's, never
   earlier).
 """
@@ -94,13 +94,14 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4])
+local wait = tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local offsets = {}
 for j = 1, count do
   local at = tat - tolerance
   if at < now then at = now end
-  if at - now > horizon then break end
+  if at - now > horizon and (j > 1 or at - now > wait) then break end
   table.insert(offsets, at - now)
   tat = tat + interval
 end
@@ -302,6 +303,7 @@ class FleetLink:
                     math.floor(((budget.burst or 1) - 1) * interval),
                     action.count,
                     math.floor(action.horizon * 1_000_000),
+                    math.floor(action.wait * 1_000_000),
                 ],
             )
         except _STORE_ERRORS as error:

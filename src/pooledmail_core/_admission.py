@@ -19,7 +19,9 @@ says the host allows it. It keeps two kinds of limits, both with time passed in:
     back in the same input.
   - Messages: the store hands out tokens of the fleet's rate in small batches (`RequestTokens`),
     each with the time at which it may be used; a token not used within its lifetime is dropped,
-    never used late. The batch starts at one token and doubles while every token of the last
+    never used late. The first token of a request may come as late as the latest waiter can wait:
+    it is the pool's place in the fleet's queue, so that a pool that asks while others keep the
+    near future reserved is not starved by them. The batch starts at one token and doubles while every token of the last
     batch was used, up to the tokens of `BATCH_HORIZON` seconds, so a fast sender makes far fewer
     than one store round trip per message and a slow one wastes little.
 
@@ -345,14 +347,18 @@ class Admission:
 
     # ------------------------------------------------------------------------- the store
 
-    def flush(self, now: float, demand: int, actions: list[Action]) -> None:
-        """End of a settling pass: give back leases nobody took, ask the store for what is wanted.
+    def flush(
+        self, now: float, demand: int, actions: list[Action], *, keep_spare: bool, wait: float
+    ) -> None:
+        """End of a settling pass: give back leases nobody took (unless `keep_spare`: something
+        still wants a connection), ask the store for what is wanted.
 
-        `demand` is how many waiters could start a message now if they had a token.
+        `demand` is how many waiters could start a message now if they had a token; `wait` how
+        long the latest of them can still wait.
         """
         for ledger in self._ledgers:
             budget = ledger.budget
-            while ledger.spare:
+            while ledger.spare and not (keep_spare and not self._closed):
                 lease = ledger.spare.pop()
                 if lease is not None:
                     actions.append(ReleaseLease(budget, lease))
@@ -392,7 +398,7 @@ class Admission:
                 count = min(ledger.batch_cap, max(need, ledger.batch))
             request = self._new_request(ledger, -1)
             ledger.token_request = request
-            actions.append(RequestTokens(request, budget, count, BATCH_HORIZON))
+            actions.append(RequestTokens(request, budget, count, BATCH_HORIZON, max(wait, 0.0)))
 
     def _new_request(self, ledger: _Ledger, host: int) -> int:
         request = self._next_request

@@ -972,7 +972,13 @@ class PoolMachine:
         admission = self._admission
         assert admission is not None
         demand = min(len(self._waiters), len(self._idle))
-        admission.flush(now, demand, actions)
+        # A lease granted for a waiter or for the refill waits for its connection to be opened
+        # (the refill opens from `handle_timer` only); any other goes back at once.
+        keep_spare = not self._close_requested and (
+            bool(self._waiters) or (self._min_size > 0 and self._refill_deficit() > 0)
+        )
+        wait = max(self._waiters.values()) - now if demand else 0.0
+        admission.flush(now, demand, actions, keep_spare=keep_spare, wait=wait)
 
     def _pick_idle_admitted(self, now: float, *, fresh: bool) -> _Slot | None:
         # As `_pick_idle`, among idle slots whose host may start a message now. With `fresh`

@@ -123,8 +123,10 @@ class ReleaseLease:
 # Don't subclass this.
 @dataclass(frozen=True, slots=True)
 class RequestTokens:
-    """Ask the store for up to `count` message tokens of `budget`, none of them usable later than
-    `horizon` seconds from now (so that one pool does not reserve the fleet's near future).
+    """Ask the store for up to `count` message tokens of `budget`: the first may come as late as
+    `wait` seconds from now (how long the latest waiter can still wait: it is this pool's place
+    in the fleet's queue), the others no later than `horizon` seconds from now (so that one pool
+    does not reserve the fleet's near future for itself).
 
     Report `tokens_granted(request, now, times, retry_at)`: the times (on the driver's clock) at
     which each granted token may be used, and when none was granted, when to ask again; or
@@ -135,6 +137,7 @@ class RequestTokens:
     budget: SharedBudget
     count: int
     horizon: float
+    wait: float
 
 
 # Don't subclass this.

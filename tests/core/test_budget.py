@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pooledmail_core._admission import LEASE_RETRY, STORE_RETRY
+from pooledmail_core._admission import BATCH_HORIZON, LEASE_RETRY, STORE_RETRY
 from pooledmail_core._classify import FailureKind
 from pooledmail_core._config import Host, PoolConfig, SharedBudget
 from pooledmail_core._errors import ConfigError, LocalProtocolError
@@ -193,7 +193,7 @@ def rated() -> tuple[Host, PoolMachine, int]:
     waiter, (lease,) = m.acquire(0.0, 10.0)
     (open_,) = m.lease_granted(lease.request, 0.0, None)
     (tokens,) = m.connected(open_.slot, 0.0)
-    assert tokens == RequestTokens(tokens.request, host.budget, 1)  # type: ignore[arg-type]
+    assert tokens == RequestTokens(tokens.request, host.budget, 1, BATCH_HORIZON, 10.0)  # type: ignore[arg-type]
     assert m.tokens_granted(tokens.request, 0.001, [0.001]) == [GrantSlot(open_.slot, waiter)]
     return host, m, open_.slot
 
