@@ -20,9 +20,9 @@ Every change of the store is one atomic Lua script (the keys are in docs/scaling
   `lease_ttl`. The host's shared cooldown is checked in the same script.
 * messages: GCRA on the store's clock (the same arithmetic as the core's `Gcra`): one call
   reserves up to `count` tokens at the rate's spacing, the first no further ahead than the
-  action's `wait`, the others no further than its `horizon`; each comes back as an offset from the store's "now",
-  which the driver adds to its own clock when the answer arrives (later than the store's, never
-  earlier).
+  action's `wait`, the others no further than its `horizon`; each comes back as an offset from
+  the store's "now", which the driver adds to its own clock when the answer arrives (later than
+  the store's, never earlier).
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ says the host allows it. It keeps two kinds of limits, both with time passed in:
     each with the time at which it may be used; a token not used within its lifetime is dropped,
     never used late. The first token of a request may come as late as the latest waiter can wait:
     it is the pool's place in the fleet's queue, so that a pool that asks while others keep the
-    near future reserved is not starved by them. The batch starts at one token and doubles while every token of the last
-    batch was used, up to the tokens of `BATCH_HORIZON` seconds, so a fast sender makes far fewer
-    than one store round trip per message and a slow one wastes little.
+    near future reserved is not starved by them. The batch starts at one token and doubles while
+    every token of the last batch was used, up to the tokens of `BATCH_HORIZON` seconds, so a fast
+    sender makes far fewer than one store round trip per message and a slow one wastes little.
 
 When the store fails (`request_failed`, `store_failed`), the budget follows its
 `on_store_failure`: "local" keeps to `local_share` of the budget with a local `Gcra` and a local

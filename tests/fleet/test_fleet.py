@@ -102,7 +102,7 @@ def wait_until_every_worker_sent(server: RecordingServer, workers: int) -> None:
 
 
 def per_worker(server: RecordingServer, start: float, end: float) -> Counter[str]:
-    """Messages stored per worker whose MAIL came in [start, end) (server and test share a clock)."""
+    """Messages stored per worker with their MAIL in [start, end) (on the test's own clock)."""
     return Counter(
         item.message_id.split("-")[0] for item in server.stored() if start <= item.mail_at < end
     )

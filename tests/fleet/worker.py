@@ -1,8 +1,9 @@
 """One process of a fleet, for the multi-process tests: `python -m tests.fleet.worker SPEC`.
 
 SPEC is JSON: backend, smtp_port, budget (SharedBudget's keyword arguments), and how to send:
-`count` messages (or for `duration` seconds), `concurrency` at a time, each with its own Message-ID "<tag-n@fleet.test>";
-or, with "hold": true, open min_size connections, say "ready" and wait to be killed.
+`count` messages (or for `duration` seconds), `concurrency` at a time, each with its own
+Message-ID "<tag-n@fleet.test>"; or, with "hold": true, open min_size connections, say
+"ready" and wait to be killed.
 It prints one JSON line per event: {"ready": true}, then {"done": ...} with what each send came to
 and the budget modes it saw.
 """
@@ -42,7 +43,8 @@ async def run(spec: dict[str, Any]) -> None:
     async with SMTPPool(config) as pool:
         if spec.get("hold"):
             with anyio.fail_after(10):
-                while pool.statistics().idle < config.min_size:
+                # The pool opens min_size connections in the background; nothing signals it.
+                while pool.statistics().idle < config.min_size:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             say(ready=True, leases=pool.budget_statistics()[budget.name]["leases"])
             await anyio.sleep(60)
