@@ -21,9 +21,10 @@ says the host allows it. It keeps two kinds of limits, both with time passed in:
     each with the time at which it may be used; a token not used within its lifetime is dropped,
     never used late. The first token of a request may come as late as the latest waiter can wait:
     it is the pool's place in the fleet's queue, so that a pool that asks while others keep the
-    near future reserved is not starved by them. The batch starts at one token and doubles while
-    every token of the last batch was used, up to the tokens of `BATCH_HORIZON` seconds, so a fast
-    sender makes far fewer than one store round trip per message and a slow one wastes little.
+    near future reserved is not starved by them. The batch starts at one token, doubles while
+    every token of the last batch was used and halves when one was dropped, up to the tokens of
+    `BATCH_HORIZON` seconds and `MAX_BATCH`, so a fast sender makes far fewer than one store round
+    trip per message and a slow one wastes little.
 
 When the store fails (`request_failed`, `store_failed`), the budget follows its
 `on_store_failure`: "local" keeps to `local_share` of the budget with a local `Gcra` and a local
@@ -40,6 +41,7 @@ before the deadline, and a waiter with that many senders ahead of it in the queu
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -61,7 +63,10 @@ STORE_RETRY = 1.0
 BATCH_HORIZON = 0.1
 # The shortest lifetime of a fleet token (half an emission interval otherwise): below it, the
 # driver's own scheduling delay would drop tokens at very high rates.
-MIN_TOKEN_LIFETIME = 0.01
+MIN_TOKEN_LIFETIME = 0.02
+# The most tokens one request asks for: beyond it, the store's script and the reply grow for
+# little gain (one round trip per 32 messages at most).
+MAX_BATCH = 32
 
 _FLEET = "fleet"
 _LOCAL = "local"
@@ -114,7 +119,7 @@ class _Ledger:
         self.token_retry_at: float | None = None
         self.lifetime = max(0.5 / rate, MIN_TOKEN_LIFETIME) if rate else 0.0
         self.batch = 1
-        self.batch_cap = max(1, math.floor(rate * BATCH_HORIZON)) if rate else 0
+        self.batch_cap = min(MAX_BATCH, max(1, math.floor(rate * BATCH_HORIZON))) if rate else 0
         self.wasted = False
         # The per-process share used while the store is unreachable (policy "local").
         share = budget.local_share
@@ -150,7 +155,7 @@ class _Ledger:
         if self.rate is None:
             return math.inf
         self.drop_expired(now)
-        due = sum(1 for at in self.tokens if at <= now)
+        due = bisect.bisect_right(self.tokens, now)
         if self.mode is _FLEET:
             # Tokens are only asked for when a connection is free to use them, so a pool that
             # has not asked yet must not wait for them to open one.
@@ -180,7 +185,7 @@ class _Ledger:
         if self.rate is None:
             return 1 << 62
         self.drop_expired(now)
-        held = sum(1 for at in self.tokens if at < deadline)
+        held = bisect.bisect_left(self.tokens, deadline)
         if self.mode is _LOCAL:
             assert self.local is not None
             return held + self.local.count_before(now, deadline)
@@ -393,7 +398,7 @@ class Admission:
                 if need <= 0:
                     continue
                 if ledger.wasted:
-                    ledger.batch = 1
+                    ledger.batch = max(1, ledger.batch // 2)
                     ledger.wasted = False
                 count = min(ledger.batch_cap, max(need, ledger.batch))
             request = self._new_request(ledger, -1)

@@ -977,7 +977,8 @@ class PoolMachine:
         keep_spare = not self._close_requested and (
             bool(self._waiters) or (self._min_size > 0 and self._refill_deficit() > 0)
         )
-        wait = max(self._waiters.values()) - now if demand else 0.0
+        # How long the newest waiter can wait (O(1); with one acquire_timeout, the latest).
+        wait = next(reversed(self._waiters.values())) - now if demand else 0.0
         admission.flush(now, demand, actions, keep_spare=keep_spare, wait=wait)
 
     def _pick_idle_admitted(self, now: float, *, fresh: bool) -> _Slot | None:
@@ -987,6 +988,16 @@ class PoolMachine:
         admission = self._admission
         assert admission is not None
         keepalive = self._keepalive
+        if not fresh:
+            # Oldest first: if the slot idle the longest needs no probe, none does.
+            if keepalive is None:
+                return None
+            for record in self._idle.values():
+                if now - record.idle_since < keepalive:
+                    return None
+                if admission.grantable(record.host, now):
+                    return record
+            return None
         best: _Slot | None = None
         for record in reversed(self._idle.values()):
             stale = keepalive is not None and now - record.idle_since >= keepalive
@@ -1057,6 +1068,12 @@ class PoolMachine:
                 self._fail(waiter, FailureKind.BUDGET_UNAVAILABLE, None, actions)
             return
         if not admission.every_host_rated:
+            return
+        # Cheap first: if even by the earliest deadline queued (a finished waiter's, perhaps,
+        # which is earlier still) there are tokens for every waiter, nobody is hopeless.
+        earliest = self._deadlines[0][0]
+        bound = admission.tokens_before(now, earliest)
+        if bound is not None and bound > len(self._waiters):
             return
         # FIFO: a waiter's token comes after those of every waiter ahead of it.
         ahead = 0
