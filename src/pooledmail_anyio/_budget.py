@@ -13,7 +13,7 @@ pool, bounded by the budget's `store_timeout`, and reports back to the pool mach
 and a renewal task per budget extends the leases this pool holds every `lease_ttl / 3`, reporting
 `lease_lost` (the store had no room to take back a lease it had dropped) or `store_failed`.
 
-Every change of the store is one atomic Lua script (the keys are in docs/scaling.md):
+Every change of the store is one atomic Lua script (the keys are in docs/guide/scaling.md):
 
 * connections: a sorted set of leases scored by their expiry, on the store's own clock; an
   acquire first drops expired leases, so a process killed with -9 frees its leases within

@@ -162,7 +162,7 @@ class SMTPPool:
         self._local_hostname = config.local_hostname or "localhost"
         self._machine = PoolMachine(config, self._rng)
         # --- shared budgets (issue 12): the store I/O lives in `_budget`, which imports coredis,
-        # so it is imported only when some host names a SharedBudget (docs/scaling.md).
+        # so it is imported only when some host names a SharedBudget (docs/guide/scaling.md).
         self._fleet: Any = None
         budgets = {host.budget.name: host.budget for host in config.hosts if host.budget}
         if budgets:

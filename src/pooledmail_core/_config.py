@@ -147,7 +147,7 @@ class Host:
     `oauth2_token` for pools that outlive a token. `max_messages_per_second` (with `burst`,
     default 1) limits the messages this pool sends to the host; `budget` shares connection and
     message limits with every pool of the fleet that names the same `SharedBudget`
-    (docs/scaling.md).
+    (docs/guide/scaling.md).
     """
 
     hostname: str
@@ -497,7 +497,7 @@ class PoolConfig:
 
 # ------------------------------------------------------------------------------- shared budgets
 
-# The ways a store failure can be met (docs/scaling.md, "When Redis fails").
+# The ways a store failure can be met (docs/guide/scaling.md, "When Redis fails").
 STORE_FAILURE_POLICIES = ("refuse", "local")
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -505,7 +505,7 @@ _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 # Don't subclass this.
 @dataclass(frozen=True, slots=True, init=False, repr=False)
 class SharedBudget:
-    """A budget shared by every pool of a fleet that names it, kept in Redis (docs/scaling.md).
+    """A budget shared by every pool of a fleet that names it, kept in Redis (docs/guide/scaling.md).
 
     `max_connections` caps the connections the whole fleet holds at once to the hosts that carry
     this budget; `max_messages_per_second` (with `burst`) caps the messages they send. Several

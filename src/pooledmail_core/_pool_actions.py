@@ -92,7 +92,7 @@ class FailWaiter:
 
 
 # The four actions below exist only for hosts with a `SharedBudget`: a pool without one never
-# returns them. docs/scaling.md describes what the driver does for each in the store.
+# returns them. docs/guide/scaling.md describes what the driver does for each in the store.
 
 
 # Don't subclass this.
