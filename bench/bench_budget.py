@@ -28,10 +28,11 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
 
-import anyio  # noqa: E402
 from bench_driver import BODY, RECIPIENTS, SENDER, smtp_sink  # noqa: E402
-from pooledmail_anyio import Host, PoolConfig, SharedBudget, SMTPPool  # noqa: E402
 from tests.servers.redis import RedisServer  # noqa: E402
+
+import anyio  # noqa: E402
+from pooledmail_anyio import Host, PoolConfig, SharedBudget, SMTPPool  # noqa: E402
 
 
 async def send_many(
@@ -112,7 +113,7 @@ def main() -> None:
         return
     with smtp_sink() as port, RedisServer() as redis:
         print(f"pooledmail shared budgets, {args.backend}, smtp-sink and redis-server on loopback")
-        print("1. one process, max_size 8, 32 senders, " f"{args.messages} messages")
+        print(f"1. one process, max_size 8, 32 senders, {args.messages} messages")
         runs = {
             "no budget": None,
             "budget, limits never bind": SharedBudget(
