@@ -483,7 +483,11 @@ class Admission:
         return ledger.budget
 
     def store_failed(self, budget: str, now: float) -> None:
-        self._store_down(self._ledger(budget), now)
+        ledger = self._ledger(budget)
+        # Renewals keep failing while the store is away: only the first one counts, so that they
+        # do not push the next try of the store further and further away.
+        if ledger.mode is _FLEET:
+            self._store_down(ledger, now)
 
     def _store_down(self, ledger: _Ledger, now: float) -> None:
         ledger.mode = _LOCAL if ledger.budget.on_store_failure == "local" else _REFUSE

@@ -337,3 +337,14 @@ def test_a_lease_granted_after_close_goes_straight_back() -> None:
     assert m.lease_granted(request.request, 0.2, "lease-1") == [
         ReleaseLease(host.budget, "lease-1")  # type: ignore[arg-type]
     ]
+
+
+def test_failing_lease_renewals_do_not_put_off_the_next_try_of_the_store() -> None:
+    host = Host("a.example", 25, budget=budget(max_connections=3))
+    m = machine([host])
+    m.store_failed("provider-x", 0.0)
+    m.store_failed("provider-x", 0.5)
+    m.store_failed("provider-x", 0.9)
+    # The store is tried again STORE_RETRY after the first failure, with the next request.
+    _, actions = m.acquire(STORE_RETRY, 10.0)
+    assert only(actions, RequestLease)
