@@ -70,8 +70,8 @@ from ._connection import (
     open_connection,
 )
 from ._health import HealthReport, HostCheck, check_host
-from ._observe import Observer
 from ._limit_reasons import describe_limit
+from ._observe import Observer
 from ._results import SendFailed, SendResult, SendStatistics
 from ._stream import backend_clock
 

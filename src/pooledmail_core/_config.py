@@ -505,7 +505,7 @@ _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 # Don't subclass this.
 @dataclass(frozen=True, slots=True, init=False, repr=False)
 class SharedBudget:
-    """A budget shared by every pool of a fleet that names it, kept in Redis (docs/guide/scaling.md).
+    """A budget shared by every pool of a fleet that names it, kept in Redis (guide/scaling.md).
 
     `max_connections` caps the connections the whole fleet holds at once to the hosts that carry
     this budget; `max_messages_per_second` (with `burst`) caps the messages they send. Several

@@ -136,7 +136,9 @@ def test_a_connection_under_a_budget_opens_only_with_a_lease_and_gives_it_back()
     (open_,) = m.lease_granted(request.request, 0.01, "lease-1")
     assert isinstance(open_, OpenConnection)
     assert m.connected(open_.slot, 0.02) == [GrantSlot(open_.slot, waiter)]
-    assert m.release(open_.slot, 0.03, healthy=False) == [CloseSlot(open_.slot, graceful=False)]
+    assert m.release(open_.slot, 0.03, healthy=False) == [
+        CloseSlot(open_.slot, graceful=False, reason="broken")
+    ]
     assert m.slot_closed(open_.slot, 0.04) == [ReleaseLease(host.budget, "lease-1")]  # type: ignore[arg-type]
 
 
@@ -295,7 +297,7 @@ def test_local_policy_keeps_to_its_share_and_retires_unleased_connections_on_rec
     (retry,) = only(actions, RequestLease)
     m.lease_granted(retry.request, 1.2, "lease-3")
     actions = m.release(opens[0].slot, 1.3, healthy=True, messages=1)
-    assert CloseSlot(opens[0].slot, graceful=True) in actions
+    assert CloseSlot(opens[0].slot, graceful=True, reason="lease_lost") in actions
     assert m.statistics().closed_total.get("lease_lost", 0) == 0  # still closing
     m.slot_closed(opens[0].slot, 1.4)
     assert m.statistics().closed_total["lease_lost"] == 1
@@ -310,7 +312,7 @@ def test_a_lost_lease_retires_its_connection_when_idle() -> None:
     assert m.lease_lost("provider-x", "lease-1", 1.0) == []
     # Its lease is gone from the store: nothing to give back when it closes.
     assert m.release(open_.slot, 2.0, healthy=True, messages=1) == [
-        CloseSlot(open_.slot, graceful=True)
+        CloseSlot(open_.slot, graceful=True, reason="lease_lost")
     ]
     assert m.slot_closed(open_.slot, 2.1) == []
 
