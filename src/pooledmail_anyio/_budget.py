@@ -10,8 +10,9 @@ pool, bounded by the budget's `store_timeout`, and reports back to the pool mach
     ReleaseLease   -> (nothing: a lease that cannot be given back expires within lease_ttl)
     ShareCooldown  -> (nothing: best effort)
 
-and a renewal task per budget extends the leases this pool holds every `lease_ttl / 3`, reporting
-`lease_lost` (the store had no room to take back a lease it had dropped) or `store_failed`.
+and a renewal task per budget extends the leases this pool holds every `lease_ttl / 3` (sooner
+after a failure), reporting `lease_lost` (the store had no room to take back a lease it had
+dropped) or `store_failed`.
 
 Every change of the store is one atomic Lua script (the keys are in docs/guide/scaling.md):
 
@@ -343,8 +344,12 @@ class FleetLink:
 
     async def _renew_loop(self, store: _Store) -> None:
         budget = store.budget
+        pause = budget.lease_ttl / 3
         while True:
-            await anyio.sleep(budget.lease_ttl / 3)
+            await anyio.sleep(pause)
+            # After a failed renewal the next one comes sooner: the leases are still counted
+            # until their expiry, and renewing them before it keeps the fleet's count true.
+            pause = budget.lease_ttl / 3
             if store.stray:
                 await self._release(store)
             held = sorted(store.held)
@@ -360,6 +365,7 @@ class FleetLink:
             except _STORE_ERRORS as error:
                 self._failed(store, "renew this pool's leases", error)
                 self._perform(self._machine.store_failed(budget.name, self._clock()))
+                pause = budget.store_timeout
                 continue
             for raw in lost:
                 lease = raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -128,7 +128,8 @@ def test_a_fleet_connection_cap_holds_across_processes(
             {
                 "backend": backend,
                 "smtp_port": server.port,
-                "budget": budget(name, redis, max_connections=3, lease_ttl=3.0),
+                # A lease outlives a process stalled by a loaded machine (the default TTL).
+                "budget": budget(name, redis, max_connections=3, store_timeout=1.0),
                 "tag": f"w{index}",
                 "count": 12,
                 "concurrency": 6,
