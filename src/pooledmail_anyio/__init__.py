@@ -19,6 +19,7 @@ from pooledmail_core import (
     PoolStatistics,
     RemoteProtocolError,
     Reply,
+    SharedBudget,
     Stage,
     TLSMode,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "SendFailed",
     "SendResult",
     "SendStatistics",
+    "SharedBudget",
     "Stage",
     "TLSMode",
 ]

@@ -17,6 +17,7 @@ itself, never wrapped in an exception group.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import logging
@@ -69,6 +70,7 @@ from ._connection import (
     open_connection,
 )
 from ._health import HealthReport, HostCheck, check_host
+from ._limit_reasons import describe_limit
 from ._observe import Observer
 from ._results import SendFailed, SendResult, SendStatistics
 from ._stream import backend_clock
@@ -159,6 +161,21 @@ class SMTPPool:
         self._limits = limits or Limits()
         self._local_hostname = config.local_hostname or "localhost"
         self._machine = PoolMachine(config, self._rng)
+        # --- shared budgets (issue 12): the store I/O lives in `_budget`, which imports coredis,
+        # so it is imported only when some host names a SharedBudget (docs/guide/scaling.md).
+        self._fleet: Any = None
+        budgets = {host.budget.name: host.budget for host in config.hosts if host.budget}
+        if budgets:
+            from ._budget import FleetLink
+
+            self._fleet = FleetLink(
+                list(budgets.values()),
+                machine=self._machine,
+                perform=self._perform,
+                clock=lambda: self._clock(),
+                spawn=self._spawn,
+            )
+        # --- end of shared budgets
         self._connections: dict[int, Connection] = {}
         self._waiters: dict[int, _Waiter] = {}
         # Cancel scopes of the connect and probe tasks in flight, cancelled when the pool closes.
@@ -288,10 +305,15 @@ class SMTPPool:
         """The runner: owns the background task group from start to end, in this one task."""
         assert self._shutdown is not None
         assert self._closed is not None
+        # Shared budgets: the store's clients are entered and left in this task too, around the
+        # background task group, so that no store call outlives them.
+        fleet = contextlib.nullcontext() if self._fleet is None else self._fleet.running()
         try:
-            async with anyio.create_task_group() as background:
+            async with fleet, anyio.create_task_group() as background:
                 self._background = background
                 self._state = "open"
+                if self._fleet is not None:
+                    self._fleet.start(background)
                 background.start_soon(self._timer_loop)
                 self._perform(self._machine.handle_timer(self._clock()))
                 task_status.started()
@@ -377,6 +399,9 @@ class SMTPPool:
                     if gone is not None:
                         self._observer.connection_closed(gone.host.key, action.reason)
                     pending += self._machine.slot_closed(action.slot, self._clock())
+            elif self._fleet is not None:
+                # RequestLease, ReleaseLease, RequestTokens, ShareCooldown (shared budgets).
+                self._fleet.perform(action)
             else:  # pragma: no cover - the machine returns only the actions above
                 raise AssertionError(f"unknown action {action!r}")
         self._rearm_timer()
@@ -584,6 +609,10 @@ class SMTPPool:
                 reason += f" (also failing: {'; '.join(others)})"
             return _Failure(error.classification, error.reply, error.error, error.host, reason)
         classification = classify_pool_failure(kind)
+        if kind in (FailureKind.RATE_LIMITED, FailureKind.BUDGET_UNAVAILABLE):
+            # Rates and shared budgets (issue 12): the reason names the limit that held it.
+            reason = describe_limit(kind, self._config, self._machine.budget_statistics())
+            return _Failure(classification, None, None, None, reason)
         if kind is FailureKind.HOSTS_UNAVAILABLE:
             return _Failure(classification, None, _cause(error), None, self._hosts_unavailable())
         stats = self._machine.statistics()
@@ -959,6 +988,16 @@ class SMTPPool:
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's connections and waiters."""
         return self._machine.statistics()
+
+    def budget_statistics(self) -> dict[str, dict[str, object]]:
+        """Per shared budget: "mode" ("fleet", "local" or "refuse": whether the store answers,
+        and if not, the policy in force), the "leases" and "tokens_held" this pool holds, and
+        the "store_calls" and "store_failures" it made. Empty without shared budgets."""
+        stats = self._machine.budget_statistics()
+        if self._fleet is not None:
+            for name, counts in self._fleet.statistics().items():
+                stats[name].update(counts)
+        return stats
 
     def send_statistics(self) -> SendStatistics:
         """A frozen snapshot of what the pool's sends have come to so far."""

@@ -10,7 +10,7 @@ from ._classify import (
     classify_pool_failure,
     retry_delay,
 )
-from ._config import Host, OAuth2TokenProvider, PoolConfig, TLSMode
+from ._config import Host, OAuth2TokenProvider, PoolConfig, SharedBudget, TLSMode
 from ._entropy import RandomSource
 from ._envelope import Envelope, PreparedMessage, checked_envelope
 from ._errors import (
@@ -48,6 +48,10 @@ from ._pool import (
     PoolMachine,
     PoolStatistics,
     ProbeSlot,
+    ReleaseLease,
+    RequestLease,
+    RequestTokens,
+    ShareCooldown,
     SlotState,
 )
 from ._reply import Reply
@@ -86,10 +90,15 @@ __all__ = [
     "ProbeSlot",
     "ProtocolError",
     "RandomSource",
+    "ReleaseLease",
     "RemoteProtocolError",
     "Reply",
+    "RequestLease",
+    "RequestTokens",
     "SMTPUTF8NotSupported",
     "SetupResult",
+    "ShareCooldown",
+    "SharedBudget",
     "SlotState",
     "Stage",
     "StartTLS",

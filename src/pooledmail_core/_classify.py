@@ -61,6 +61,10 @@ class FailureKind(enum.Enum):
     PERMANENT = "permanent"
     UNKNOWN_AFTER_DATA = "unknown_after_data"
     POOL_CLOSED = "pool_closed"
+    # A host's message rate (local or fleet-wide) has no token for the send before its deadline.
+    RATE_LIMITED = "rate_limited"
+    # A shared budget's store is unreachable and the budget says on_store_failure="refuse".
+    BUDGET_UNAVAILABLE = "budget_unavailable"
 
 
 class Stage(enum.Enum):
@@ -143,7 +147,13 @@ _TRANSACTION_ROWS: dict[_Outcome, tuple[FailureKind, bool, bool, bool]] = {
 # Failures the pool machine reports before any session exists (FailWaiter kinds).
 _POOL_ROWS: dict[FailureKind, Classification] = {
     kind: Classification(kind, Stage.ACQUIRE, False, True, False, False)
-    for kind in (FailureKind.POOL_EXHAUSTED, FailureKind.HOSTS_UNAVAILABLE, FailureKind.POOL_CLOSED)
+    for kind in (
+        FailureKind.POOL_EXHAUSTED,
+        FailureKind.HOSTS_UNAVAILABLE,
+        FailureKind.POOL_CLOSED,
+        FailureKind.RATE_LIMITED,
+        FailureKind.BUDGET_UNAVAILABLE,
+    )
 }
 _TRANSPORT_OUTCOMES = frozenset(
     {_Outcome.BROKEN_BEFORE_TERMINATOR, _Outcome.BROKEN_AFTER_TERMINATOR}
@@ -215,8 +225,9 @@ def classify(
 def classify_pool_failure(kind: FailureKind) -> Classification:
     """Classify a failure the pool machine reported for a waiter (`FailWaiter.kind`).
 
-    POOL_EXHAUSTED, HOSTS_UNAVAILABLE and POOL_CLOSED happen at ACQUIRE with no session: never
-    retried by default (the send's deadline or the pool's life is over). CONNECT_FAILED,
+    POOL_EXHAUSTED, HOSTS_UNAVAILABLE, POOL_CLOSED, RATE_LIMITED and BUDGET_UNAVAILABLE happen at
+    ACQUIRE with no session: never retried by default (the send's deadline or the pool's life is
+    over, or the limit that held the send back is still there). CONNECT_FAILED,
     TLS_FAILED and AUTH_FAILED are classified as a transport failure at CONNECT, TLS and AUTH;
     when the driver knows the exact setup stage and reply, `classify` gives a finer answer.
     Raises ValueError for the kinds that only a transaction produces.

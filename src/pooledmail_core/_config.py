@@ -1,4 +1,4 @@
-"""Frozen, validated configuration: `Host`, `PoolConfig` and `TLSMode`.
+"""Frozen, validated configuration: `Host`, `PoolConfig`, `TLSMode` and `SharedBudget`.
 
 Every value is checked when the object is built, so a wrong setting fails at start-up with a
 `ConfigError` naming the option and the rule, never later in the middle of a send. Error messages
@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 from ._errors import ConfigError
 
-__all__ = ["Host", "OAuth2TokenProvider", "PoolConfig", "TLSMode"]
+__all__ = ["Host", "OAuth2TokenProvider", "PoolConfig", "SharedBudget", "TLSMode"]
 
 OAuth2TokenProvider: TypeAlias = Callable[[str | None], Awaitable[str]]
 """`async def provider(refused: str | None) -> str`: a current OAuth 2.0 access token.
@@ -73,6 +73,15 @@ def _check_fraction(option: str, value: object) -> float:
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(option, "must be between 0 and 1")
     return fraction
+
+
+def _check_rate(option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(option, "must be a number of messages per second")
+    rate = float(value)
+    if not math.isfinite(rate) or rate <= 0:
+        raise ConfigError(option, "must be a finite number greater than 0")
+    return rate
 
 
 def _check_optional_seconds(option: str, value: object) -> float | None:
@@ -135,7 +144,10 @@ class Host:
     group; `max_connections` caps the connections to this host (providers answer 421 beyond it).
     `key` is "hostname:port" ("[addr]:port" for an IPv6 literal); the repr never shows the
     password or the token. `oauth2_token_provider` (see `OAuth2TokenProvider`) replaces a static
-    `oauth2_token` for pools that outlive a token.
+    `oauth2_token` for pools that outlive a token. `max_messages_per_second` (with `burst`,
+    default 1) limits the messages this pool sends to the host; `budget` shares connection and
+    message limits with every pool of the fleet that names the same `SharedBudget`
+    (docs/guide/scaling.md).
     """
 
     hostname: str
@@ -149,6 +161,9 @@ class Host:
     weight: int
     max_connections: int | None
     allow_plaintext_auth: bool
+    max_messages_per_second: float | None
+    burst: int | None
+    budget: SharedBudget | None
 
     def __init__(
         self,
@@ -164,6 +179,9 @@ class Host:
         weight: int = 1,
         max_connections: int | None = None,
         allow_plaintext_auth: bool = False,
+        max_messages_per_second: float | None = None,
+        burst: int | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         hostname = _check_hostname(hostname)
         port = _check_int("port", port, minimum=1)
@@ -226,6 +244,19 @@ class Host:
         setattr_(self, "weight", weight)
         setattr_(self, "max_connections", max_connections)
         setattr_(self, "allow_plaintext_auth", allow_plaintext_auth)
+        rate = None
+        if max_messages_per_second is not None:
+            rate = _check_rate("max_messages_per_second", max_messages_per_second)
+        if burst is not None:
+            if rate is None:
+                raise ConfigError("burst", "requires max_messages_per_second")
+            burst = _check_int("burst", burst, minimum=1)
+        if budget is not None and not isinstance(budget, SharedBudget):
+            raise ConfigError("budget", "must be a SharedBudget")
+        setattr_(self, "max_messages_per_second", rate)
+        # None without a rate, so that `dataclasses.replace` rebuilds the same host.
+        setattr_(self, "burst", None if rate is None else (1 if burst is None else burst))
+        setattr_(self, "budget", budget)
 
     @property
     def key(self) -> str:
@@ -252,6 +283,11 @@ class Host:
             parts.append(f"max_connections={self.max_connections}")
         if self.allow_plaintext_auth:
             parts.append("allow_plaintext_auth=True")
+        if self.max_messages_per_second is not None:
+            parts.append(f"max_messages_per_second={self.max_messages_per_second:g}")
+            parts.append(f"burst={self.burst}")
+        if self.budget is not None:
+            parts.append(f"budget={self.budget!r}")
         return f"Host({', '.join(parts)})"
 
     @classmethod
@@ -341,6 +377,15 @@ class PoolConfig:
             if folded in seen:
                 raise ConfigError("hosts", f"duplicate host {host.key}")
             seen.add(folded)
+        budgets: dict[str, SharedBudget] = {}
+        for host in host_tuple:
+            budget = host.budget
+            if budget is None:
+                continue
+            # One name is one budget in the store: two different definitions would each believe
+            # they own it.
+            if budgets.setdefault(budget.name, budget) != budget:
+                raise ConfigError("hosts", f"two different budgets are named {budget.name!r}")
         min_size = _check_int("min_size", min_size, minimum=0)
         max_size = _check_int("max_size", max_size, minimum=1)
         if min_size > max_size:
@@ -450,8 +495,151 @@ class PoolConfig:
         return cls(hosts, **values)
 
 
+# ------------------------------------------------------------------------------- shared budgets
+
+# The ways a store failure can be met (docs/guide/scaling.md, "When Redis fails").
+STORE_FAILURE_POLICIES = ("refuse", "local")
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True, init=False, repr=False)
+class SharedBudget:
+    """A budget shared by every pool of a fleet that names it, kept in Redis (guide/scaling.md).
+
+    `max_connections` caps the connections the whole fleet holds at once to the hosts that carry
+    this budget; `max_messages_per_second` (with `burst`) caps the messages they send. Several
+    hosts, pools and processes share one budget by `name`. The object is plain data: the core
+    only reads it, and the driver does the Redis I/O. `lease_ttl` is how long a connection's
+    lease outlives a process that died; every store call is bounded by `store_timeout`.
+    `on_store_failure` says what happens while the store is unreachable: "refuse" (sends that
+    need the budget fail with BUDGET_UNAVAILABLE) or "local" (this process keeps to
+    `local_share` of the budget on its own). The repr never shows a password in `redis_url`.
+    """
+
+    name: str
+    redis_url: str
+    max_connections: int | None
+    max_messages_per_second: float | None
+    burst: int | None
+    lease_ttl: float
+    store_timeout: float
+    on_store_failure: str
+    local_share: float | None
+    key_prefix: str
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        redis_url: str,
+        max_connections: int | None = None,
+        max_messages_per_second: float | None = None,
+        burst: int | None = None,
+        lease_ttl: float = 10.0,
+        store_timeout: float = 0.5,
+        on_store_failure: str = "refuse",
+        local_share: float | None = None,
+        key_prefix: str = "pooledmail",
+    ) -> None:
+        name = _check_key_part("name", name)
+        if not isinstance(redis_url, str) or not redis_url.startswith(_URL_SCHEMES):
+            raise ConfigError("redis_url", "must be a redis://, rediss:// or unix:// URL")
+        if any(ch in _LINE_BREAKERS or ch.isspace() for ch in redis_url):
+            raise ConfigError("redis_url", "must not contain whitespace, CR, LF or NUL")
+        if max_connections is not None:
+            max_connections = _check_int("max_connections", max_connections, minimum=1)
+        rate = None
+        if max_messages_per_second is not None:
+            rate = _check_rate("max_messages_per_second", max_messages_per_second)
+        if burst is not None:
+            if rate is None:
+                raise ConfigError("burst", "requires max_messages_per_second")
+            burst = _check_int("burst", burst, minimum=1)
+        ttl = _check_seconds("lease_ttl", lease_ttl, allow_zero=False)
+        timeout = _check_seconds("store_timeout", store_timeout, allow_zero=False)
+        # A lease is renewed every lease_ttl / 3; a renewal that may take longer than that could
+        # let the lease lapse while the process is alive.
+        if timeout * 3 > ttl:
+            raise ConfigError("store_timeout", "must be at most a third of lease_ttl")
+        if on_store_failure not in STORE_FAILURE_POLICIES:
+            raise ConfigError("on_store_failure", "must be 'refuse' or 'local'")
+        if on_store_failure == "local":
+            if local_share is None:
+                raise ConfigError(
+                    "local_share",
+                    "is required with on_store_failure='local': the fraction of the budget one "
+                    "process may use while the store is unreachable (1 / number of processes)",
+                )
+            local_share = _check_fraction("local_share", local_share)
+            if local_share == 0:
+                raise ConfigError("local_share", "must be greater than 0")
+        elif local_share is not None:
+            raise ConfigError("local_share", "only applies with on_store_failure='local'")
+        key_prefix = _check_key_part("key_prefix", key_prefix)
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "redis_url", redis_url)
+        setattr_(self, "max_connections", max_connections)
+        setattr_(self, "max_messages_per_second", rate)
+        setattr_(self, "burst", None if rate is None else (1 if burst is None else burst))
+        setattr_(self, "lease_ttl", ttl)
+        setattr_(self, "store_timeout", timeout)
+        setattr_(self, "on_store_failure", on_store_failure)
+        setattr_(self, "local_share", local_share)
+        setattr_(self, "key_prefix", key_prefix)
+
+    def __repr__(self) -> str:
+        parts = [repr(self.name), f"redis_url={_redacted_url(self.redis_url)!r}"]
+        if self.max_connections is not None:
+            parts.append(f"max_connections={self.max_connections}")
+        if self.max_messages_per_second is not None:
+            parts.append(f"max_messages_per_second={self.max_messages_per_second:g}")
+            parts.append(f"burst={self.burst}")
+        parts.append(f"on_store_failure={self.on_store_failure!r}")
+        if self.local_share is not None:
+            parts.append(f"local_share={self.local_share:g}")
+        return f"SharedBudget({', '.join(parts)})"
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, object]) -> SharedBudget:
+        """Build a budget from a plain mapping, validated alike (see `Host.from_mapping`)."""
+        if not isinstance(mapping, Mapping):
+            raise ConfigError("budget", "must be a mapping")
+        values: dict[str, Any] = {}
+        for name, raw in mapping.items():
+            kind = _BUDGET_FIELDS.get(name)
+            if kind is None:
+                raise ConfigError(str(name), "unknown budget option")
+            values[name] = _coerce(name, raw, kind)
+        for required in ("name", "redis_url"):
+            if required not in values:
+                raise ConfigError(required, "is required")
+        name = values.pop("name")
+        return cls(name, **values)
+
+
+def _check_key_part(option: str, value: object) -> str:
+    # Part of every Redis key of the budget: printable ASCII without spaces, so that keys can be
+    # read in redis-cli and never split a command.
+    text = _check_line_safe(option, value, allow_space=False)
+    if not text.isascii() or not text.isprintable():
+        raise ConfigError(option, "must be printable ASCII")
+    return text
+
+
+def _redacted_url(url: str) -> str:
+    # "redis://user:secret@host" -> "redis://user:***@host"
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{location}"
+
+
 # How `from_mapping` turns strings into values. Kinds: "int", "int?", "float", "float?", "bool",
-# "str", "str?", "tls".
+# "str", "str?", "tls", "rate?" (messages per second), "budget" (a SharedBudget or a mapping).
 _HOST_FIELDS: dict[str, str] = {
     "hostname": "str",
     "port": "int",
@@ -463,6 +651,22 @@ _HOST_FIELDS: dict[str, str] = {
     "weight": "int",
     "max_connections": "int?",
     "allow_plaintext_auth": "bool",
+    "max_messages_per_second": "rate?",
+    "burst": "int?",
+    "budget": "budget",
+}
+
+_BUDGET_FIELDS: dict[str, str] = {
+    "name": "str",
+    "redis_url": "str",
+    "max_connections": "int?",
+    "max_messages_per_second": "rate?",
+    "burst": "int?",
+    "lease_ttl": "float",
+    "store_timeout": "float",
+    "on_store_failure": "str",
+    "local_share": "fraction?",
+    "key_prefix": "str",
 }
 
 _POOL_FIELDS: dict[str, str] = {
@@ -497,6 +701,15 @@ def _coerce(option: str, raw: object, kind: str) -> object:
     Anything that is not a string is passed through unchanged for the constructor to validate.
     Secrets are never coerced: a password is taken as given.
     """
+    if kind == "budget":
+        if raw is None or isinstance(raw, SharedBudget):
+            return raw
+        if isinstance(raw, Mapping):
+            try:
+                return SharedBudget.from_mapping(raw)
+            except ConfigError as exc:
+                raise ConfigError(f"{option}.{exc.option}", exc.rule) from None
+        raise ConfigError(option, "must be a SharedBudget or a mapping")
     if not isinstance(raw, str) or kind in ("str", "str?", "tls"):
         return raw
     text = raw.strip()
@@ -517,5 +730,5 @@ def _coerce(option: str, raw: object, kind: str) -> object:
     try:
         return float(text)
     except ValueError:
-        rule = "must be a number" if base == "fraction" else "must be a number of seconds"
+        rule = "must be a number" if base in ("fraction", "rate") else "must be a number of seconds"
         raise ConfigError(option, rule) from None

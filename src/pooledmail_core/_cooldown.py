@@ -69,6 +69,18 @@ class Cooldown:
         self.until = now + policy.delay(self.consecutive_failures, rng.random())
         return True
 
+    def adopt(self, now: float, until: float) -> bool:
+        """Another process of the fleet found the host down and it rests until `until`: count it
+        as a failure seen here (unless already cooling) and rest as long. False if `until` is
+        already past."""
+        if until <= now:
+            return False
+        if not self.is_cooling(now):
+            self.consecutive_failures += 1
+        if self.until is None or until > self.until:
+            self.until = until
+        return True
+
     def record_success(self) -> None:
         """A usable connection: forget every failure."""
         self.consecutive_failures = 0

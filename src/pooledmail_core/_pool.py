@@ -48,6 +48,16 @@ next group instead of queueing behind a trial that may hang for `connect_timeout
 reason a background trial covers no waiter: a waiter that arrives while it is in flight gets its own
 connection to the next group (or the first slot released), whichever the trial's outcome.
 
+Rate limits and shared budgets (`_admission`): when a host has a message rate or a
+`SharedBudget`, a grant also needs a token for the slot's host (step 3 serves the head waiter with
+an idle slot whose host has one, and takes it), a new connection to a host under a budget also
+needs a lease from the store, and the pool asks the store for both through actions
+(`RequestLease`, `RequestTokens`) whose answers are inputs (`lease_granted`, `lease_refused`,
+`tokens_granted`, `request_failed`, `lease_lost`, `store_failed`). Step 4 also fails at once the
+waiters only a refusing store could serve (BUDGET_UNAVAILABLE) and, when every host is rate
+limited, those whose token cannot come before their deadline (RATE_LIMITED); slots without a valid
+lease retire as soon as they are idle. Without rates and budgets none of this runs.
+
 Time only moves forward: an input whose `now` is older than one already seen (two driver tasks
 read the clock in one order and call in the other) is treated as happening at the newest `now`.
 
@@ -68,10 +78,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
+from collections.abc import Sequence
 from itertools import takewhile
 from operator import attrgetter
 from types import MappingProxyType
 
+from ._admission import Admission
 from ._classify import FailureKind
 from ._config import Host, PoolConfig
 from ._cooldown import Cooldown, CooldownPolicy
@@ -87,6 +99,10 @@ from ._pool_actions import (
     OpenConnection,
     PoolStatistics,
     ProbeSlot,
+    ReleaseLease,
+    RequestLease,
+    RequestTokens,
+    ShareCooldown,
 )
 from ._slots import LIVE_STATES, SLOT_TRANSITIONS, SlotEvent, SlotState
 
@@ -101,6 +117,10 @@ __all__ = [
     "PoolMachine",
     "PoolStatistics",
     "ProbeSlot",
+    "ReleaseLease",
+    "RequestLease",
+    "RequestTokens",
+    "ShareCooldown",
     "SlotState",
 ]
 
@@ -136,6 +156,7 @@ CLOSE_REASONS = (
     "retired_for_priority",
     "stale",
     "out_of_sync",
+    "lease_lost",
 )
 # The reasons `release(healthy=False)` accepts.
 _BROKEN_REASONS = ("broken", "stale", "out_of_sync")
@@ -225,6 +246,16 @@ class PoolMachine:
         self._connects_suppressed = [0] * len(config.hosts)
         # Warm min_size as soon as the driver first calls handle_timer.
         self._refill_at: float | None = -math.inf if config.min_size > 0 else None
+        # Message rates and shared budgets (see `_admission`). None when no host has either, so
+        # that such a pool pays one `is None` test where they would apply.
+        self._admission: Admission | None = (
+            Admission(config.hosts)
+            if any(
+                host.max_messages_per_second is not None or host.budget is not None
+                for host in config.hosts
+            )
+            else None
+        )
 
     # ----------------------------------------------------------------------------------- inputs
 
@@ -249,6 +280,8 @@ class PoolMachine:
                 # Usable at once: granted even if the deadline is already due.
                 # No refill re-arming: the settling pass just did it, and a grant changes
                 # nothing it depends on (live and closing counts, hosts' room and cooldowns).
+                if self._admission is not None:
+                    self._admission.take(slot.host, now)
                 self._move(slot, _GRANT)
                 actions.append(GrantSlot(slot.id, waiter))
                 return waiter, actions
@@ -308,10 +341,16 @@ class PoolMachine:
         self._move(record, _CONNECT_FAILED)
         del self._slots[record.id]
         self._closed_total["connect_failed"] += 1
-        self._cooldowns[record.host].record_failure(now, self._policy, self._rng)
+        cooldown = self._cooldowns[record.host]
+        counted = cooldown.record_failure(now, self._policy, self._rng)
         self._failing.add(record.host)
         self._last_connect_error = error
         actions: list[Action] = []
+        if self._admission is not None:
+            self._admission.slot_gone(record.host, record.id, actions)
+            host = self._hosts[record.host]
+            if counted and host.budget is not None and cooldown.until is not None:
+                actions.append(ShareCooldown(host.budget, host, cooldown.until - now))
         if kind is FailureKind.AUTH_FAILED and self._waiters:
             head = next(iter(self._waiters))
             self._fail(head, FailureKind.AUTH_FAILED, error, actions)
@@ -331,6 +370,8 @@ class PoolMachine:
         del self._slots[record.id]
         self._closed_total["pool_closed"] += 1
         actions: list[Action] = []
+        if self._admission is not None:
+            self._admission.slot_gone(record.host, record.id, actions)
         self._settle(now, actions)
         return actions
 
@@ -401,6 +442,8 @@ class PoolMachine:
         del self._slots[record.id]
         self._closed_total[record.close_reason] += 1
         actions: list[Action] = []
+        if self._admission is not None:
+            self._admission.slot_gone(record.host, record.id, actions)
         # A slot retired for priority may have been the last backup slot, retired to make room
         # for a trial: its host still counts as in use for this settling pass.
         retired_from = (
@@ -421,7 +464,101 @@ class PoolMachine:
             while self._refill_deficit() > 0 and self._open(now, actions):
                 pass
             self._arm_refill(now)
+            if self._admission is not None:
+                self._flush_admission(now, actions)
         return actions
+
+    # ------------------------------------------- inputs from the store (shared budgets only)
+
+    def lease_granted(self, request: int, now: float, lease: str | None) -> list[Action]:
+        """The store gave `RequestLease` `request` a lease (None: the budget caps no connections,
+        and the host is not cooling down fleet-wide). It opens a connection in this input, or
+        goes back at once (`ReleaseLease`) when nothing needs it any more."""
+        admission = self._need_admission()
+        now = self._advance(now)
+        actions: list[Action] = []
+        admission.lease_granted(request, lease, actions)
+        self._settle(now, actions)
+        return actions
+
+    def lease_refused(
+        self,
+        request: int,
+        now: float,
+        *,
+        retry_at: float | None = None,
+        cooling_until: float | None = None,
+    ) -> list[Action]:
+        """The store refused `RequestLease` `request`: the host is cooling down fleet-wide until
+        `cooling_until` (this pool cools it down too), or the fleet holds every connection the
+        budget allows (the pool asks again at `retry_at`, by default a short poll later: the
+        store cannot say when a lease will be given back)."""
+        admission = self._need_admission()
+        now = self._advance(now)
+        if retry_at is not None:
+            _check_time("retry_at", retry_at)
+        if cooling_until is not None:
+            _check_time("cooling_until", cooling_until)
+        cooling = admission.lease_refused(request, now, retry_at, cooling_until)
+        if cooling is not None:
+            host, until = cooling
+            if self._cooldowns[host].adopt(now, until):
+                self._failing.add(host)
+        actions: list[Action] = []
+        self._settle(now, actions)
+        return actions
+
+    def tokens_granted(
+        self, request: int, now: float, times: Sequence[float], retry_at: float | None = None
+    ) -> list[Action]:
+        """The store answered `RequestTokens` `request`: one token per entry of `times`, each
+        usable from that time (on the driver's clock) for a short lifetime; with no token,
+        `retry_at` says when the fleet's next one comes."""
+        admission = self._need_admission()
+        now = self._advance(now)
+        for at in times:
+            _check_time("times", at)
+        if retry_at is not None:
+            _check_time("retry_at", retry_at)
+        admission.tokens_granted(request, now, times, retry_at)
+        actions: list[Action] = []
+        self._settle(now, actions)
+        return actions
+
+    def request_failed(self, request: int, now: float) -> list[Action]:
+        """The store could not answer `request` in time: the budget follows its
+        `on_store_failure` until the store answers again (tried every few seconds)."""
+        admission = self._need_admission()
+        now = self._advance(now)
+        admission.request_failed(request, now)
+        actions: list[Action] = []
+        self._settle(now, actions)
+        return actions
+
+    def store_failed(self, budget: str, now: float) -> list[Action]:
+        """The driver's own store call for `budget` (renewing leases) failed, as in
+        `request_failed`."""
+        admission = self._need_admission()
+        now = self._advance(now)
+        admission.store_failed(budget, now)
+        actions: list[Action] = []
+        self._settle(now, actions)
+        return actions
+
+    def lease_lost(self, budget: str, lease: str, now: float) -> list[Action]:
+        """The store no longer holds `lease` and had no room to take it back (it expired, or the
+        store lost its data): its connection retires as soon as it is idle."""
+        admission = self._need_admission()
+        now = self._advance(now)
+        admission.lease_lost(budget, lease)
+        actions: list[Action] = []
+        self._settle(now, actions)
+        return actions
+
+    def budget_statistics(self) -> dict[str, dict[str, object]]:
+        """Per shared budget: the store's status as this pool sees it ("fleet", "local" or
+        "refuse"), the leases held and the fleet tokens in hand. Empty without budgets."""
+        return {} if self._admission is None else self._admission.statistics()
 
     def close(self, now: float) -> list[Action]:
         """Stop: no new grants, waiters fail POOL_CLOSED, idle slots close with QUIT.
@@ -439,6 +576,9 @@ class PoolMachine:
             self._fail(waiter, FailureKind.POOL_CLOSED, None, actions)
         for record in self._slots_in(_IDLE):
             self._retire(record, "pool_closed", actions)
+        if self._admission is not None:
+            self._admission.close()
+            self._flush_admission(now, actions)
         return actions
 
     # ---------------------------------------------------------------------------------- queries
@@ -452,7 +592,8 @@ class PoolMachine:
         """When `handle_timer` must next be called, or None when no timer is needed.
 
         The earliest of: a waiter's deadline, an idle slot's idle or age limit, the end of a
-        host's cooldown, the scheduled refill.
+        host's cooldown, the scheduled refill, and (see `_admission`) while a waiter waits, the
+        next token of a rate-limited host and a store retry.
         """
         # Called by the driver after every input, so every part is O(1) in the usual case: no
         # finished waiter at the top of the heap, the oldest idle slots at the front of their
@@ -487,6 +628,10 @@ class PoolMachine:
         refill_at = self._refill_at
         if refill_at is not None and (earliest is None or refill_at < earliest):
             earliest = refill_at
+        if self._admission is not None and not self._close_requested:
+            token_due = self._admission.next_deadline(self._now, bool(waiters))
+            if token_due is not None and (earliest is None or token_due < earliest):
+                earliest = token_due
         return earliest
 
     def slot_host(self, slot: int) -> Host:
@@ -629,6 +774,12 @@ class PoolMachine:
 
     def _host_has_room(self, host: int) -> bool:
         limit = self._hosts[host].max_connections
+        if limit is not None and self._host_live(host) >= limit:
+            return False
+        return self._admission is None or self._admission.may_open(host)
+
+    def _host_has_local_room(self, host: int) -> bool:
+        limit = self._hosts[host].max_connections
         return limit is None or self._host_live(host) < limit
 
     def _host_usable(self, host: int, now: float) -> bool:
@@ -653,6 +804,8 @@ class PoolMachine:
         idle = self._idle
         if not idle:
             return None
+        if self._admission is not None:
+            return self._pick_idle_admitted(now, fresh=fresh)
         newest_first = reversed(idle.values())
         best = next(newest_first)
         newest = best.idle_since
@@ -714,6 +867,8 @@ class PoolMachine:
         if len(usable) < len(self._hosts):
             self._count_suppressed(now, host)
         if host is None:
+            if self._admission is not None:
+                self._want_lease(usable)
             return False
         self._add_slot(host, actions, background_trial=False)
         return True
@@ -733,6 +888,8 @@ class PoolMachine:
         self._slots[record.id] = record
         self._connecting[record.id] = record
         self._created_total += 1
+        if self._admission is not None:
+            self._admission.bind(host, record.id)
         actions.append(OpenConnection(record.id, self._hosts[host]))
 
     def _can_open(self, now: float) -> bool:
@@ -740,7 +897,11 @@ class PoolMachine:
             return False
         usable = [i for i in range(len(self._hosts)) if self._host_usable(i, now)]
         best = self._selector.best_priority(usable)
-        return any(self._hosts[i].priority == best and self._host_has_room(i) for i in usable)
+        if any(self._hosts[i].priority == best and self._host_has_room(i) for i in usable):
+            return True
+        if self._admission is not None:
+            self._want_lease(usable)
+        return False
 
     def _refill_deficit(self) -> int:
         # Only asked while the pool is open: close() cancels the refill and stops settling.
@@ -779,11 +940,16 @@ class PoolMachine:
                 reason = self._retirement_while_idle(record, now)
                 if reason is not None:
                     self._retire(record, reason, actions)
+        admission = self._admission
+        if admission is not None and admission.has_doomed():
+            self._retire_doomed(actions)
         if self._close_requested:
             return
         if self._waiters:
             self._serve(now, actions)
             self._fail_hopeless(now, actions, hopeless)
+            if admission is not None and self._waiters:
+                self._fail_unservable(now, actions)
         # A host can be on probation only after a failure.
         if self._failing and not self._single_priority:
             self._open_trials(now, actions, retired_from)
@@ -792,8 +958,136 @@ class PoolMachine:
             self._retire_for_priority(actions)
         if self._min_size:
             self._arm_refill(now)
+        if admission is not None:
+            self._flush_admission(now, actions)
+
+    # ------------------------------------------------ rates and budgets (see `_admission`)
+
+    def _need_admission(self) -> Admission:
+        if self._admission is None:
+            raise LocalProtocolError("no host of this pool has a shared budget")
+        return self._admission
+
+    def _flush_admission(self, now: float, actions: list[Action]) -> None:
+        admission = self._admission
+        assert admission is not None
+        demand = min(len(self._waiters), len(self._idle))
+        # A lease granted for a waiter or for the refill waits for its connection to be opened
+        # (the refill opens from `handle_timer` only); any other goes back at once.
+        keep_spare = not self._close_requested and (
+            bool(self._waiters) or (self._min_size > 0 and self._refill_deficit() > 0)
+        )
+        # How long the newest waiter can wait (O(1); with one acquire_timeout, the latest).
+        wait = next(reversed(self._waiters.values())) - now if demand else 0.0
+        admission.flush(now, demand, actions, keep_spare=keep_spare, wait=wait)
+
+    def _pick_idle_admitted(self, now: float, *, fresh: bool) -> _Slot | None:
+        # As `_pick_idle`, among idle slots whose host may start a message now. With `fresh`
+        # False, the candidates for a probe: slots that need one. Walks the idle slots, which
+        # only pools with rates or budgets do.
+        admission = self._admission
+        assert admission is not None
+        keepalive = self._keepalive
+        if not fresh:
+            # Oldest first: if the slot idle the longest needs no probe, none does.
+            if keepalive is None:
+                return None
+            for record in self._idle.values():
+                if now - record.idle_since < keepalive:
+                    return None
+                if admission.grantable(record.host, now):
+                    return record
+            return None
+        best: _Slot | None = None
+        for record in reversed(self._idle.values()):
+            stale = keepalive is not None and now - record.idle_since >= keepalive
+            if stale == fresh:
+                continue
+            if best is not None and record.idle_since < best.idle_since:
+                break
+            if not admission.grantable(record.host, now):
+                continue
+            if best is None or record.id > best.id:
+                best = record
+        return best
+
+    def _cover_admitted(self, now: float, actions: list[Action], covering: int) -> None:
+        # Waiters beyond the tokens there are now cannot start before the next token anyway:
+        # open connections only for those that could, plus one warming up for the next token.
+        admission = self._admission
+        assert admission is not None
+        room = min(len(self._waiters), admission.tokens_now(now) + 1) - covering
+        while room > 0:
+            record = self._pick_idle_admitted(now, fresh=False)
+            if record is None:
+                break
+            self._move(record, _PROBE)
+            actions.append(ProbeSlot(record.id))
+            room -= 1
+        # Idle slots still here wait for their host's next token: each covers a waiter.
+        room -= len(self._idle)
+        while room > 0 and self._open(now, actions):
+            room -= 1
+
+    def _want_lease(self, usable: list[int]) -> None:
+        # No host of the best usable group may be opened: if a lease is what one lacks, ask.
+        admission = self._admission
+        assert admission is not None
+        best = self._selector.best_priority(usable)
+        for index in usable:
+            if (
+                self._hosts[index].priority == best
+                and self._host_has_local_room(index)
+                and not admission.may_open(index)
+            ):
+                admission.want(index)
+                return
+
+    def _retire_doomed(self, actions: list[Action]) -> None:
+        admission = self._admission
+        assert admission is not None
+        for slot in admission.doomed():
+            record = self._slots.get(slot)
+            if record is not None and record.state is _IDLE:
+                self._retire(record, "lease_lost", actions)
+
+    def _held_back_by_rate(self, now: float) -> bool:
+        # A waiter that expires while an idle connection lacked only a token was rate limited.
+        admission = self._admission
+        assert admission is not None
+        return admission.has_rates and any(
+            admission.rate_limited(record.host, now) for record in self._idle.values()
+        )
+
+    def _fail_unservable(self, now: float, actions: list[Action]) -> None:
+        admission = self._admission
+        assert admission is not None
+        hosts = range(len(self._hosts))
+        if all(admission.blocked(i, now, admission.budget_live(i)) for i in hosts):
+            for waiter in list(self._waiters):
+                self._fail(waiter, FailureKind.BUDGET_UNAVAILABLE, None, actions)
+            return
+        if not admission.every_host_rated:
+            return
+        # Cheap first: if even by the earliest deadline queued (a finished waiter's, perhaps,
+        # which is earlier still) there are tokens for every waiter, nobody is hopeless.
+        earliest = self._deadlines[0][0]
+        bound = admission.tokens_before(now, earliest)
+        if bound is not None and bound > len(self._waiters):
+            return
+        # FIFO: a waiter's token comes after those of every waiter ahead of it.
+        ahead = 0
+        for waiter, deadline in list(self._waiters.items()):
+            bound = admission.tokens_before(now, deadline)
+            if bound is not None and bound <= ahead:
+                self._fail(waiter, FailureKind.RATE_LIMITED, None, actions)
+            else:
+                ahead += 1
 
     def _expire_waiters(self, now: float, actions: list[Action]) -> None:
+        exhausted = FailureKind.POOL_EXHAUSTED
+        if self._admission is not None and self._held_back_by_rate(now):
+            exhausted = FailureKind.RATE_LIMITED
         while self._deadlines and self._deadlines[0][0] <= now:
             _, waiter = heapq.heappop(self._deadlines)
             if waiter not in self._waiters:
@@ -801,7 +1095,7 @@ class PoolMachine:
             if self._hosts_failing():
                 self._fail(waiter, FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error, actions)
             else:
-                self._fail(waiter, FailureKind.POOL_EXHAUSTED, None, actions)
+                self._fail(waiter, exhausted, None, actions)
 
     def _hosts_failing(self) -> bool:
         # "Cooling down or failing": out of cooldown but with no success since the last failure
@@ -815,12 +1109,17 @@ class PoolMachine:
             record = self._pick_idle(now, fresh=True)
             if record is None:
                 break
+            if self._admission is not None:
+                self._admission.take(record.host, now)
             self._grant(record, next(iter(self._waiters)), actions)
         # A background trial covers nobody: it goes to a host that failed last time, and may hang
         # for connect_timeout while the next group could serve the waiter now.
         covering = len(self._by_state[_PROBING]) + sum(
             1 for record in self._connecting.values() if not record.background_trial
         )
+        if self._admission is not None:
+            self._cover_admitted(now, actions, covering)
+            return
         uncovered = len(self._waiters) - covering
         while uncovered > 0:
             # Every idle slot left needs a probe, or the loop above would have granted it.
@@ -878,6 +1177,13 @@ class PoolMachine:
                 and self._host_usable(index, now)
                 and self._host_has_room(index)
             ):
+                if (
+                    self._admission is not None
+                    and cooldowns[index].on_probation(now)
+                    and self._host_usable(index, now)
+                    and self._host_has_local_room(index)
+                ):
+                    self._admission.want(index)
                 continue
             if len(self._slots) < self._config.max_size:
                 self._add_slot(index, actions, background_trial=True)
@@ -924,3 +1230,8 @@ class PoolMachine:
             self._refill_at = None
         elif self._refill_at is None and self._can_open(now):
             self._refill_at = now + self._config.refill_delay
+
+
+def _check_time(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise LocalProtocolError(f"{name} must be a number")

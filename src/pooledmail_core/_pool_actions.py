@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from ._classify import FailureKind
-from ._config import Host
+from ._config import Host, SharedBudget
 
 __all__ = [
     "Action",
@@ -23,6 +23,10 @@ __all__ = [
     "OpenConnection",
     "PoolStatistics",
     "ProbeSlot",
+    "ReleaseLease",
+    "RequestLease",
+    "RequestTokens",
+    "ShareCooldown",
 ]
 
 
@@ -87,8 +91,77 @@ class FailWaiter:
         return f"FailWaiter(waiter={self.waiter}, kind={self.kind}, error={error})"
 
 
-Action: TypeAlias = OpenConnection | ProbeSlot | CloseSlot | GrantSlot | FailWaiter
-"""Any of the five actions; dispatch on the class."""
+# The four actions below exist only for hosts with a `SharedBudget`: a pool without one never
+# returns them. docs/guide/scaling.md describes what the driver does for each in the store.
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class RequestLease:
+    """Ask the store for room for one more connection to `host` under `budget`.
+
+    The store refuses while `host` is cooling down fleet-wide, or while the fleet holds
+    `budget.max_connections` leases. Report `lease_granted(request, now, lease)` (`lease` is the
+    driver's id for it, None when the budget has no connection cap and so nothing to hold),
+    `lease_refused(request, now, retry_at, cooling_until)` or `request_failed(request, now)`.
+    """
+
+    request: int
+    budget: SharedBudget
+    host: Host
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class ReleaseLease:
+    """Give `lease` back to the store: its connection is gone (or it was never used)."""
+
+    budget: SharedBudget
+    lease: str
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class RequestTokens:
+    """Ask the store for up to `count` message tokens of `budget`: the first may come as late as
+    `wait` seconds from now (how long the latest waiter can still wait: it is this pool's place
+    in the fleet's queue), the others no later than `horizon` seconds from now (so that one pool
+    does not reserve the fleet's near future for itself).
+
+    Report `tokens_granted(request, now, times, retry_at)`: the times (on the driver's clock) at
+    which each granted token may be used, and when none was granted, when to ask again; or
+    `request_failed(request, now)`.
+    """
+
+    request: int
+    budget: SharedBudget
+    count: int
+    horizon: float
+    wait: float
+
+
+# Don't subclass this.
+@dataclass(frozen=True, slots=True)
+class ShareCooldown:
+    """`host` just started a cooldown of `seconds`: tell the fleet, so it backs off together."""
+
+    budget: SharedBudget
+    host: Host
+    seconds: float
+
+
+Action: TypeAlias = (
+    OpenConnection
+    | ProbeSlot
+    | CloseSlot
+    | GrantSlot
+    | FailWaiter
+    | RequestLease
+    | ReleaseLease
+    | RequestTokens
+    | ShareCooldown
+)
+"""Any of the actions; dispatch on the class."""
 
 
 # Don't subclass this.

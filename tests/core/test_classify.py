@@ -200,6 +200,16 @@ def test_pool_closed_is_pool_closed_never_retried() -> None:
     assert verdict(c) == (FailureKind.POOL_CLOSED, False, True, False, False)
 
 
+# --- rows: rate limited, budget unavailable -> at ACQUIRE, not retried ----------------------
+
+
+@pytest.mark.parametrize("kind", [FailureKind.RATE_LIMITED, FailureKind.BUDGET_UNAVAILABLE])
+def test_rate_and_budget_failures_happen_at_acquire_and_are_not_retried(kind: FailureKind) -> None:
+    c = classify_pool_failure(kind)
+    assert c.stage is Stage.ACQUIRE
+    assert verdict(c) == (kind, False, True, False, False)
+
+
 @pytest.mark.parametrize(
     "kind", [FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.UNKNOWN_AFTER_DATA]
 )
@@ -277,4 +287,9 @@ def test_every_stage_code_and_flag_combination_classifies() -> None:
                         local_refusal=local_refusal,
                     )
                     seen.add(c.kind)
-    assert seen == set(FailureKind) - {FailureKind.HOSTS_UNAVAILABLE, FailureKind.POOL_CLOSED}
+    assert seen == set(FailureKind) - {
+        FailureKind.HOSTS_UNAVAILABLE,
+        FailureKind.POOL_CLOSED,
+        FailureKind.RATE_LIMITED,
+        FailureKind.BUDGET_UNAVAILABLE,
+    }

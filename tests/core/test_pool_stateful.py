@@ -6,6 +6,12 @@ live <= max_size and <= each host's max_connections; every leased slot has exact
 waiter is granted (or failed) twice; a broken slot never becomes idle; grants are FIFO;
 next_deadline() is never in the past after handle_timer; after close and releases nothing is live.
 
+Message rates: a host may have `max_messages_per_second`; the test keeps every grant's time per
+host and checks each against the rate's own definition (no more than `burst + rate * (t_j - t_i)`
+grants in any span [t_i, t_j]): no token is ever overspent and no waiter is granted without one. A
+waiter failed with RATE_LIMITED before its deadline must truly be unable to get a token in time
+with the waiters ahead of it, and next_deadline() includes the next token while a waiter waits.
+
 Host outages and recoveries: a recovered better host gets one trial at a time, as soon as there is
 room for it (or room is being made), and once a better host has connected and not failed since, no
 slot to a worse host goes back from LEASED to IDLE.
@@ -47,18 +53,31 @@ host_specs = st.lists(
         st.integers(0, 2),  # priority
         st.integers(1, 3),  # weight
         st.one_of(st.none(), st.integers(1, 2)),  # max_connections
+        st.sampled_from([None, None, 0.5, 3.0]),  # max_messages_per_second
+        st.integers(1, 2),  # burst
     ),
     min_size=1,
     max_size=3,
 )
+
+# Float slack when comparing the rate's arithmetic done two ways.
+EPSILON = 1e-7
 
 
 @st.composite
 def configs(draw: st.DrawFn) -> PoolConfig:
     specs = draw(host_specs)
     hosts = [
-        Host(f"h{i}.example", 25, priority=p, weight=w, max_connections=m)
-        for i, (p, w, m) in enumerate(specs)
+        Host(
+            f"h{i}.example",
+            25,
+            priority=p,
+            weight=w,
+            max_connections=m,
+            max_messages_per_second=r,
+            burst=None if r is None else b,
+        )
+        for i, (p, w, m, r, b) in enumerate(specs)
     ]
     max_size = draw(st.integers(1, 4))
     return PoolConfig(
@@ -102,6 +121,8 @@ class PoolWorld(RuleBasedStateMachine):
         # Why each closing slot is being closed (from its CloseSlot), and the slots gone by reason.
         self.close_reason: dict[int, str] = {}
         self.gone: Counter[str] = Counter()
+        # Every grant's time, by host key: what the message rates are checked against.
+        self.grants: dict[str, list[float]] = {}
 
     @initialize(config=configs(), seed=st.integers(0, 2**32 - 1))
     def start(self, config: PoolConfig, seed: int) -> None:
@@ -126,6 +147,7 @@ class PoolWorld(RuleBasedStateMachine):
                 assert self.slot_state[action.slot] == "idle", "granted a slot that is not idle"
                 assert action.waiter in self.waiting, "granted a waiter twice or a cancelled one"
                 assert action.waiter == min(self.waiting), "grant out of FIFO order"
+                self.check_token(self.slot_host[action.slot])
                 del self.waiting[action.waiter]
                 self.finished.add(action.waiter)
                 assert action.waiter not in self.owner.values()
@@ -155,6 +177,10 @@ class PoolWorld(RuleBasedStateMachine):
                 self.finished.add(action.waiter)
                 if action.kind is FailureKind.POOL_EXHAUSTED:
                     assert deadline <= self.now, "exhausted before its deadline"
+                elif action.kind is FailureKind.RATE_LIMITED:
+                    if deadline > self.now:
+                        ahead = sum(1 for waiter in self.waiting if waiter < action.waiter)
+                        assert ahead >= self.tokens_before(deadline), "rate limited too early"
                 elif action.kind is FailureKind.POOL_CLOSED:
                     assert self.closed
                 elif action.kind is FailureKind.AUTH_FAILED and self.auth_failure_pending:
@@ -166,6 +192,62 @@ class PoolWorld(RuleBasedStateMachine):
                     assert action.kind in (FailureKind.HOSTS_UNAVAILABLE, self.failing_with)
         assert not self.expect_abrupt, "a broken slot was not closed at once"
         assert not self.auth_failure_pending, "AUTH_FAILED did not fail the oldest waiter"
+
+    # -------------------------------------------------------------------- the rates, from scratch
+
+    def rate_of(self, key: str) -> tuple[float, int] | None:
+        (host,) = (host for host in self.config.hosts if host.key == key)
+        if host.max_messages_per_second is None:
+            return None
+        assert host.burst is not None
+        return host.max_messages_per_second, host.burst
+
+    def earliest_token(self, key: str, history: list[float], now: float) -> float:
+        """The earliest time >= now at which one more grant keeps every span within the rate."""
+        limit = self.rate_of(key)
+        if limit is None:
+            return now
+        rate, burst = limit
+        n = len(history)
+        earliest = now
+        for i, at in enumerate(history):
+            # Grants i..n (the new one included) in [at, t]: burst + rate * (t - at) >= n - i + 1.
+            earliest = max(earliest, at + (n - i + 1 - burst) / rate)
+        return earliest
+
+    def check_token(self, key: str) -> None:
+        history = self.grants.setdefault(key, [])
+        assert self.earliest_token(key, history, self.now) <= self.now + EPSILON, (
+            "granted without a token"
+        )
+        history.append(self.now)
+
+    def tokens_before(self, deadline: float) -> int:
+        """How many grants all hosts together can still make before `deadline`, greedily."""
+        total = 0
+        for host in self.config.hosts:
+            assert host.max_messages_per_second is not None, "rate limited with an unlimited host"
+            history = list(self.grants.get(host.key, []))
+            while True:
+                at = self.earliest_token(host.key, history, self.now)
+                if at >= deadline - EPSILON:
+                    break
+                history.append(at)
+                total += 1
+        return total
+
+    def next_token(self) -> float | None:
+        """The earliest time after now at which some rate-limited host gets its next token."""
+        due = [
+            self.earliest_token(host.key, self.grants.get(host.key, []), self.now)
+            for host in self.config.hosts
+            if host.max_messages_per_second is not None
+        ]
+        later = [at for at in due if at > self.now]
+        return min(later, default=None)
+
+    def has_rates(self) -> bool:
+        return any(host.max_messages_per_second is not None for host in self.config.hosts)
 
     def becomes_idle(self, slot: int, *, connected: bool = False) -> None:
         self.slot_state[slot] = "idle"
@@ -466,8 +548,21 @@ class PoolWorld(RuleBasedStateMachine):
                 until = host.cooldown_until
                 if until is not None and until > self.now:
                     due.append(until)
+        if self.waiting and not self.closed and self.has_rates():
+            token = self.next_token()
+            if token is not None:
+                due.append(token)
         expected = min(due, default=None)
         deadline = self.machine.next_deadline()
+        # The machine keeps each rate as one number; this test recomputes it from every grant,
+        # which may differ in the last bits.
+        if (
+            self.has_rates()
+            and expected is not None
+            and deadline is not None
+            and abs(deadline - expected) <= EPSILON
+        ):
+            deadline = expected
         if self.config.min_size == 0:
             assert deadline == expected
         elif expected is not None:
@@ -494,10 +589,16 @@ class PoolWorld(RuleBasedStateMachine):
             return
         stats = self.machine.statistics()
         if self.config.keepalive_interval is None:
-            assert stats.idle == 0, "a waiter waits beside an idle slot"
+            for slot in self.slots_in("idle"):
+                # Only a token it has not got yet may keep a waiter from an idle slot.
+                key = self.slot_host[slot]
+                token_at = self.earliest_token(key, self.grants.get(key, []), self.now)
+                assert token_at > self.now, "a waiter waits beside an idle slot with a token"
         uncovered = stats.waiting - stats.connecting - stats.probing
         all_healthy = all(h.consecutive_failures == 0 for h in stats.hosts.values())
-        uncapped = all(h.max_connections is None for h in self.config.hosts)
+        uncapped = not self.has_rates() and all(
+            h.max_connections is None for h in self.config.hosts
+        )
         if uncovered > 0 and all_healthy and uncapped:
             assert stats.live == self.config.max_size, "a waiter waits while there is room"
 

@@ -49,6 +49,7 @@ RUN_HERE = {
     "use-case-never-twice",
     "use-case-tests",
     "protocol-setup-loop",
+    "scaling-office365",
 }
 
 
@@ -404,3 +405,22 @@ async def test_the_setup_loop_of_the_protocol_page_sets_a_session_up(
         "EHLO client.example",
         "AUTH",
     ]
+
+
+def test_scaling_office365_builds_a_budget_for_four_workers() -> None:
+    from pooledmail_anyio import SharedBudget
+
+    namespace: dict[str, Any] = {
+        "REDIS_URL": "redis://:s3cret@redis.internal:6379/0",
+        "SMTP_PASSWORD": "app-password",
+    }
+    exec(compile(snippet("scaling-office365"), "<snippet scaling-office365>", "exec"), namespace)
+    config = namespace["config"]
+    assert isinstance(config, PoolConfig)
+    (host,) = config.hosts
+    budget = host.budget
+    assert isinstance(budget, SharedBudget)
+    assert (budget.max_connections, budget.max_messages_per_second) == (3, 0.5)
+    assert (budget.on_store_failure, budget.local_share) == ("local", 0.25)
+    # The Redis password never shows.
+    assert "s3cret" not in repr(config)
