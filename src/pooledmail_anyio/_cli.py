@@ -50,6 +50,8 @@ EXIT_CODES: Mapping[FailureKind, int] = {
     FailureKind.HOSTS_UNAVAILABLE: 16,
     FailureKind.POOL_EXHAUSTED: 17,
     FailureKind.POOL_CLOSED: 18,
+    FailureKind.RATE_LIMITED: 20,
+    FailureKind.BUDGET_UNAVAILABLE: 21,
 }
 # The demo's own verdict: the embedded server did not receive every message.
 EXIT_DEMO_MISMATCH = 19

@@ -459,3 +459,8 @@ def test_plain_output_without_rich(
     assert code == 0
     assert "│" not in out
     assert out.splitlines()[0].startswith("host")
+
+
+def test_every_failure_kind_has_its_own_exit_status() -> None:
+    assert set(EXIT_CODES) == set(FailureKind)
+    assert len(set(EXIT_CODES.values())) == len(FailureKind)
