@@ -524,12 +524,12 @@ def _demo_message(n: int) -> EmailMessage:
 
 
 def _demo_command(args: argparse.Namespace, env: Mapping[str, str], output: Output) -> int:
-    from ._sink import LoopbackSink
+    from .testing import LocalSMTPServer
 
     def make(n: int) -> Callable[[SMTPPool], Any]:
         return lambda pool: pool.send(_demo_message(n))
 
-    with LoopbackSink() as sink:
+    with LocalSMTPServer(keep_messages=False) as sink:
         config = PoolConfig(
             [Host("127.0.0.1", sink.port, tls="none")],
             max_size=args.max_size,
@@ -546,7 +546,7 @@ def _demo_command(args: argparse.Namespace, env: Mapping[str, str], output: Outp
                 advance,
                 backend=args.backend,
             )
-        received = sink.handler.messages
+        received = sink.received
     rows = [("backend", args.backend), *_summary(run, args.messages)]
     rows.append(("server received", str(received)))
     output.fields("pooledmail demo", rows)

@@ -40,6 +40,7 @@ from pooledmail_core import (
     OAuth2TokenProvider,
     RemoteProtocolError,
     Reply,
+    SessionState,
     Stage,
     StartTLS,
     TLSMode,
@@ -70,6 +71,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+_CLOSED = SessionState.CLOSED
 # Reads take whatever the kernel has, up to this much: the core drains every reply it holds.
 _READ_SIZE = 65536
 # A large write is handed to the stream in slices of this size: the TLS layer and asyncio's
@@ -312,12 +314,24 @@ class Connection:
         return stream
 
     async def quit(self, grace: float) -> None:
-        """Say QUIT and close, within `grace` seconds, shielded from the caller's cancellation."""
+        """Say QUIT, wait for the reply, and close, within `grace` seconds, shielded from the
+        caller's cancellation.
+
+        RFC 5321 §4.1.1.10: the client SHOULD wait for the reply to QUIT before it closes (a
+        server that sees the end of the stream with the QUIT line may drop the session without
+        reading it). The wait is bounded by `grace`; whatever happens, the connection is closed.
+        """
         with anyio.move_on_after(grace, shield=True):
-            # The connection is going away whatever happens (the session may even be in ERROR,
-            # where the core refuses QUIT); a 221 is courtesy and not waited for.
+            # The session may be in ERROR or already closed, where the core refuses QUIT.
             with contextlib.suppress(Exception):
-                await self.stream.send(self.session.quit())
+                session = self.session
+                await self.stream.send(session.quit())
+                while session.next_event() is NEED_DATA and session.state is not _CLOSED:
+                    try:
+                        data = await self.stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                    session.receive_data(data)
             await self.abort(grace)
 
     async def abort(self, grace: float) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ._sink import free_port
+from ._ports import free_port
 
 __all__ = ["LocalSMTPServer", "ReceivedMessage"]
 
@@ -33,38 +33,65 @@ class ReceivedMessage:
 
 
 class _Keeper:
-    def __init__(self) -> None:
+    def __init__(self, keep: bool) -> None:
         self.lock = threading.Lock()
+        self.keep = keep
         self.messages: list[ReceivedMessage] = []
+        self.received = 0
+        self.recipients = 0
+        self.bytes = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = ReceivedMessage(
             envelope.mail_from, tuple(envelope.rcpt_tos), bytes(envelope.original_content)
         )
         with self.lock:
-            self.messages.append(message)
+            self.received += 1
+            self.recipients += len(message.recipients)
+            self.bytes += len(message.data)
+            if self.keep:
+                self.messages.append(message)
         return "250 2.0.0 OK: queued"
 
 
 class LocalSMTPServer:
-    """`with LocalSMTPServer() as server:` serves SMTP on 127.0.0.1:`server.port`."""
+    """`with LocalSMTPServer() as server:` serves SMTP on 127.0.0.1:`server.port`.
 
-    def __init__(self) -> None:
+    `keep_messages=False` only counts what arrives (`received`, `recipients`,
+    `received_bytes`), for long runs such as `pooledmail demo`.
+    """
+
+    def __init__(self, *, keep_messages: bool = True) -> None:
         try:
             from aiosmtpd.controller import Controller
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise RuntimeError(
                 "LocalSMTPServer needs aiosmtpd: pip install 'pooledmail[demo]'"
             ) from exc
-        self._keeper = _Keeper()
+        self._keeper = _Keeper(keep_messages)
         self.port = free_port()
         self._controller = Controller(self._keeper, hostname="127.0.0.1", port=self.port)
 
     @property
     def messages(self) -> list[ReceivedMessage]:
-        """The messages accepted so far, in order."""
+        """The messages accepted so far, in order (empty with `keep_messages=False`)."""
         with self._keeper.lock:
             return list(self._keeper.messages)
+
+    @property
+    def received(self) -> int:
+        """How many messages the server accepted so far."""
+        return self._keeper.received
+
+    @property
+    def recipients(self) -> int:
+        """How many recipients those messages had, in all."""
+        return self._keeper.recipients
+
+    @property
+    def received_bytes(self) -> int:
+        """How many bytes of message data arrived, in all."""
+        return self._keeper.bytes
 
     def __enter__(self) -> LocalSMTPServer:
         self._controller.start()

@@ -56,6 +56,7 @@ from ._pool import (
 )
 from ._reply import Reply
 from ._session import ClientSession
+from ._state import SessionState
 
 __all__ = [
     "NEED_DATA",
@@ -96,6 +97,7 @@ __all__ = [
     "RequestLease",
     "RequestTokens",
     "SMTPUTF8NotSupported",
+    "SessionState",
     "SetupResult",
     "ShareCooldown",
     "SharedBudget",

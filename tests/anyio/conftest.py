@@ -65,7 +65,7 @@ def aiosmtpd_server(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Recor
     """Yields (controller, handler); options come from `@pytest.mark.aiosmtpd(**kwargs)`."""
     from aiosmtpd.controller import Controller
 
-    from pooledmail_anyio._sink import free_port
+    from pooledmail_anyio._ports import free_port
 
     marker = request.node.get_closest_marker("aiosmtpd")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pooledmail_anyio import FailureKind, HealthReport, Host, PoolConfig, SMTPPool, Stage
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import STALL, FakeSMTPServer, Script
 

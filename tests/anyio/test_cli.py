@@ -15,7 +15,8 @@ import pytest
 import trustme
 
 from pooledmail_anyio._cli import EXIT_CODES, main
-from pooledmail_anyio._sink import LoopbackSink, free_port
+from pooledmail_anyio._ports import free_port
+from pooledmail_anyio.testing import LocalSMTPServer
 from pooledmail_core import FailureKind
 from tests.sync.servers import fault_server
 
@@ -30,8 +31,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def sink() -> Iterator[LoopbackSink]:
-    with LoopbackSink() as running:
+def sink() -> Iterator[LocalSMTPServer]:
+    with LocalSMTPServer(keep_messages=False) as running:
         yield running
 
 
@@ -148,7 +149,7 @@ def test_probe_of_a_fault_server_that_refuses_the_session(
 
 
 def test_send_delivers_stdin_to_the_embedded_server(
-    sink: LoopbackSink,
+    sink: LocalSMTPServer,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     backend: str,
@@ -176,8 +177,8 @@ def test_send_delivers_stdin_to_the_embedded_server(
     assert code == 0
     assert out.startswith(f"accepted by 127.0.0.1:{sink.port}: 250")
     assert "message-id <" in out
-    assert sink.handler.messages == 1
-    assert sink.handler.recipients == 2
+    assert sink.received == 1
+    assert sink.recipients == 2
 
 
 @pytest.mark.parametrize(
@@ -228,7 +229,7 @@ def test_send_exits_with_the_failure_kind_and_the_server_agrees(
 
 
 def test_check_reports_every_host_and_exits_with_the_first_failure(
-    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
+    sink: LocalSMTPServer, capsys: pytest.CaptureFixture[str], backend: str
 ) -> None:
     dead = free_port()
     env = {"POOLEDMAIL_HOST": f"127.0.0.1:{sink.port},127.0.0.1:{dead}", "POOLEDMAIL_TLS": "none"}
@@ -240,7 +241,7 @@ def test_check_reports_every_host_and_exits_with_the_first_failure(
     assert " ok " in lines[1]
     assert lines[2].startswith(f"127.0.0.1:{dead}")
     assert "connection refused" in lines[2]
-    assert sink.handler.messages == 0
+    assert sink.received == 0
 
 
 def test_check_against_a_fault_server_that_refuses_auth(
@@ -271,7 +272,7 @@ def test_check_against_a_fault_server_that_refuses_auth(
 
 
 def test_check_passes_for_a_good_host(
-    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
+    sink: LocalSMTPServer, capsys: pytest.CaptureFixture[str], backend: str
 ) -> None:
     argv = ["--backend", backend, "check", "--host", f"127.0.0.1:{sink.port}", "--tls", "none"]
     code, out, _ = run(capsys, *argv)
@@ -283,7 +284,7 @@ def test_check_passes_for_a_good_host(
 
 
 def test_bench_against_the_embedded_server(
-    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], backend: str
+    sink: LocalSMTPServer, capsys: pytest.CaptureFixture[str], backend: str
 ) -> None:
     code, out, _ = run(
         capsys,
@@ -310,9 +311,9 @@ def test_bench_against_the_embedded_server(
     assert fields["connections"].startswith("2 created")
     assert fields["latency"].startswith("p50 ")
     assert fields["latency"].endswith(" ms")
-    assert sink.handler.messages == 40
+    assert sink.received == 40
     # Every message carried the size asked for (give or take the line ending the sink adds).
-    assert abs(sink.handler.bytes / 40 - 2000) < 8
+    assert abs(sink.received_bytes / 40 - 2000) < 8
 
 
 def test_bench_against_a_refusing_server_counts_failures_by_kind(
@@ -384,7 +385,7 @@ def test_no_host_at_all_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_options_come_from_a_file_then_the_environment_then_the_flags(
-    sink: LoopbackSink, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sink: LocalSMTPServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "pool.json"
     config.write_text(
@@ -415,7 +416,7 @@ def test_options_come_from_a_file_then_the_environment_then_the_flags(
 
 
 def test_a_toml_file_works_too(
-    sink: LoopbackSink, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sink: LocalSMTPServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "pool.toml"
     config.write_text(f'[[hosts]]\nhostname = "127.0.0.1"\nport = {sink.port}\ntls = "none"\n')
@@ -435,7 +436,7 @@ def test_a_bad_count_is_refused_by_argparse(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_rich_tables_where_a_terminal_is_attached(
-    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sink: LocalSMTPServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FORCE_COLOR", "1")  # what rich takes for "a terminal is attached"
     monkeypatch.delenv("NO_COLOR", raising=False)
@@ -450,7 +451,7 @@ def test_rich_tables_where_a_terminal_is_attached(
 
 
 def test_plain_output_without_rich(
-    sink: LoopbackSink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sink: LocalSMTPServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FORCE_COLOR", "1")
     monkeypatch.setitem(sys.modules, "rich.console", None)  # as if rich were not installed

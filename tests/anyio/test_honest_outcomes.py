@@ -14,7 +14,7 @@ import pytest
 
 import anyio
 from pooledmail_anyio import FailureKind, Host, Limits, PoolConfig, SendFailed, SMTPPool, Stage
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import STALL, FakeSMTPServer, Script
 

@@ -8,7 +8,7 @@ import pytest
 
 import anyio
 from pooledmail_anyio import Host, PoolConfig, SMTPPool
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import FakeSMTPServer, Script
 

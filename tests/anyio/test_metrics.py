@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import anyio
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool
 from pooledmail_anyio._metrics import INSTRUMENTS
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import DISCONNECT, STALL, FakeSMTPServer, Script
 
@@ -311,7 +311,7 @@ import sys
 sys.modules["opentelemetry"] = None  # as if pooledmail[otel] were not installed
 import anyio
 from pooledmail_anyio import Host, PoolConfig, SMTPPool
-from pooledmail_anyio._sink import LoopbackSink
+from pooledmail_anyio.testing import LocalSMTPServer
 
 async def main(port):
     async with SMTPPool(PoolConfig([Host("127.0.0.1", port, tls="none")])) as pool:
@@ -319,9 +319,9 @@ async def main(port):
         await pool.send_raw(b"Subject: x\\r\\n\\r\\nx\\r\\n", sender="a@x.test",
                             recipients=["b@x.test"])
 
-with LoopbackSink() as sink:
+with LocalSMTPServer() as sink:
     anyio.run(main, sink.port)
-    assert sink.handler.messages == 1
+    assert sink.received == 1
 assert not [m for m in sys.modules if m.startswith("opentelemetry") and sys.modules[m]]
 assert "pooledmail_anyio._metrics" not in sys.modules
 print("ok")

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import STALL, FakeSMTPServer, Script
 

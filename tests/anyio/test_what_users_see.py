@@ -26,7 +26,7 @@ from pooledmail_anyio import (
     SMTPPool,
     Stage,
 )
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import STALL, FakeSMTPServer, Script
 

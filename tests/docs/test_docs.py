@@ -22,7 +22,7 @@ import anyio
 from pooledmail_anyio import Host, PoolConfig, SMTPPool, TLSMode
 from pooledmail_anyio._cli import EXIT_CODES
 from pooledmail_anyio._metrics import INSTRUMENTS
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 from pooledmail_anyio.testing import LocalSMTPServer
 from tests.anyio.fakesmtp import DISCONNECT, FakeSMTPServer, Script
 from tests.anyio.tokenserver import TokenServer

@@ -14,7 +14,7 @@ from typing import Any
 
 from anyio.from_thread import start_blocking_portal
 
-from pooledmail_anyio._sink import free_port
+from pooledmail_anyio._ports import free_port
 from tests.anyio.fakesmtp import FakeSMTPServer, Script
 
 

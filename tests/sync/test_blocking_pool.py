@@ -97,7 +97,7 @@ def test_threads_share_one_pool_and_each_message_is_stored_once(backend: str) ->
 
 
 def test_check_reports_each_host_from_a_plain_thread(backend: str) -> None:
-    from pooledmail_anyio._sink import free_port
+    from pooledmail_anyio._ports import free_port
 
     dead = free_port()
     with smtpd() as (port, recorder):
@@ -107,7 +107,7 @@ def test_check_reports_each_host_from_a_plain_thread(backend: str) -> None:
     assert [found.ok for found in report.hosts] == [True, False]
     assert report.hosts[1].kind is FailureKind.CONNECT_FAILED
     assert recorder.deliveries == []
-    assert eventually(lambda: recorder.quits == 1)
+    assert eventually(lambda: recorder.quits == 1), recorder.quits
 
 
 def test_a_refused_recipient_arrives_as_send_failed(backend: str) -> None:
@@ -229,7 +229,7 @@ class GatedRecorder(Recorder):
 def test_close_drains_a_send_in_flight_and_refuses_new_ones(backend: str) -> None:
     from aiosmtpd.controller import Controller
 
-    from pooledmail_anyio._sink import free_port
+    from pooledmail_anyio._ports import free_port
 
     recorder = GatedRecorder()
     controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
