@@ -1,8 +1,20 @@
 """A small scriptable SMTP server on anyio, for fault tests on loopback.
 
-Each connection is served by a `Script`: a set of replies and faults keyed by the point of the
-session they apply to. The server records every read it made (so a test can check that a pipelined
-flight arrived in one read) and every message it accepted.
+Each connection is served by a `Script`: the replies the server gives and the faults it commits,
+keyed by the point of the session they strike (`Fault(kind, point)`: the first time the session
+reaches that point) or by the order of its replies (`Script.acts`: the n-th reply of the
+connection, for generated hostile servers).
+
+The server keeps two records apart, because verdicts are judged against the second:
+
+* what it **received**: every read it made (`Connection.reads`, so a test can check that a
+  pipelined flight arrived in one read or that a terminator really reached it), every command
+  line, and `FakeSMTPServer.received`, the number of messages whose terminator it read;
+* what it **stored** (`Connection.messages`): a message is stored when the server has read its
+  terminator and means to accept it, that is when the reply it means to give is not a 4xx or 5xx.
+  It is stored *before* the reply goes out, so a server that then disconnects, resets, stalls or
+  answers garbage has the message although the client never heard so (the case that makes a
+  resend a duplicate).
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ import contextlib
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio.abc
@@ -19,15 +31,72 @@ from anyio.streams.tls import TLSStream
 
 import anyio
 
-# Fault markers a script may give instead of a reply.
+# Fault markers a script may give instead of a reply (the older, per-reply form).
 DISCONNECT = "<disconnect>"
 STALL = "<stall>"
+
+# The points of a session a `Fault` can strike, in the order a session meets them. "data" is the
+# reply to DATA, or on the BDAT path the reply to a chunk that is not the last; "body" is while
+# the message data is being read (after `Script.body_fault_after` bytes of it); "data_end" is the
+# reply to the terminator (the "." line, or BDAT ... LAST).
+POINTS = ("greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "body", "data_end")
+# What a fault does instead of the normal reply.
+# disconnect: close (FIN), no reply. rst: close with SO_LINGER 0 (RST), no reply. 421: say
+# "421" and close. 4xx / 5xx: refuse (see REFUSALS) and carry on as a server that refused.
+# stall: stop, neither reading nor answering. malformed: a line that is no SMTP reply instead of
+# the reply. extra: the reply and then one more nobody asked for, in the same write. missing: no
+# reply at all, carrying on as if it had been given.
+FAULTS = ("disconnect", "rst", "421", "4xx", "5xx", "stall", "malformed", "extra", "missing")
+# Only for `Script.acts` (generated hostile servers): drip: the reply one byte at a time,
+# `delay` apart. overlong: a reply line of `len(data)` bytes (4096 if no data). endless: a reply
+# line that never ends. wrong_code: `data` (a whole line) instead of the reply. late: the reply,
+# then `data` `delay` seconds later (while the client is idle, or in its next exchange).
+HOSTILE_ONLY = ("normal", "drip", "overlong", "endless", "wrong_code", "late")
+# Faults after which the server's replies no longer answer the commands the client thinks they
+# answer: from then on a lying server can make any verdict false (see `Connection.desynced`).
+DESYNC = frozenset({"extra", "missing", "late"})
+
+# (4xx, 5xx) that "4xx" and "5xx" faults answer with at each point.
+REFUSALS: dict[str, tuple[str, str]] = {
+    "greeting": ("450 4.3.2 busy, come back later", "554 5.3.2 no service here"),
+    "ehlo": ("451 4.3.0 try again later", "550 5.5.1 no EHLO for you"),
+    "starttls": ("454 4.7.0 TLS not available now", "554 5.7.0 no TLS"),
+    "auth": ("454 4.7.0 temporary authentication failure", "535 5.7.8 bad credentials"),
+    "mail": ("451 4.3.0 try again later", "550 5.7.1 sender refused"),
+    "rcpt": ("450 4.2.0 mailbox busy", "550 5.1.1 no such user"),
+    "data": ("451 4.3.0 try again later", "554 5.5.0 no data now"),
+    "body": ("451 4.3.0 aborted while reading", "554 5.6.0 content refused while reading"),
+    "data_end": ("452 4.3.1 queue full", "554 5.7.1 refused as spam"),
+}
+CLOSING = "421 4.3.2 closing the transmission channel"
+MALFORMED = b"this is not an SMTP reply\r\n"
+EXTRA = b"250 2.0.0 a reply nobody asked for\r\n"
+# How much of an "endless" line the server writes before it gives up (it is cut off long before
+# by a client that keeps its limits).
+ENDLESS_CAP = 16 << 20
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One misdeed: `kind` (FAULTS, or HOSTILE_ONLY in `Script.acts`) at `point` (POINTS; unused
+    in `Script.acts`). `data` and `delay` parametrise the hostile kinds."""
+
+    kind: str
+    point: str = ""
+    data: bytes = b""
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULTS and self.kind not in HOSTILE_ONLY:
+            raise ValueError(f"unknown fault kind {self.kind!r}")
+        if self.point and self.point not in POINTS:
+            raise ValueError(f"unknown fault point {self.point!r}")
 
 
 @dataclass
 class Script:
     """What the server answers at each point. A value is a reply line (or several, separated by
-    newlines, sent as one multi-line reply), DISCONNECT, or STALL (read on, never answer)."""
+    newlines, sent as one multi-line reply), DISCONNECT, or STALL (never answer)."""
 
     greeting: str = "220 fake.test ESMTP"
     extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10000000")
@@ -59,26 +128,54 @@ class Script:
     # Stop reading once the message data starts (after DATA's 354, or the BDAT command line):
     # a server that applies flow control, or hangs, during the body.
     stop_reading_in_body: bool = False
+    # One fault, struck the first time the session reaches `fault.point`.
+    fault: Fault | None = None
+    # A fault for each reply of the connection in order (the greeting is reply 0); replies past
+    # the end are normal.
+    acts: Sequence[Fault] = ()
+    # A "body" fault strikes once this many bytes of message data have been read.
+    body_fault_after: int = 1 << 16
+    # Seconds (or a function giving them) to wait before each reply: a server with latency.
+    reply_delay: float | Callable[[], float] = 0.0
 
 
 @dataclass
 class Connection:
     reads: list[bytes] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
-    # Messages the server stored: the final reply was 2xx, or the server stored it and then
-    # disconnected or stalled instead of replying (the case that makes a resend a duplicate).
+    # Messages the server stored (see the module docstring).
     messages: list[bytes] = field(default_factory=list)
     closed_by_client: bool = False
+    # The faults this connection committed, in order, as (kind, point or reply number).
+    faults: list[tuple[str, str]] = field(default_factory=list)
+    # True once a fault in DESYNC was committed: from then on replies and commands no longer pair.
+    desynced: bool = False
+    # Bytes of "endless" lines written before the client went away.
+    endless_bytes: int = 0
+
+    @property
+    def received_bytes(self) -> bytes:
+        return b"".join(self.reads)
 
 
 class FakeSMTPServer:
     """Serves `script_for(n)` to the n-th connection (0-based)."""
 
-    def __init__(self, script_for: Callable[[int], Script] | Script) -> None:
+    def __init__(
+        self,
+        script_for: Callable[[int], Script] | Script,
+        *,
+        receive_buffer: int | None = None,
+    ) -> None:
         self._script_for = script_for if callable(script_for) else (lambda _n: script_for)
+        # SO_RCVBUF for accepted connections (None: the kernel's autotuning). A small one makes a
+        # server that stops reading stop the client's writes sooner.
+        self._receive_buffer = receive_buffer
         self.connections: list[Connection] = []
         self.port = 0
         self.accepting = True
+        # TCP connections accepted, including those closed at once while not `accepting`.
+        self.attempts = 0
         # Messages whose terminator arrived, stored or not, numbered across connections.
         self.received = 0
         self.sessions: list[_Session] = []
@@ -89,7 +186,15 @@ class FakeSMTPServer:
 
     @contextlib.asynccontextmanager
     async def running(self, port: int = 0) -> AsyncIterator[FakeSMTPServer]:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+        """Listen on 127.0.0.1 until the block ends; then every session is cut off, as a server
+        that stops (a later `running(port=server.port)` is the same server restarted)."""
+        listener = await anyio.create_tcp_listener(
+            local_host="127.0.0.1", local_port=port, reuse_port=False
+        )
+        if self._receive_buffer is not None:
+            for sock_listener in listener.listeners:
+                raw = sock_listener.extra(anyio.abc.SocketAttribute.raw_socket)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         try:
             async with anyio.create_task_group() as tg:
@@ -103,18 +208,25 @@ class FakeSMTPServer:
                 await listener.aclose()
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
+        self.attempts += 1
         if not self.accepting:
-            await stream.aclose()
+            await anyio.aclose_forcefully(stream)
             return
         record = Connection()
         self.connections.append(record)
         script = self._script_for(len(self.connections) - 1)
         session = _Session(stream, script, record, self)
         self.sessions.append(session)
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            await session.run()
-        with anyio.move_on_after(1, shield=True), contextlib.suppress(Exception):
-            await session.stream.aclose()
+        try:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                await session.run()
+        finally:
+            with anyio.move_on_after(1, shield=True), contextlib.suppress(Exception):
+                if session.graceful:
+                    await session.stream.aclose()
+                else:
+                    # A fault: the transport goes at once, without a TLS close_notify.
+                    await anyio.aclose_forcefully(session.stream)
 
 
 class _Stop(Exception):
@@ -133,24 +245,112 @@ class _Session:
         self.script = script
         self.record = record
         self.server = server
-        self.buffer = b""
+        self.buffer = bytearray()
+        # Whether the connection ended the way a server ends it on purpose (QUIT, refusal).
+        self.graceful = False
+        self._replies = 0  # replies given (or due) so far: the index into `script.acts`
+        self._fault_left = script.fault
+        self._message_bytes = 0  # message data read in the transaction under way
 
-    async def _final(self, message: bytes) -> None:
-        """Answer a message's terminator as the script says, storing the message if it does."""
-        number = self.server.received
-        self.server.received += 1
-        data_end = self.script.data_end
-        reply = data_end(number) if callable(data_end) else data_end
-        if not reply.startswith(("4", "5")):
-            self.record.messages.append(message)
-        extra = self.script.extra_after(number) if self.script.extra_after else b""
-        await self._answer(reply, extra)
-        limit = self.script.close_after_messages
-        if limit is not None and len(self.record.messages) >= limit:
-            if self.script.close_with_reset:
-                raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # -- faults --------------------------------------------------------------------------------
+
+    def _take(self, point: str) -> Fault | None:
+        """The fault for the reply due now at `point`, if any (each reply due calls this once)."""
+        index = self._replies
+        self._replies += 1
+        fault = self._fault_left
+        if fault is not None and fault.point and fault.point == point:
+            self._fault_left = None
+            self.record.faults.append((fault.kind, point))
+            return fault
+        acts = self.script.acts
+        if index < len(acts) and acts[index].kind != "normal":
+            self.record.faults.append((acts[index].kind, str(index)))
+            return acts[index]
+        return None
+
+    @staticmethod
+    def _meant(fault: Fault | None, point: str, normal: str) -> str:
+        """The reply the server means to give: it acts on this, whatever goes on the wire."""
+        if fault is None:
+            return normal
+        if fault.kind == "421":
+            return CLOSING
+        if fault.kind == "4xx":
+            return REFUSALS[point][0]
+        if fault.kind == "5xx":
+            return REFUSALS[point][1]
+        return normal
+
+    async def _respond(self, point: str, normal: str) -> str:
+        """Answer at `point` as the script says; returns the reply the server means."""
+        fault = self._take(point)
+        meant = self._meant(fault, point, normal)
+        await self._perform(fault, meant)
+        return meant
+
+    async def _perform(self, fault: Fault | None, meant: str, extra: bytes = b"") -> None:
+        await self._pause()
+        if fault is None:
+            await self._answer(meant, extra)
+            return
+        kind = fault.kind
+        if kind in DESYNC:
+            self.record.desynced = True
+        if kind == "disconnect":
             raise _Stop
+        if kind == "rst":
+            self._arm_reset()
+            raise _Stop
+        if kind == "421":
+            await self._answer(meant)
+            raise _Stop
+        if kind in ("4xx", "5xx", "normal"):
+            await self._answer(meant, extra)
+        elif kind == "stall":
+            await anyio.sleep_forever()
+        elif kind in ("malformed", "wrong_code"):
+            await self.stream.send(fault.data or MALFORMED)
+        elif kind == "extra":
+            await self._answer(meant, extra + (fault.data or EXTRA))
+        elif kind == "missing":
+            pass
+        elif kind == "drip":
+            for byte in _wire(meant) + extra:
+                await self.stream.send(bytes([byte]))
+                await anyio.sleep(fault.delay)
+        elif kind == "overlong":
+            # One reply line longer than a client's limit (RFC 5321 §4.5.3.1.5 says 512 octets).
+            size = len(fault.data) or 4096
+            await self.stream.send(meant[:3].encode() + b" " + b"x" * size + b"\r\n")
+        elif kind == "endless":
+            await self._endless(meant[:3].encode() + b"-")
+        elif kind == "late":
+            await self._answer(meant, extra)
+            await anyio.sleep(fault.delay)
+            await self.stream.send(fault.data or EXTRA)
+        else:  # pragma: no cover - Fault validates its kind
+            raise AssertionError(kind)
+
+    async def _endless(self, start: bytes) -> None:
+        await self.stream.send(start)
+        filler = b"x" * 65536
+        while self.record.endless_bytes < ENDLESS_CAP:
+            await self.stream.send(filler)
+            self.record.endless_bytes += len(filler)
+        await anyio.sleep_forever()
+
+    async def _pause(self) -> None:
+        delay = self.script.reply_delay
+        seconds = delay() if callable(delay) else delay
+        if seconds:
+            await anyio.sleep(seconds)
+
+    def _arm_reset(self) -> None:
+        raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    # -- reading -------------------------------------------------------------------------------
 
     async def _read(self) -> None:
         try:
@@ -162,29 +362,98 @@ class _Session:
         self.buffer += chunk
 
     async def _line(self) -> str:
-        while b"\r\n" not in self.buffer:
+        searched = 0
+        while (end := self.buffer.find(b"\r\n", searched)) < 0:
+            searched = max(0, len(self.buffer) - 1)
             await self._read()
-        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 2]
         return line.decode("utf-8", "replace")
 
-    async def _exactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
+    async def _message_data(self, end: Callable[[bytearray, int], int]) -> tuple[bytes, bool]:
+        """Read message data until `end(buffer, searched)` finds where it ends (an index, or -1).
+
+        A "body" fault strikes once `body_fault_after` bytes of the message were read. Returns
+        the data and whether a "body" refusal already answered the message (then it is read to
+        its end and discarded, and no other reply is due for it).
+        """
+        refused = False
+        searched = 0
+        while (stop := end(self.buffer, searched)) < 0:
+            searched = len(self.buffer)
+            fault = self._fault_left
+            if (
+                fault is not None
+                and fault.point == "body"
+                and self._message_bytes + len(self.buffer) >= self.script.body_fault_after
+            ):
+                self._fault_left = None
+                self.record.faults.append((fault.kind, "body"))
+                refused = await self._body_fault(fault)
             await self._read()
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
-        return out
+        data = bytes(self.buffer[:stop])
+        del self.buffer[:stop]
+        self._message_bytes += len(data)
+        return data, refused
+
+    async def _body_fault(self, fault: Fault) -> bool:
+        """Strike during the body; True if the message stands refused by an early reply."""
+        kind = fault.kind
+        if kind in DESYNC:
+            self.record.desynced = True
+        if kind == "stall":
+            await anyio.sleep_forever()
+        if kind == "disconnect":
+            raise _Stop
+        if kind == "rst":
+            self._arm_reset()
+            raise _Stop
+        if kind == "421":
+            await self._answer(CLOSING)
+            raise _Stop
+        if kind in ("4xx", "5xx"):
+            # Refused while the data still comes: the reply answers the message (or the chunk)
+            # being read, whose rest is read and thrown away (RFC 5321 §4.2.5 wants the server
+            # to read to the end; RFC 3030 §2 the same for a chunk).
+            await self._answer(self._meant(fault, "body", ""))
+            return True
+        if kind == "malformed":
+            await self.stream.send(fault.data or MALFORMED)
+        elif kind == "extra":
+            await self.stream.send(fault.data or EXTRA)
+        # "missing": there is no reply due during the body; nothing to leave out.
+        return False
+
+    # -- replies -------------------------------------------------------------------------------
 
     async def _answer(self, reply: str, extra: bytes = b"") -> None:
         if reply == DISCONNECT:
             raise _Stop
         if reply == STALL:
             await anyio.sleep_forever()
-        lines = reply.split("\n")
-        code = lines[0][:3]
-        wire = "".join(
-            f"{code}{'-' if i < len(lines) - 1 else ' '}{line[4:]}\r\n"
-            for i, line in enumerate(lines)
-        )
-        await self.stream.send(wire.encode() + extra)
+        await self.stream.send(_wire(reply) + extra)
+
+    async def _final(self, message: bytes, refusal: str | None = None) -> None:
+        """Answer a message's terminator as the script says, storing the message first if the
+        server means to accept it. `refusal`: the reply a "body" fault already gave."""
+        number = self.server.received
+        self.server.received += 1
+        self._message_bytes = 0
+        if refusal is not None:
+            return
+        data_end = self.script.data_end
+        normal = data_end(number) if callable(data_end) else data_end
+        fault = self._take("data_end")
+        meant = self._meant(fault, "data_end", normal)
+        if not meant.startswith(("4", "5")):
+            self.record.messages.append(message)
+        extra = self.script.extra_after(number) if self.script.extra_after else b""
+        await self._perform(fault, meant, extra)
+        limit = self.script.close_after_messages
+        if limit is not None and len(self.record.messages) >= limit:
+            if self.script.close_with_reset:
+                self._arm_reset()
+            raise _Stop
 
     async def run(self) -> None:
         try:
@@ -201,83 +470,129 @@ class _Session:
             for byte in f"{script.greeting}\r\n".encode():
                 await self.stream.send(bytes([byte]))
                 await anyio.sleep(script.drip_greeting)
+            greeting = script.greeting
         else:
-            await self._answer(script.greeting)
-        if not script.greeting.startswith("220"):
+            greeting = await self._respond("greeting", script.greeting)
+        if not greeting.startswith("220"):
+            self.graceful = True
             return
         tls_on = False
+        ehlo_done = False
         # Like a real server: RCPT needs an accepted MAIL, DATA/BDAT an accepted RCPT.
         mail_ok = False
         rcpts_ok = 0
         chunks = b""  # BDAT chunks of the message in progress
+        # A refusal that answers the rest of the BDAT transaction under way (RFC 3030 §2).
+        chunk_refusal: str | None = None
         while True:
             line = await self._line()
             verb = line.split(" ", 1)[0].upper()
             self.record.commands.append("AUTH" if verb == "AUTH" else line)
             if verb == "EHLO":
                 if script.ehlo is not None:
-                    await self._answer(script.ehlo)
+                    await self._respond("ehlo", script.ehlo)
                     continue
                 exts = [e for e in script.extensions if not (tls_on and e == "STARTTLS")]
-                await self._answer("\n".join(["250 fake.test", *(f"250 {e}" for e in exts)]))
+                reply = "\n".join(["250 fake.test", *(f"250 {e}" for e in exts)])
+                # Only the first EHLO is a fault point (the one before STARTTLS).
+                await self._respond("" if ehlo_done else "ehlo", reply)
+                ehlo_done = True
             elif verb == "HELO":
-                await self._answer("250 fake.test")
+                await self._respond("", "250 fake.test")
             elif verb == "STARTTLS":
-                await self._answer(script.starttls, script.starttls_injection)
-                if not script.starttls.startswith("220") or script.tls_context is None:
+                fault = self._take("starttls")
+                meant = self._meant(fault, "starttls", script.starttls)
+                await self._perform(fault, meant, script.starttls_injection)
+                if not meant.startswith("220") or script.tls_context is None:
                     continue
+                self.buffer.clear()  # RFC 3207 §4.2: nothing from before TLS counts after it
                 self.stream = await TLSStream.wrap(
                     self.stream, server_side=True, ssl_context=script.tls_context
                 )
                 tls_on = True
             elif verb == "AUTH":
-                await self._answer(script.auth)
+                await self._respond("auth", script.auth)
             elif verb == "MAIL":
-                mail_ok = script.mail.startswith("250")
-                await self._answer(script.mail)
+                meant = await self._respond("mail", script.mail)
+                mail_ok = meant.startswith("250")
+                rcpts_ok, chunks, chunk_refusal, self._message_bytes = 0, b"", None, 0
             elif verb == "RCPT":
                 rcpt = script.rcpt
-                reply = rcpt(line) if callable(rcpt) else rcpt
+                normal = rcpt(line) if callable(rcpt) else rcpt
                 if not mail_ok:
-                    reply = "503 5.5.1 need MAIL first"
-                rcpts_ok += reply.startswith("250")
-                await self._answer(reply)
+                    normal = "503 5.5.1 need MAIL first"
+                meant = await self._respond("rcpt", normal)
+                rcpts_ok += meant.startswith("250")
             elif verb == "DATA":
                 if not rcpts_ok:
-                    await self._answer("554 5.5.1 no valid recipients")
+                    await self._respond("data", "554 5.5.1 no valid recipients")
                     continue
+                meant = await self._respond("data", script.data)
                 mail_ok, rcpts_ok = False, 0
-                await self._answer(script.data)
-                if not script.data.startswith("354"):
+                if not meant.startswith("354"):
                     continue
                 if script.stop_reading_in_body:
                     await anyio.sleep_forever()
-                while b"\r\n.\r\n" not in self.buffer:
-                    await self._read()
-                body, _, self.buffer = self.buffer.partition(b"\r\n.\r\n")
-                await self._final(body + b"\r\n")
+                body, refused = await self._message_data(_find_dot_line)
+                del self.buffer[:5]  # the "\r\n.\r\n" that ended it
+                refusal = "early" if refused else None
+                await self._final(body + b"\r\n", refusal)
             elif verb == "BDAT":
                 if script.stop_reading_in_body:
                     await anyio.sleep_forever()
                 parts = line.split()
-                chunk = await self._exactly(int(parts[1]))
+                size = int(parts[1])
                 last = len(parts) > 2 and parts[2].upper() == "LAST"
+                chunk, refused = await self._message_data(
+                    lambda buffer, _searched, size=size: size if len(buffer) >= size else -1
+                )
+                if refused:
+                    chunk_refusal = chunk_refusal or "early"
+                    if last:
+                        await self._final(b"", "early")
+                        mail_ok, rcpts_ok = False, 0
+                    continue
                 if not rcpts_ok:
-                    await self._answer("554 5.5.1 no valid recipients")
+                    await self._respond("data_end" if last else "data", "554 5.5.1 no recipients")
+                elif chunk_refusal is not None:
+                    # The transaction failed earlier: every later chunk is refused too.
+                    if last:
+                        self.server.received += 1
+                        mail_ok, rcpts_ok = False, 0
+                    await self._respond("", "554 5.5.1 transaction already failed")
                 elif last:
                     mail_ok, rcpts_ok = False, 0
                     await self._final(chunks + chunk)
                     chunks = b""
                 else:
-                    chunks += chunk
-                    await self._answer(script.bdat)
+                    meant = await self._respond("data", script.bdat)
+                    if meant.startswith("250"):
+                        chunks += chunk
+                    else:
+                        chunk_refusal = meant
             elif verb == "RSET":
-                mail_ok, rcpts_ok = False, 0
-                await self._answer(script.rset)
+                mail_ok, rcpts_ok, chunks, chunk_refusal = False, 0, b"", None
+                await self._respond("", script.rset)
             elif verb == "NOOP":
-                await self._answer(script.noop)
+                await self._respond("", script.noop)
             elif verb == "QUIT":
-                await self._answer("221 2.0.0 bye")
+                await self._respond("", "221 2.0.0 bye")
+                self.graceful = True
                 return
             else:
-                await self._answer("500 5.5.1 unknown command")
+                await self._respond("", "500 5.5.1 unknown command")
+
+
+def _wire(reply: str) -> bytes:
+    """A reply as the server writes it: "code-text" lines and a last "code text" line."""
+    lines = reply.split("\n")
+    code = lines[0][:3]
+    return "".join(
+        f"{code}{'-' if i < len(lines) - 1 else ' '}{line[4:]}\r\n" for i, line in enumerate(lines)
+    ).encode()
+
+
+def _find_dot_line(buffer: bytearray, searched: int) -> int:
+    """Where the "\\r\\n.\\r\\n" that ends DATA starts (the CRLF before the dot ends the last
+    line, RFC 5321 §4.1.1.4), or -1; `searched` bytes were looked at before."""
+    return buffer.find(b"\r\n.\r\n", max(0, searched - 4))
