@@ -847,6 +847,10 @@ class SMTPPool:
                 # Refused before any byte: the session is untouched and carried no message.
                 healthy, messages = True, 0
                 return _Failure(classify(Stage.MAIL, local_refusal=True), None, exc, host, str(exc))
+            if self._custom_clock:
+                # `clock=` may count from another epoch than the event loop, in whose time the
+                # connection waits: hand it the time left, not the pool clock's instant.
+                deadline = backend_clock()() + (deadline - self._clock())
             try:
                 await connection.run(
                     transaction,

@@ -8,6 +8,7 @@ each on both backends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -278,3 +279,33 @@ async def test_never_opened_pool_can_be_closed_and_not_reopened() -> None:
     with pytest.raises(RuntimeError, match="only once"):
         async with pool:
             pass
+
+
+# -- a clock of the caller's own ----------------------------------------------------------------
+
+
+async def test_a_custom_clock_with_its_own_epoch_bounds_sends_by_its_own_deadline() -> None:
+    # `clock=` may count from anywhere (time.monotonic on trio, whose clock has a random offset;
+    # a test's manual clock): the send's deadline is in that clock, its I/O in the event loop's.
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        for offset in (-1e6, 1e6):
+            clock = offset_clock(offset)
+            async with SMTPPool(config(server, command_timeout=5.0), clock=clock) as pool:
+                result = await send(pool, 0 if offset < 0 else 1)
+            assert result.reply.code == 250
+    assert stored_subjects(server) == [0, 1]
+
+
+def offset_clock(offset: float) -> Callable[[], float]:
+    return lambda: anyio.current_time() + offset
+
+
+async def test_a_custom_clock_does_not_stretch_the_send_timeout() -> None:
+    server = FakeSMTPServer(Script(data_end=STALL))
+    async with server.running():
+        options = {"command_timeout": 60.0, "send_timeout": 0.3}
+        async with SMTPPool(config(server, **options), clock=offset_clock(1e6)) as pool:
+            with anyio.fail_after(5), pytest.raises(SendFailed) as caught:
+                await send(pool, 0)
+    assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
