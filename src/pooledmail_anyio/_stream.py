@@ -315,10 +315,26 @@ async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
     if not _on_asyncio():
         return await anyio.connect_tcp(host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY)
     loop = asyncio.get_running_loop()
+    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     # asyncio sets TCP_NODELAY on every TCP transport it creates.
-    transport, protocol = await loop.create_connection(
-        _Protocol, host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY
-    )
+    if len(addresses) == 1:
+        # One address needs no race. asyncio's happy eyeballs (staggered_race, CPython 3.10 to
+        # 3.13) drops an attempt's connected socket unclosed when it is cancelled at that moment,
+        # and only the garbage collector would close it: here every exit closes it.
+        family, kind, proto, _, address = addresses[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        # From here the transport owns the socket (and closes it if this is cancelled).
+        transport, protocol = await loop.create_connection(_Protocol, sock=sock)
+    else:
+        transport, protocol = await loop.create_connection(
+            _Protocol, host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY
+        )
     assert isinstance(transport, asyncio.Transport)
     return AsyncioSocketStream(transport, protocol)
 
