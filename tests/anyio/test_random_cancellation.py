@@ -30,13 +30,13 @@ from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool
 from pooledmail_anyio._stream import connect_tcp
 
 from .fakesmtp import FakeSMTPServer, Script
-from .verdicts import Sent, judge, message, stored
+from .verdicts import Sent, judge, message, stored, terminator_wire
 
 pytestmark = pytest.mark.anyio
 
 CANCELLATIONS = 1000  # at least this many per backend
 MAX_SIZE = 3
-SENDERS = 8
+SENDERS = 4
 PER_LIFE = 110  # cancellations before a pool's life is ended (while its senders still send)
 
 
@@ -74,7 +74,7 @@ async def sender(pool: SMTPPool, storm: Storm, enough: anyio.Event) -> None:
         tag = storm.tag()
         data = message(tag)
         outcome: Any = None
-        with anyio.move_on_after(rng.uniform(0.0, 0.008)) as scope:
+        with anyio.move_on_after(rng.uniform(0.0, 0.015)) as scope:
             try:
                 outcome = await pool.send_raw(
                     data, sender=f"{tag}@example.com", recipients=["b@example.com"]
@@ -94,7 +94,10 @@ async def sender(pool: SMTPPool, storm: Storm, enough: anyio.Event) -> None:
         await anyio.lowlevel.checkpoint()
 
 
-async def one_life(server: FakeSMTPServer, storm: Storm, baseline: int) -> None:
+ENDINGS = ("cancelled-aclose", "aclose", "cancelled-block")
+
+
+async def one_life(server: FakeSMTPServer, storm: Storm, baseline: int, ending: str) -> None:
     rng = storm.rng
     storm.life_cancelled = 0
     config = PoolConfig(
@@ -110,7 +113,6 @@ async def one_life(server: FakeSMTPServer, storm: Storm, baseline: int) -> None:
     )
     pool = SMTPPool(config, random=random.Random(rng.random()))
     enough = anyio.Event()
-    ending = rng.choice(["cancelled-aclose", "aclose", "cancelled-block"])
     async with anyio.create_task_group() as senders:
         with anyio.CancelScope() as block:
             async with pool:
@@ -146,7 +148,7 @@ async def test_a_thousand_random_cancellations_leave_nothing_behind(anyio_backen
         baseline = open_descriptors()
         lives = 0
         while storm.cancelled < CANCELLATIONS:
-            await one_life(server, storm, baseline)
+            await one_life(server, storm, baseline, ENDINGS[lives % len(ENDINGS)])
             lives += 1
             assert lives < 3 * CANCELLATIONS // PER_LIFE, "too few cancellations per life"
         # The server still serves, and a new pool sends.
@@ -162,8 +164,15 @@ async def test_a_thousand_random_cancellations_leave_nothing_behind(anyio_backen
     cancelled_yet_stored = [s.tag for s in storm.sends if s.outcome is None and record[s.tag]]
     assert len(cancelled_yet_stored) <= storm.cancelled_after_terminator
     assert storm.cancelled >= CANCELLATIONS
+    # Cut at every point: before the server saw the send, in the middle of its transaction, and
+    # after its whole message had reached the server.
+    where = phases(server, storm.sends)
+    assert where["before"] >= 100, where
+    assert where["during"] >= 100, where
+    assert where["after"] >= 30, where
     print(
-        f"{anyio_backend}: {storm.cancelled} cancellations in {lives} pool lives, "
+        f"{anyio_backend}: {where}; "
+        f"{storm.cancelled} cancellations in {lives} pool lives, "
         f"{len(storm.sends)} sends, {sum(record.values())} stored, "
         f"{len(cancelled_yet_stored)} stored after a cancellation "
         f"({storm.cancelled_after_terminator} counted)"
@@ -195,3 +204,23 @@ async def test_a_connect_cancelled_at_any_moment_leaves_no_socket_open() -> None
                 stream = await connect_tcp("127.0.0.1", server.port)
                 await anyio.aclose_forcefully(stream)
         assert await eventually(lambda: sockets_to(server.port) == 0, seconds=2)
+
+
+def phases(server: FakeSMTPServer, sends: list[Sent]) -> dict[str, int]:
+    """Where the cancelled sends were cut, as the server saw them: before any command of theirs
+    reached it (waiting for or opening a connection), during the transaction, or once the whole
+    message had reached it."""
+    seen = b"".join(c.received_bytes for c in server.connections)
+    counts = {"before": 0, "during": 0, "after": 0, "accepted": 0, "failed": 0}
+    for sent in sends:
+        if isinstance(sent.outcome, SendFailed):
+            counts["failed"] += 1
+        elif sent.outcome is not None:
+            counts["accepted"] += 1
+        elif terminator_wire(sent.data, bdat=False, chunk_size=1) in seen:
+            counts["after"] += 1
+        elif f"<{sent.tag}@".encode() in seen:
+            counts["during"] += 1
+        else:
+            counts["before"] += 1
+    return counts

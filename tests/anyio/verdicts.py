@@ -25,10 +25,15 @@ _TAG = re.compile(rb"^Subject: (m-[^\r\n]+)")
 
 
 def message(tag: str, size: int = 0) -> bytes:
-    """A message whose first line carries `tag`; at least `size` bytes long."""
+    """A message whose first and last lines carry `tag` (so that its terminator on the wire is
+    its own); at least `size` bytes long."""
     line = b"y" * 70 + b"\r\n"
     body = line * (size // len(line) + 1)
-    return b"Subject: m-%s\r\nFrom: a@example.com\r\n\r\n%s" % (tag.encode(), body)
+    return b"Subject: m-%s\r\nFrom: a@example.com\r\n\r\n%send of %s\r\n" % (
+        tag.encode(),
+        body,
+        tag.encode(),
+    )
 
 
 def tag_of(data: bytes) -> str | None:
