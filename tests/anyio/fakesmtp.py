@@ -42,10 +42,12 @@ STALL = "<stall>"
 POINTS = ("greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "body", "data_end")
 # What a fault does instead of the normal reply.
 # disconnect: close (FIN), no reply. rst: close with SO_LINGER 0 (RST), no reply. 421: say
-# "421" and close. 4xx / 5xx: refuse (see REFUSALS) and carry on as a server that refused.
-# stall: stop, neither reading nor answering. malformed: a line that is no SMTP reply instead of
-# the reply. extra: the reply and then one more nobody asked for, in the same write. missing: no
-# reply at all, carrying on as if it had been given.
+# "421" and close (each of these three first receives what the client already sent, so that the
+# record says what reached the server). 4xx / 5xx: refuse (see REFUSALS) and carry on as a server
+# that refused. stall: never answer again, still receiving; during the body, stop reading too.
+# malformed: a line that is no SMTP reply instead of the reply. extra: the reply and then one more
+# nobody asked for, in the same write. missing: no reply at all, carrying on as if it had been
+# given.
 FAULTS = ("disconnect", "rst", "421", "4xx", "5xx", "stall", "malformed", "extra", "missing")
 # Only for `Script.acts` (generated hostile servers): drip: the reply one byte at a time,
 # `delay` apart. overlong: a reply line of `len(data)` bytes (4096 if no data). endless: a reply
@@ -96,7 +98,7 @@ class Fault:
 @dataclass
 class Script:
     """What the server answers at each point. A value is a reply line (or several, separated by
-    newlines, sent as one multi-line reply), DISCONNECT, or STALL (never answer)."""
+    newlines, sent as one multi-line reply), DISCONNECT, or STALL (never answer, read on)."""
 
     greeting: str = "220 fake.test ESMTP"
     extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10000000")
@@ -152,6 +154,10 @@ class Connection:
     desynced: bool = False
     # Bytes of "endless" lines written before the client went away.
     endless_bytes: int = 0
+    # The session is over (the connection closed), or stopped reading for good (a stall during
+    # the body): either way the record of what it received is final.
+    ended: bool = False
+    frozen: bool = False
 
     @property
     def received_bytes(self) -> bytes:
@@ -221,6 +227,7 @@ class FakeSMTPServer:
             with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 await session.run()
         finally:
+            record.ended = True
             with anyio.move_on_after(1, shield=True), contextlib.suppress(Exception):
                 if session.graceful:
                     await session.stream.aclose()
@@ -298,17 +305,20 @@ class _Session:
         if kind in DESYNC:
             self.record.desynced = True
         if kind == "disconnect":
+            await self._drain()
             raise _Stop
         if kind == "rst":
+            await self._drain()
             self._arm_reset()
             raise _Stop
         if kind == "421":
             await self._answer(meant)
+            await self._drain()
             raise _Stop
         if kind in ("4xx", "5xx", "normal"):
             await self._answer(meant, extra)
         elif kind == "stall":
-            await anyio.sleep_forever()
+            await self._read_on()
         elif kind in ("malformed", "wrong_code"):
             await self.stream.send(fault.data or MALFORMED)
         elif kind == "extra":
@@ -338,7 +348,7 @@ class _Session:
         while self.record.endless_bytes < ENDLESS_CAP:
             await self.stream.send(filler)
             self.record.endless_bytes += len(filler)
-        await anyio.sleep_forever()
+        await self._read_on()
 
     async def _pause(self) -> None:
         delay = self.script.reply_delay
@@ -351,6 +361,25 @@ class _Session:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     # -- reading -------------------------------------------------------------------------------
+
+    async def _read_on(self) -> None:
+        """Never answer again, but go on receiving (and recording) until the client leaves."""
+        while True:
+            await self._read()
+
+    async def _drain(self, idle: float = 0.005) -> None:
+        """Receive what the client already sent, before the server drops the connection: so that
+        the record says what reached the server, not how fast it hung up."""
+        while True:
+            with anyio.move_on_after(idle):
+                await self._read()
+                continue
+            return
+
+    async def _freeze(self) -> None:
+        """Stop reading for good (flow control: the client's writes stop once buffers fill)."""
+        self.record.frozen = True
+        await anyio.sleep_forever()
 
     async def _read(self) -> None:
         try:
@@ -402,7 +431,7 @@ class _Session:
         if kind in DESYNC:
             self.record.desynced = True
         if kind == "stall":
-            await anyio.sleep_forever()
+            await self._freeze()
         if kind == "disconnect":
             raise _Stop
         if kind == "rst":
@@ -428,9 +457,10 @@ class _Session:
 
     async def _answer(self, reply: str, extra: bytes = b"") -> None:
         if reply == DISCONNECT:
+            await self._drain()
             raise _Stop
         if reply == STALL:
-            await anyio.sleep_forever()
+            await self._read_on()
         await self.stream.send(_wire(reply) + extra)
 
     async def _final(self, message: bytes, refusal: str | None = None) -> None:
@@ -465,7 +495,7 @@ class _Session:
         script = self.script
         if script.raw_greeting is not None:
             await self.stream.send(script.raw_greeting)
-            await anyio.sleep_forever()
+            await self._read_on()
         if script.drip_greeting:
             for byte in f"{script.greeting}\r\n".encode():
                 await self.stream.send(bytes([byte]))
@@ -532,14 +562,14 @@ class _Session:
                 if not meant.startswith("354"):
                     continue
                 if script.stop_reading_in_body:
-                    await anyio.sleep_forever()
+                    await self._freeze()
                 body, refused = await self._message_data(_find_dot_line)
                 del self.buffer[:5]  # the "\r\n.\r\n" that ended it
                 refusal = "early" if refused else None
                 await self._final(body + b"\r\n", refusal)
             elif verb == "BDAT":
                 if script.stop_reading_in_body:
-                    await anyio.sleep_forever()
+                    await self._freeze()
                 parts = line.split()
                 size = int(parts[1])
                 last = len(parts) > 2 and parts[2].upper() == "LAST"

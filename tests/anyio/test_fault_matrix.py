@@ -44,7 +44,7 @@ from pooledmail_anyio import (
 )
 
 from .fakesmtp import FAULTS, FakeSMTPServer, Fault, Script
-from .verdicts import Sent, judge, message
+from .verdicts import Sent, judge, message, settled
 
 pytestmark = pytest.mark.anyio
 
@@ -287,6 +287,7 @@ async def run_cell(
                     break
             after = pool.statistics()
         closed = pool.statistics()
+        assert await settled(server)
     outcome = sends[0].outcome
     desynced = {i for i, c in enumerate(server.connections) if c.desynced}
     lenient = frozenset(

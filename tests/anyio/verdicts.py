@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import anyio
 from pooledmail_anyio import FailureKind, SendFailed, SendResult
 
 from .fakesmtp import FakeSMTPServer
@@ -57,6 +58,17 @@ def terminator_wire(data: bytes, *, bdat: bool, chunk_size: int) -> bytes:
     if tail.startswith(b"."):
         tail = b"." + tail
     return tail + b".\r\n"
+
+
+async def settled(server: FakeSMTPServer, seconds: float = 3.0) -> bool:
+    """Wait until the server's record of what it received is final: every session has ended or
+    stopped reading for good. (Bytes the client handed over before closing may still be on
+    their way when its send returns.)"""
+    for _ in range(int(seconds / 0.005)):
+        if all(c.ended or c.frozen for c in server.connections):
+            return True
+        await anyio.sleep(0.005)
+    return False
 
 
 def got_terminator(server: FakeSMTPServer, wire: bytes) -> bool:
