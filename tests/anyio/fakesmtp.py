@@ -70,6 +70,8 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "body": ("451 4.3.0 aborted while reading", "554 5.6.0 content refused while reading"),
     "data_end": ("452 4.3.1 queue full", "554 5.7.1 refused as spam"),
 }
+# For replies that are no fault point (RSET, NOOP, QUIT, a second EHLO), in `Script.acts`.
+_OTHER_REFUSALS = ("451 4.3.0 not now", "554 5.5.0 no")
 CLOSING = "421 4.3.2 closing the transmission channel"
 MALFORMED = b"this is not an SMTP reply\r\n"
 EXTRA = b"250 2.0.0 a reply nobody asked for\r\n"
@@ -284,9 +286,9 @@ class _Session:
         if fault.kind == "421":
             return CLOSING
         if fault.kind == "4xx":
-            return REFUSALS[point][0]
+            return REFUSALS.get(point, _OTHER_REFUSALS)[0]
         if fault.kind == "5xx":
-            return REFUSALS[point][1]
+            return REFUSALS.get(point, _OTHER_REFUSALS)[1]
         return normal
 
     async def _respond(self, point: str, normal: str) -> str:
@@ -320,6 +322,8 @@ class _Session:
         elif kind == "stall":
             await self._read_on()
         elif kind in ("malformed", "wrong_code"):
+            if _misleads(fault.data, meant):
+                self.record.desynced = True
             await self.stream.send(fault.data or MALFORMED)
         elif kind == "extra":
             await self._answer(meant, extra + (fault.data or EXTRA))
@@ -620,6 +624,22 @@ def _wire(reply: str) -> bytes:
     return "".join(
         f"{code}{'-' if i < len(lines) - 1 else ' '}{line[4:]}\r\n" for i, line in enumerate(lines)
     ).encode()
+
+
+def _misleads(data: bytes, meant: str) -> bool:
+    """Whether `data`, sent instead of the reply `meant`, may read as a reply other than it: a
+    line with a code of another class, the start of a multi-line reply, or several lines of
+    which one has a code (conservatively: a line without a code makes the client give up)."""
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    coded = [line for line in lines if line[:3].isdigit()]
+    if not coded:
+        return False
+    if len(lines) > 1:
+        return True
+    line = coded[0]
+    return line[3:4] == b"-" or line[:1] != meant[:1].encode()
 
 
 def _find_dot_line(buffer: bytearray, searched: int) -> int:
