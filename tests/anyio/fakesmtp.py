@@ -182,8 +182,10 @@ class FakeSMTPServer:
         self.connections: list[Connection] = []
         self.port = 0
         self.accepting = True
-        # TCP connections accepted, including those closed at once while not `accepting`.
+        # TCP connections accepted, including those closed at once while not `accepting`, and
+        # when (anyio.current_time(): virtual under trio's MockClock).
         self.attempts = 0
+        self.attempt_times: list[float] = []
         # Messages whose terminator arrived, stored or not, numbered across connections.
         self.received = 0
         self.sessions: list[_Session] = []
@@ -191,6 +193,12 @@ class FakeSMTPServer:
     @property
     def messages(self) -> list[bytes]:
         return [m for c in self.connections for m in c.messages]
+
+    def cut(self) -> None:
+        """Drop every session at once, as a server that goes down does (the listener stays; set
+        `accepting` False to have new connections closed as soon as they are accepted)."""
+        for session in self.sessions:
+            session.scope.cancel()
 
     @contextlib.asynccontextmanager
     async def running(self, port: int = 0) -> AsyncIterator[FakeSMTPServer]:
@@ -217,6 +225,7 @@ class FakeSMTPServer:
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
         self.attempts += 1
+        self.attempt_times.append(anyio.current_time())
         if not self.accepting:
             await anyio.aclose_forcefully(stream)
             return
@@ -226,7 +235,10 @@ class FakeSMTPServer:
         session = _Session(stream, script, record, self)
         self.sessions.append(session)
         try:
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            with (
+                session.scope,
+                contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError),
+            ):
                 await session.run()
         finally:
             record.ended = True
@@ -255,6 +267,7 @@ class _Session:
         self.record = record
         self.server = server
         self.buffer = bytearray()
+        self.scope = anyio.CancelScope()  # cancelled by FakeSMTPServer.cut()
         # Whether the connection ended the way a server ends it on purpose (QUIT, refusal).
         self.graceful = False
         self._replies = 0  # replies given (or due) so far: the index into `script.acts`

@@ -180,7 +180,7 @@ def test_pool_config_defaults_match_the_documented_table() -> None:
     assert c.max_messages_per_connection == 100
     assert c.refill_delay == 0.0
     assert (c.connect_timeout, c.command_timeout, c.send_timeout) == (10.0, 30.0, 60.0)
-    assert (c.reconnect_cooldown, c.max_reconnect_cooldown, c.cooldown_jitter) == (30.0, 300.0, 0.2)
+    assert (c.reconnect_cooldown, c.max_reconnect_cooldown, c.cooldown_jitter) == (1.0, 60.0, 0.2)
     assert (c.max_retries, c.retry_base_delay) == (1, 1.0)
     assert c.local_hostname is None
     assert isinstance(c.hosts, tuple)
