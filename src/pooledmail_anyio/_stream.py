@@ -315,7 +315,13 @@ async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
     if not _on_asyncio():
         return await anyio.connect_tcp(host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY)
     loop = asyncio.get_running_loop()
-    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        # An address literal needs no resolver, nor the executor thread asyncio's would start.
+        addresses = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     # asyncio sets TCP_NODELAY on every TCP transport it creates.
     if len(addresses) == 1:
         # One address needs no race. asyncio's happy eyeballs (staggered_race, CPython 3.10 to
