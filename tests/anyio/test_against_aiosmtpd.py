@@ -15,8 +15,8 @@ pytestmark = pytest.mark.anyio
 
 
 # A setup failure fails a send at once only while the host cools down past the send's deadline;
-# with the default first cooldown (1 s) the send waits for trials (docs/options.md, "Cooldowns").
-# These tests are about what the failure says, so the host stays out for longer.
+# with the default first cooldown (1 s) the send waits for trials (docs/guide/options.md,
+# "Cooldowns"). These tests are about what the failure says, so the host stays out for longer.
 ONE_FAILURE = {"reconnect_cooldown": 30.0}
 
 

@@ -5,7 +5,7 @@ Each cell runs one send against a server that commits one fault at one point of 
 connection (fakesmtp.FAULTS at fakesmtp.POINTS; later connections are healthy), then checks that:
 
 * the send ends with the kind and stage `expected()` gives, which names the row of
-  docs/failures.md's table it falls under; the row must be in the table as the docs print it,
+  docs/guide/failures.md's table it falls under; the row must be in the table as the docs print it,
   and its "definitely not accepted", "connection" and "host cools down" columns must hold too;
 * the verdict is true against the server's own record (verdicts.judge): nothing stored twice,
   nothing reported accepted missing from it, nothing "definitely not accepted" in it, and
@@ -123,7 +123,7 @@ TRANSPORT = ("disconnect", "rst", "stall", "malformed")
 
 
 def expected(path: str, point: str, fault: str) -> Expected:
-    """The row of docs/failures.md each cell must end in, and why."""
+    """The row of docs/guide/failures.md each cell must end in, and why."""
     bdat, pipelined = path.startswith("bdat"), path.endswith("pipelining")
     if point == "greeting":
         if fault == "extra":
@@ -209,8 +209,8 @@ class Row:
 
 
 def docs_table() -> list[Row]:
-    """docs/failures.md's table, as the docs print it ("MAIL … DATA_END" is a range)."""
-    text = (Path(__file__).parents[2] / "docs" / "failures.md").read_text()
+    """docs/guide/failures.md's table, as the docs print it ("MAIL … DATA_END" is a range)."""
+    text = (Path(__file__).parents[2] / "docs" / "guide" / "failures.md").read_text()
     section = text.split("## The table, as built", 1)[1]
     order = list(Stage)
     rows = []
@@ -245,7 +245,7 @@ def docs_row(expect: Expected) -> Row:
         and expect.stage in row.stages
         and re.search(expect.row, row.what)
     ]
-    assert rows, f"docs/failures.md has no row for {expect}"
+    assert rows, f"docs/guide/failures.md has no row for {expect}"
     return rows[0]
 
 

@@ -29,7 +29,7 @@ BODY = b"Subject: hi\r\n\r\nline one\r\n.leading dot\r\n"
 def config(server: FakeSMTPServer, **options: Any) -> PoolConfig:
     # A setup failure fails a send at once only while the host cools down past the send's
     # deadline; with the default first cooldown (1 s) the send waits for trials
-    # (docs/options.md, "Cooldowns"). These tests are about what the failure says.
+    # (docs/guide/options.md, "Cooldowns"). These tests are about what the failure says.
     options = {"max_retries": 0, "command_timeout": 5.0, "reconnect_cooldown": 30.0, **options}
     return PoolConfig([Host("127.0.0.1", server.port, tls="none")], **options)
 

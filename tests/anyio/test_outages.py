@@ -2,8 +2,8 @@
 
 * A 2 s restart of the only relay under steady load (a new send every 10 ms) costs at most 5 % of
   the sends in flight, with the default configuration: the sends that were waiting for it get a
-  connection as soon as it is back (docs/options.md, "Cooldowns", says why the defaults are what
-  they are).
+  connection as soon as it is back (docs/guide/options.md, "Cooldowns", says why the defaults are
+  what they are).
 * The cooldown law, with cooldowns scaled down to fractions of a second: during an outage the
   attempts to a host are at least one cooldown apart, and a send fails before its deadline only
   when no recovery can come before it; with two hosts, an outage of the primary fails no send.
