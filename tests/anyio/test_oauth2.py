@@ -130,7 +130,12 @@ async def test_a_provider_that_raises_fails_the_connection_without_quoting_its_e
     async def broken(refused: str | None) -> str:
         raise RuntimeError("client_secret=do-not-print-me")
 
-    async with server.running(), pool_for(server, oauth2_token_provider=broken) as pool:
+    # The host stays out past the send's deadline: the first failure is the one reported.
+    cooling = {"reconnect_cooldown": 30.0}
+    async with (
+        server.running(),
+        pool_for(server, pool=cooling, oauth2_token_provider=broken) as pool,
+    ):
         with pytest.raises(SendFailed) as caught:
             await send(pool)
     failure = caught.value
