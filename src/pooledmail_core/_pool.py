@@ -214,6 +214,9 @@ class PoolMachine:
         # Best priority first (ties in configuration order): the order trials are considered in.
         self._by_priority = sorted(range(len(config.hosts)), key=lambda i: config.hosts[i].priority)
         self._cooldowns = [Cooldown() for _ in config.hosts]
+        # Hosts that have given this pool a session at least once: only their recovery is
+        # waited for (see `_fail_hopeless`).
+        self._proven = [False] * len(config.hosts)
         # Hosts with a failure since their last success: exactly those whose cooldown has an end
         # (`Cooldown.until` is set by a failure and cleared by a success, together with the count).
         self._failing: set[int] = set()
@@ -315,6 +318,7 @@ class PoolMachine:
         self._move(record, _CONNECTED)
         self._cooldowns[record.host].record_success()
         self._failing.discard(record.host)
+        self._proven[record.host] = True
         # Every host's latest outcome must be a failure before this error is reported again, and
         # each such failure stores a newer one; dropping it frees the traceback it holds.
         self._last_connect_error = None
@@ -1139,6 +1143,13 @@ class PoolMachine:
         if self._count(_CONNECTING, _PROBING, _LEASED):
             return
         recovery = min(cooldown.until for cooldown in self._cooldowns if cooldown.until is not None)
+        if cause is not None and not any(self._proven):
+            # The attempt made for these waiters just failed, and no host has ever given this
+            # pool a session: a refused port, the wrong TLS mode, a server that never greets are
+            # configuration errors far more often than a restart. They learn it now, from the
+            # attempt, rather than after trials until their deadline. (Waiters that arrive during
+            # the cooldown wait for the next trial if it can come in time, and learn from it.)
+            recovery = math.inf
         kind, error = cause or (FailureKind.HOSTS_UNAVAILABLE, self._last_connect_error)
         for waiter, deadline in list(self._waiters.items()):
             if deadline <= recovery:

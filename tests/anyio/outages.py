@@ -117,9 +117,13 @@ def cooldown_law(
     return wrong
 
 
-def fail_fast_law(sends: Sequence[Send], hosts: Sequence[str]) -> list[str]:
+def fail_fast_law(
+    sends: Sequence[Send], hosts: Sequence[str], *, never_up: bool = False
+) -> list[str]:
     """A send may fail before its deadline only when no recovery could come before it: at that
-    moment every host cooled down until at least its deadline."""
+    moment every host cooled down until at least its deadline. One exception: while no host has
+    ever worked (`never_up`), a send whose own connection attempt failed learns it at once, with
+    that attempt's kind (docs/guide/options.md, "Cooldowns")."""
     wrong = []
     for sent in sends:
         if not sent.failed or sent.end >= sent.deadline - 1e-6:
@@ -127,6 +131,8 @@ def fail_fast_law(sends: Sequence[Send], hosts: Sequence[str]) -> list[str]:
         assert isinstance(sent.outcome, SendFailed)
         if sent.outcome.kind not in (FailureKind.HOSTS_UNAVAILABLE, FailureKind.CONNECT_FAILED):
             continue  # failed on a connection it had: not a question of waiting
+        if never_up and sent.outcome.kind is FailureKind.CONNECT_FAILED:
+            continue
         for key in hosts:
             until = sent.cooldowns_at_end.get(key)
             if until is None or until < sent.deadline - 1e-6:

@@ -227,10 +227,10 @@ async def test_cooldown_and_recovery_are_logged_with_their_error_and_duration(
             acquire_timeout=5.0,
         )
         async with SMTPPool(config) as pool:
-            # The first connection is refused; the sender waits for the trial connection that
-            # follows the cooldown, which succeeds.
+            # The first connection is refused: the host never worked, so the attempt fails at
+            # once with its cause; the retry waits for the trial after the cooldown, which works.
             result = await pool.send_raw(body(0), sender="a@x.org", recipients=["b@x.org"])
-    assert result.attempts == 1
+    assert result.attempts == 2
     assert len(server.messages) == 1
     key = f"127.0.0.1:{server.port}"
     (cooling,) = [r for r in caplog.records if "cooling down" in r.getMessage()]

@@ -42,6 +42,14 @@ def leased_slot(m: PoolMachine, now: float = 0.0) -> int:
     return open_.slot
 
 
+def prove(m: PoolMachine, now: float = 0.0) -> None:
+    """Give the first host one working session (slot 0) and close it: from then on the pool
+    waits for that host to recover instead of failing its waiters at once."""
+    slot = leased_slot(m, now)
+    m.release(slot, now, healthy=False)
+    m.slot_closed(slot, now)
+
+
 def idle_slot(m: PoolMachine, now: float = 0.0) -> int:
     slot = leased_slot(m, now)
     assert m.release(slot, now, healthy=True) == []
@@ -263,25 +271,47 @@ def test_when_every_host_cools_down_waiters_fail_at_once_with_the_last_error() -
 
 def test_a_waiter_whose_deadline_outlasts_the_cooldown_keeps_waiting_for_a_trial() -> None:
     m = machine()
+    prove(m)
     w, _ = m.acquire(0.0, 60.0)
-    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == []
+    assert m.connect_failed(1, 1.0, FailureKind.CONNECT_FAILED) == []
     assert m.next_deadline() == 11.0
-    assert m.handle_timer(11.0) == [OpenConnection(1, A)]
-    assert m.connected(1, 12.0) == [GrantSlot(1, w)]
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    assert m.connected(2, 12.0) == [GrantSlot(2, w)]
     assert m.statistics().hosts[A.key].consecutive_failures == 0
+
+
+def test_a_host_that_never_worked_fails_its_waiters_at_once_with_the_cause() -> None:
+    # A refused port or the wrong TLS mode is a configuration error far more often than a
+    # restart: the caller learns it from the attempt, not after trials until its deadline.
+    m = machine()
+    w, _ = m.acquire(0.0, 60.0)
+    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED, "refused") == [
+        FailWaiter(w, FailureKind.CONNECT_FAILED, "refused")
+    ]
+    # A later sender that can wait for the next trial does, and learns from it.
+    w2, actions = m.acquire(2.0, 60.0)
+    assert actions == []
+    assert m.handle_timer(11.0) == [OpenConnection(1, A)]
+    assert m.connect_failed(1, 11.5, FailureKind.TLS_FAILED, "no STARTTLS") == [
+        FailWaiter(w2, FailureKind.TLS_FAILED, "no STARTTLS")
+    ]
+    # One that cannot wait that long is told at once that the host is cooling down.
+    w3, actions = m.acquire(12.0, 20.0)
+    assert actions == [FailWaiter(w3, FailureKind.HOSTS_UNAVAILABLE, "no STARTTLS")]
 
 
 def test_a_failing_host_gets_one_trial_connection_at_a_time() -> None:
     m = machine([A], max_size=4)
-    m.acquire(0.0, 100.0)
-    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED)
+    prove(m)
+    w, _ = m.acquire(0.0, 100.0)
+    m.connect_failed(1, 1.0, FailureKind.CONNECT_FAILED)
     m.acquire(2.0, 100.0)
     m.acquire(2.0, 100.0)
-    assert m.handle_timer(11.0) == [OpenConnection(1, A)]
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
     assert m.statistics().connecting == 1
     # The trial works: the host is healthy again and gets the rest at once.
-    actions = m.connected(1, 12.0)
-    assert actions == [GrantSlot(1, 0), OpenConnection(2, A), OpenConnection(3, A)]
+    actions = m.connected(2, 12.0)
+    assert actions == [GrantSlot(2, w), OpenConnection(3, A), OpenConnection(4, A)]
 
 
 def test_waiters_fail_over_to_the_backup_while_the_primary_trial_is_in_flight() -> None:
@@ -304,16 +334,17 @@ def test_connections_not_opened_because_a_host_cools_down_are_counted_per_host()
         hosts = m.statistics().hosts
         return hosts[A.key].connects_suppressed, hosts[BACKUP.key].connects_suppressed
 
+    prove(m)
     m.acquire(0.0, 100.0)
     assert suppressed() == (0, 0)
     # A fails: the waiter's connection goes to BACKUP, and A was passed over for it.
-    assert m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED) == [OpenConnection(1, BACKUP)]
+    assert m.connect_failed(1, 1.0, FailureKind.CONNECT_FAILED) == [OpenConnection(2, BACKUP)]
     assert suppressed() == (1, 0)
     # BACKUP fails too: a connection is needed and both hosts are cooling down.
-    assert m.connect_failed(1, 2.0, FailureKind.CONNECT_FAILED) == []
+    assert m.connect_failed(2, 2.0, FailureKind.CONNECT_FAILED) == []
     assert suppressed() == (2, 1)
     # A's cooldown ends first: its trial is opened; BACKUP, worse than A, was not passed over.
-    assert m.handle_timer(11.0) == [OpenConnection(2, A)]
+    assert m.handle_timer(11.0) == [OpenConnection(3, A)]
     assert suppressed() == (2, 1)
     # A second waiter: A is on probation with its trial in flight (not cooling, not counted),
     # BACKUP is still cooling down and would have been asked.
@@ -323,9 +354,10 @@ def test_connections_not_opened_because_a_host_cools_down_are_counted_per_host()
 
 def test_exhausted_waiter_reports_hosts_unavailable_while_every_host_is_failing() -> None:
     m = machine()
+    prove(m)
     w, _ = m.acquire(0.0, 100.0)
-    m.connect_failed(0, 1.0, FailureKind.CONNECT_FAILED, "refused")
-    assert m.handle_timer(11.0) == [OpenConnection(1, A)]  # the trial hangs...
+    m.connect_failed(1, 1.0, FailureKind.CONNECT_FAILED, "refused")
+    assert m.handle_timer(11.0) == [OpenConnection(2, A)]  # the trial hangs...
     assert m.handle_timer(100.0) == [FailWaiter(w, FailureKind.HOSTS_UNAVAILABLE, "refused")]
 
 
