@@ -35,9 +35,9 @@ pytestmark = pytest.mark.anyio
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
 
 
-# A setup failure fails a send at once only while the host cools down past the send's deadline;
-# with the default first cooldown (1 s) the send waits for trials (docs/guide/options.md,
-# "Cooldowns"). These tests are about what the failure says, so the host stays out for longer.
+# A retry waits for the next trial when the host's cooldown ends before the send's deadline
+# (docs/guide/options.md, "Cooldowns"); the test about a retry that finds the host cooling keeps
+# it out for longer than that.
 ONE_FAILURE = {"reconnect_cooldown": 30.0}
 
 
@@ -109,7 +109,7 @@ async def test_the_pools_background_failures_never_reach_the_block() -> None:
 
 
 async def test_connection_refused_is_connect_failed_at_connect() -> None:
-    config = PoolConfig([local(free_port())], max_retries=0, **ONE_FAILURE)
+    config = PoolConfig([local(free_port())], max_retries=0)
     async with SMTPPool(config) as pool:
         with pytest.raises(SendFailed) as caught:
             await send(pool)
@@ -123,9 +123,7 @@ async def test_connection_refused_is_connect_failed_at_connect() -> None:
 
 
 async def test_an_unknown_hostname_is_connect_failed_saying_it_cannot_resolve() -> None:
-    config = PoolConfig(
-        [Host("no-such-host.invalid", 25, tls="none")], max_retries=0, **ONE_FAILURE
-    )
+    config = PoolConfig([Host("no-such-host.invalid", 25, tls="none")], max_retries=0)
     async with SMTPPool(config) as pool:
         with pytest.raises(SendFailed) as caught:
             await send(pool)
@@ -137,7 +135,7 @@ async def test_an_unknown_hostname_is_connect_failed_saying_it_cannot_resolve() 
 async def test_starttls_not_offered_is_tls_failed_saying_so() -> None:
     server = FakeSMTPServer(Script(extensions=("PIPELINING",)))
     async with server.running():
-        config = PoolConfig([local(server.port, tls="starttls")], max_retries=0, **ONE_FAILURE)
+        config = PoolConfig([local(server.port, tls="starttls")], max_retries=0)
         async with SMTPPool(config) as pool:
             with pytest.raises(SendFailed) as caught:
                 await send(pool)
@@ -152,7 +150,7 @@ async def test_an_untrusted_certificate_is_tls_failed_saying_why(
 ) -> None:
     server = FakeSMTPServer(Script(extensions=("STARTTLS",), tls_context=server_tls))
     async with server.running():
-        config = PoolConfig([local(server.port, tls="starttls")], max_retries=0, **ONE_FAILURE)
+        config = PoolConfig([local(server.port, tls="starttls")], max_retries=0)
         # The default trust store does not know the test CA.
         async with SMTPPool(config) as pool:
             with pytest.raises(SendFailed) as caught:
@@ -166,7 +164,7 @@ async def test_an_untrusted_certificate_is_tls_failed_saying_why(
 async def test_implicit_tls_against_a_plaintext_port_is_tls_failed_with_a_hint() -> None:
     server = FakeSMTPServer(Script())
     async with server.running():
-        config = PoolConfig([local(server.port, tls="implicit")], max_retries=0, **ONE_FAILURE)
+        config = PoolConfig([local(server.port, tls="implicit")], max_retries=0)
         async with SMTPPool(config) as pool:
             with pytest.raises(SendFailed) as caught:
                 await send(pool)
@@ -203,7 +201,7 @@ async def test_wrong_credentials_are_auth_failed_with_the_servers_reply(
 async def test_a_server_that_never_greets_fails_at_greeting_with_the_implicit_tls_hint() -> None:
     server = FakeSMTPServer(Script(greeting=STALL))
     async with server.running():
-        config = PoolConfig([local(server.port)], connect_timeout=0.3, max_retries=0, **ONE_FAILURE)
+        config = PoolConfig([local(server.port)], connect_timeout=0.3, max_retries=0)
         async with SMTPPool(config) as pool:
             with pytest.raises(SendFailed) as caught:
                 await send(pool)
@@ -424,3 +422,17 @@ def test_a_wrong_pool_option_fails_at_construction_with_its_name(
     with pytest.raises(ConfigError) as caught:
         SMTPPool(PoolConfig([local(25)]), **options)
     assert caught.value.option == option
+
+
+async def test_with_the_default_cooldowns_a_refused_port_fails_after_one_attempt_per_try() -> None:
+    # No cooldown pinned: the host never worked, so each try learns from its own attempt rather
+    # than waiting out acquire_timeout for trials (docs/guide/options.md, "Cooldowns").
+    config = PoolConfig([local(free_port())])  # max_retries=1: the retry waits for one trial
+    async with SMTPPool(config) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool)
+        stats = pool.statistics()
+    assert caught.value.kind is FailureKind.CONNECT_FAILED
+    assert caught.value.reason.startswith("connection refused")
+    assert caught.value.attempts == 2
+    assert stats.closed_total["connect_failed"] == 2
