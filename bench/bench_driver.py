@@ -8,7 +8,10 @@ Needs `smtp-sink` (Debian's `postfix` package) and, for the comparison, aiosmtpl
 - pooledmail `send_raw` through one pool (max_size = concurrency), on asyncio and on trio;
 - aiosmtplib with one reused client per concurrent sender (asyncio only: it has no trio support);
 - a bare pipelined loop with the backend's own streams (the floor any driver pays): MAIL + RCPT +
-  DATA in one write, then the body and terminator in one write.
+  DATA in one write, then the body and terminator in one write; on trio also the same loop over
+  anyio's stream ("bare anyio trio"), the floor for a driver written with anyio.
+
+`--only "pooledmail trio"` runs one contender alone, for a profiler or `strace -c -f`.
 
 Messages are 1 KiB with one recipient. Every contender is warmed up the same way before it is
 timed: its connections are open and greeted and a few messages went through each of them. Each
@@ -33,6 +36,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+
+import anyio.abc
 
 import anyio
 from pooledmail_anyio import Host, PoolConfig, SMTPPool
@@ -80,18 +85,26 @@ WARM_UP = 20
 
 @dataclass
 class Timing:
-    """Wall-clock and process CPU seconds of one timed section."""
+    """Wall-clock and process CPU seconds (user and system) of one timed section."""
 
     wall: float = 0.0
-    cpu: float = 0.0
+    user: float = 0.0
+    system: float = 0.0
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
 
     def start(self) -> None:
         self.wall = time.perf_counter()
-        self.cpu = time.process_time()
+        times = os.times()
+        self.user, self.system = times.user, times.system
 
     def stop(self) -> Timing:
         self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
+        times = os.times()
+        self.user = times.user - self.user
+        self.system = times.system - self.system
         return self
 
 
@@ -207,6 +220,33 @@ async def run_bare_asyncio(port: int, messages: int, concurrency: int) -> Timing
     return timing
 
 
+async def run_bare_anyio(port: int, messages: int, concurrency: int) -> Timing:
+    """The bare loop over anyio's own TCP stream, on whichever backend runs it (trio here)."""
+    streams: list[anyio.abc.SocketStream] = []
+    sessions: list[BareSession] = []
+
+    async def connect() -> None:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        streams.append(stream)
+        session = BareSession(stream.send, lambda: stream.receive(65536))
+        await session.greet()
+        await session.transact(WARM_UP)
+        sessions.append(session)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(connect)
+    timing = Timing()
+    timing.start()
+    async with anyio.create_task_group() as tg:
+        for session, n in zip(sessions, split(messages, concurrency), strict=True):
+            tg.start_soon(session.transact, n)
+    timing.stop()
+    for stream in streams:
+        await stream.aclose()
+    return timing
+
+
 async def run_bare_trio(port: int, messages: int, concurrency: int) -> Timing:
     import trio
 
@@ -241,6 +281,7 @@ def run_round(port: int, n: int, c: int, order: list[str]) -> dict[str, Timing]:
     runners: dict[str, Callable[[], Timing]] = {
         "bare asyncio": lambda: asyncio.run(run_bare_asyncio(port, n, c)),
         "bare trio": lambda: trio.run(run_bare_trio, port, n, c),
+        "bare anyio trio": lambda: anyio.run(run_bare_anyio, port, n, c, backend="trio"),
         "pooledmail asyncio": lambda: anyio.run(run_pooledmail, port, n, c, backend="asyncio"),
         "pooledmail trio": lambda: anyio.run(run_pooledmail, port, n, c, backend="trio"),
         "aiosmtplib reused": lambda: asyncio.run(run_aiosmtplib(port, n, c)),
@@ -253,15 +294,27 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated contenders to run alone (for profiling), e.g. 'pooledmail trio'",
+    )
     args = parser.parse_args()
     n, c = args.messages, args.concurrency
-    names = ["bare asyncio", "bare trio", "pooledmail asyncio", "pooledmail trio"]
+    names = ["bare asyncio", "bare trio", "bare anyio trio", "pooledmail asyncio"]
+    names.append("pooledmail trio")
     try:
         import aiosmtplib  # noqa: F401
     except ImportError:
         print("aiosmtplib is not installed: pip install '.[bench]'")
     else:
         names.append("aiosmtplib reused")
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",")]
+        unknown = set(wanted) - set(names)
+        if unknown:
+            sys.exit(f"unknown contender(s): {', '.join(sorted(unknown))}; known: {names}")
+        names = wanted
     best: dict[str, Timing] = {}
     with smtp_sink() as port:
         for round_number in range(args.rounds):
@@ -275,15 +328,24 @@ def main() -> None:
         f"best of {args.rounds} rounds"
     )
     for name in names:
-        cpu = best[name].cpu / n * 1e6
-        print(f"  {name:<20} {rates[name]:>9,.0f} messages/s   {cpu:6.0f} us cpu/msg")
-    if "aiosmtplib reused" in rates:
-        base = rates["aiosmtplib reused"]
-        print(f"  pooledmail asyncio / aiosmtplib  {rates['pooledmail asyncio'] / base:5.2f}x")
-        print(f"  pooledmail trio / aiosmtplib     {rates['pooledmail trio'] / base:5.2f}x")
-    for backend in ("asyncio", "trio"):
-        ratio = rates[f"pooledmail {backend}"] / rates[f"bare {backend}"]
-        print(f"  pooledmail {backend} / bare {backend:<8} {ratio:5.2f}")
+        timing = best[name]
+        cpu, user, system = (
+            seconds / n * 1e6 for seconds in (timing.cpu, timing.user, timing.system)
+        )
+        print(
+            f"  {name:<20} {rates[name]:>9,.0f} messages/s   {cpu:6.0f} us cpu/msg"
+            f" ({user:.0f} user + {system:.0f} system)"
+        )
+    ratios = [
+        ("pooledmail asyncio", "aiosmtplib reused", "x"),
+        ("pooledmail trio", "aiosmtplib reused", "x"),
+        ("pooledmail asyncio", "bare asyncio", ""),
+        ("pooledmail trio", "bare anyio trio", ""),
+        ("pooledmail trio", "bare trio", ""),
+    ]
+    for mine, theirs, unit in ratios:
+        if mine in rates and theirs in rates:
+            print(f"  {mine} / {theirs:<18} {rates[mine] / rates[theirs]:5.2f}{unit}")
 
 
 if __name__ == "__main__":
