@@ -4,9 +4,15 @@ Why it exists: anyio's asyncio socket stream costs several times a plain asyncio
 Its `receive()` resumes and pauses reading around every call (two `epoll_ctl` system calls) and
 returns one kernel read at a time; its `send()` yields to the event loop even when the kernel took
 every byte at once. An SMTP round trip is one write and one read, so those costs are most of what
-the driver pays per message. This stream is an `asyncio.Protocol` that keeps reading (up to a
-bound), hands back everything buffered in one `receive()`, and yields in `send()` only while the
-kernel has not taken every byte.
+the driver pays per message. This stream is an `asyncio.BufferedProtocol` that keeps reading (up
+to a bound), hands back everything buffered in one `receive()`, and yields in `send()` only while
+the kernel has not taken every byte.
+
+It reads into one buffer shared by every connection of the thread: asyncio's plain `Protocol`
+reads into a fresh 256 KiB `bytes` on every read, which the allocator maps, shrinks and unmaps
+(three system calls per read, six per message). A buffer per connection would avoid those too, but
+would cost every idle connection its size; the shared one is copied out at once, so only the bytes
+that arrived are kept.
 
 It implements `anyio.abc.SocketStream`, so anyio's `TLSStream.wrap` works on top of it (STARTTLS
 and implicit TLS), and the connection code above it does not know which stream it has.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable
 
@@ -56,6 +63,19 @@ __all__ = [
 _READ_HIGH_WATER = 1 << 20
 # Happy eyeballs (RFC 8305) delay, the same as anyio.connect_tcp's default.
 _HAPPY_EYEBALLS_DELAY = 0.25
+# The shared read buffer: as much as asyncio's own transports read at once.
+_READ_BUFFER_SIZE = 1 << 18
+
+
+class _ThreadReadBuffer(threading.local):
+    """One read buffer per thread: an event loop runs its callbacks in one thread, and every read
+    copies what arrived out of the buffer before the next read can start."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_READ_BUFFER_SIZE))
+
+
+_read_buffer = _ThreadReadBuffer()
 
 
 class DeadlineExceeded(Exception):
@@ -66,7 +86,7 @@ class DeadlineExceeded(Exception):
     """
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(asyncio.BufferedProtocol):
     """Buffers what the transport delivers and wakes the one waiting reader or writer."""
 
     __slots__ = (
@@ -75,6 +95,7 @@ class _Protocol(asyncio.Protocol):
         "eof",
         "exception",
         "lost",
+        "read_buffer",
         "read_waiter",
         "reading_paused",
         "transport",
@@ -83,6 +104,8 @@ class _Protocol(asyncio.Protocol):
     )
 
     def __init__(self) -> None:
+        # Built by the event loop's thread, the only one that calls get_buffer().
+        self.read_buffer = _read_buffer.view
         self.transport: asyncio.Transport | None = None
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -109,7 +132,11 @@ class _Protocol(asyncio.Protocol):
         self._wake_reader()
         self._wake_writer()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = bytes(self.read_buffer[:nbytes])
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered >= _READ_HIGH_WATER and not self.reading_paused:
