@@ -48,7 +48,7 @@ from pooledmail_core import (
     classify,
 )
 
-from ._stream import AsyncioSocketStream, DeadlineExceeded, backend_clock, connect_tcp
+from ._stream import DeadlineExceeded, DeadlineSocketStream, backend_clock, connect_tcp
 
 __all__ = [
     "TRANSPORT_ERRORS",
@@ -78,7 +78,7 @@ _READ_SIZE = 65536
 # transport copy what they are given, so slicing bounds those copies to one slice, and each slice
 # that leaves renews the step's time (a big body over a slow link is not a stalled server).
 _WRITE_SLICE = 1 << 18
-# Under a cancel scope (any stream but `AsyncioSocketStream`), a step's time limit is moved
+# Under a cancel scope (any stream but a `DeadlineSocketStream`), a step's time limit is moved
 # forward only when less than one step is left; it then gets this multiple of the step timeout.
 _STEP_SLACK = 1.1
 
@@ -142,13 +142,15 @@ class Connection:
         self.auth_mechanism: str | None = None
         # Cancel scope deadlines are in the event loop's time; a connection never changes loops.
         self._clock = backend_clock()
-        # The plain TCP stream that bounds its own waits, when there is one (asyncio): then no
-        # cancel scope is needed per exchange. It stays beneath a TLS layer added later.
+        # The plain TCP stream that bounds its own waits (both backends' `connect_tcp` make
+        # one): then no cancel scope is needed per exchange. It stays beneath a TLS layer added
+        # later.
         raw: object = stream
         if isinstance(stream, TLSStream):
             raw = stream.transport_stream
-        self._deadline_stream = raw if isinstance(raw, AsyncioSocketStream) else None
-        # Elsewhere (trio) the kernel is asked directly whether anything arrived while idle.
+        self._deadline_stream = raw if isinstance(raw, DeadlineSocketStream) else None
+        # Any other stream (tests may pass one): the kernel is asked directly whether anything
+        # arrived while idle.
         self._peek_socket: socket.socket | None = None
         if self._deadline_stream is None:
             with contextlib.suppress(anyio.TypedAttributeLookupError):
@@ -216,7 +218,7 @@ class Connection:
         """
         bounded = self._deadline_stream
         if bounded is not None:
-            # The stream bounds its own waits (asyncio): no cancel scope per exchange.
+            # The stream bounds its own waits: no cancel scope per exchange.
             try:
                 await self._drive(exchange, bounded, step_timeout, deadline, ssl_context)
             except DeadlineExceeded:

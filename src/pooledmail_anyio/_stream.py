@@ -34,8 +34,7 @@ cancellation that is pending: the task sees it at its next wait). Neither can st
 bytes reach the protocol only while the loop runs, so every round trip still waits once. Time
 limits are a `deadline` attribute rather than a cancel scope (see `AsyncioSocketStream`).
 
-On trio the driver uses anyio's own stream: it is a thin layer over trio's socket, and a trio
-stream that skips the yield after a send measured no faster within the noise of bench/.
+On trio the driver uses `_trio_stream.TrioSocketStream`, which keeps these semantics too.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ import asyncio
 import math
 import socket
 import threading
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
 
@@ -54,6 +54,7 @@ import anyio
 __all__ = [
     "AsyncioSocketStream",
     "DeadlineExceeded",
+    "DeadlineSocketStream",
     "backend_clock",
     "connect_tcp",
 ]
@@ -84,6 +85,23 @@ class DeadlineExceeded(Exception):
     Deliberately not an `OSError`: anyio's `TLSStream` turns an `OSError` from the stream below it
     into `BrokenResourceError`, and the driver must tell a timeout from a broken connection.
     """
+
+
+class DeadlineSocketStream(anyio.abc.SocketStream):
+    """A plain TCP stream that bounds its own waits and knows, without a round trip, whether it
+    is still fit for another exchange: `AsyncioSocketStream` here, `TrioSocketStream` on trio.
+
+    `deadline` (the event loop's clock, default infinity) bounds every wait of `receive()` and
+    `send()`: a wait still going on at the deadline raises `DeadlineExceeded`. It does the job of
+    a cancel scope around each step at a fraction of its cost.
+    """
+
+    deadline: float
+
+    @abstractmethod
+    def unusable(self) -> str | None:
+        """ "out_of_sync" when bytes arrived that nobody read, "stale" when the stream ended
+        (end of stream, reset, closed), None when it looks usable. Never waits."""
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -169,7 +187,7 @@ class _Protocol(asyncio.BufferedProtocol):
             waiter.set_result(None)
 
 
-class AsyncioSocketStream(anyio.abc.SocketStream):
+class AsyncioSocketStream(DeadlineSocketStream):
     """Plain TCP over an asyncio transport; see the module docstring for its semantics.
 
     `deadline` (event loop time, default infinity) bounds every wait of `receive()` and `send()`:
@@ -333,14 +351,16 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
         await anyio.lowlevel.checkpoint()
 
 
-async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
+async def connect_tcp(host: str, port: int) -> DeadlineSocketStream:
     """A plain TCP stream to `host:port` (TCP_NODELAY set), with happy eyeballs.
 
-    On asyncio this is an `AsyncioSocketStream`; on any other backend anyio's own stream.
-    Failures raise `OSError`, as `anyio.connect_tcp` does.
+    On asyncio this is an `AsyncioSocketStream`; on trio (anyio's only other backend) a
+    `TrioSocketStream`. Failures raise `OSError`, as `anyio.connect_tcp` does.
     """
     if not _on_asyncio():
-        return await anyio.connect_tcp(host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY)
+        from ._trio_stream import connect_tcp_trio
+
+        return await connect_tcp_trio(host, port)
     loop = asyncio.get_running_loop()
     try:
         # An address literal needs no resolver, nor the executor thread asyncio's would start.

@@ -1,9 +1,10 @@
 """The driver's plain TCP stream (`_stream.connect_tcp`) behaves the same on both backends.
 
-On asyncio `connect_tcp` returns the driver's own `AsyncioSocketStream`; on trio anyio's stream.
-Every test here runs on both, so the asyncio stream is held to what anyio's trio stream does:
-buffered bytes before EOF, EOF, reset, cancellation that loses nothing, idempotent close, and
-TLS on top of it with `TLSStream.wrap`.
+On asyncio `connect_tcp` returns the driver's own `AsyncioSocketStream`, on trio its
+`TrioSocketStream`. Every test here runs on both, so both are held to anyio's stream semantics
+(what anyio's own streams do): buffered bytes before EOF, EOF, reset, cancellation that loses
+nothing, idempotent close, and TLS on top of it with `TLSStream.wrap`; and to the driver's own
+additions, the same on both: a `deadline` that ends a wait, and `unusable()`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from anyio.streams.tls import TLSStream
 
 import anyio
 from pooledmail_anyio._connection import Connection, ExchangeTimeout
-from pooledmail_anyio._stream import AsyncioSocketStream, DeadlineExceeded, connect_tcp
+from pooledmail_anyio._stream import (
+    AsyncioSocketStream,
+    DeadlineExceeded,
+    DeadlineSocketStream,
+    connect_tcp,
+)
 from pooledmail_core._config import Host, TLSMode
 from pooledmail_core._session import ClientSession
 
 pytestmark = pytest.mark.anyio
 
-Pair = tuple[anyio.abc.ByteStream, anyio.abc.SocketStream]
+Pair = tuple[DeadlineSocketStream, anyio.abc.SocketStream]
 
 
 @pytest.fixture
@@ -54,9 +60,14 @@ async def receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
     return bytes(data)
 
 
-async def test_asyncio_gets_the_lean_stream(pair: Pair, anyio_backend: str) -> None:
+async def test_each_backend_gets_its_lean_stream(pair: Pair, anyio_backend: str) -> None:
     client, _ = pair
-    assert isinstance(client, AsyncioSocketStream) == (anyio_backend == "asyncio")
+    if anyio_backend == "asyncio":
+        assert isinstance(client, AsyncioSocketStream)
+    else:
+        from pooledmail_anyio._trio_stream import TrioSocketStream
+
+        assert isinstance(client, TrioSocketStream)
     nodelay = client.extra(anyio.abc.SocketAttribute.raw_socket).getsockopt(
         socket.IPPROTO_TCP, socket.TCP_NODELAY
     )
@@ -300,13 +311,10 @@ async def test_reading_pauses_while_a_megabyte_waits_unread_and_resumes(pair: Pa
     assert not client._protocol.reading_paused
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_past_deadline_ends_a_wait_of_the_asyncio_stream(pair: Pair) -> None:
-    # Asyncio only: on trio the driver bounds its steps with a cancel scope instead.
+async def test_a_past_deadline_ends_a_wait(pair: Pair) -> None:
     client, server = pair
-    assert isinstance(client, AsyncioSocketStream)
     client.deadline = anyio.current_time()
-    with pytest.raises(DeadlineExceeded):
+    with anyio.fail_after(30), pytest.raises(DeadlineExceeded):
         await client.receive()
     # Bytes already buffered are returned whatever the deadline: nothing waits. (One small send
     # on loopback arrives as one segment, so the first receive leaves the rest buffered.)
@@ -317,12 +325,10 @@ async def test_a_past_deadline_ends_a_wait_of_the_asyncio_stream(pair: Pair) -> 
     assert await client.receive() == b"ok\r\n"
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_past_deadline_passes_through_tls(
     pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     client, server = pair
-    assert isinstance(client, AsyncioSocketStream)
     async with anyio.create_task_group() as tg:
         tg.start_soon(
             lambda: TLSStream.wrap(
@@ -333,7 +339,8 @@ async def test_a_past_deadline_passes_through_tls(
             client, hostname="127.0.0.1", ssl_context=client_tls, standard_compatible=False
         )
     client.deadline = anyio.current_time()
-    with pytest.raises(DeadlineExceeded):  # not BrokenResourceError: TLS lets it through
+    # Not BrokenResourceError: TLS lets it through.
+    with anyio.fail_after(30), pytest.raises(DeadlineExceeded):
         await tls.receive()
 
 
@@ -372,19 +379,15 @@ async def test_a_timeout_beneath_tls_still_reads_as_a_timeout(
         tg.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_deadline_ends_a_send_to_a_peer_that_does_not_read(pair: Pair) -> None:
     client, _ = pair
-    assert isinstance(client, AsyncioSocketStream)
     client.deadline = anyio.current_time() + 0.1
-    with pytest.raises(DeadlineExceeded):
+    with anyio.fail_after(30), pytest.raises(DeadlineExceeded):
         await client.send(b"x" * (64 << 20))  # far more than the socket buffers hold
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_deadline_moved_later_during_a_wait_is_the_one_that_counts(pair: Pair) -> None:
     client, server = pair
-    assert isinstance(client, AsyncioSocketStream)
 
     async def move_the_deadline_then_answer() -> None:
         client.deadline = anyio.current_time() + 30
@@ -397,12 +400,10 @@ async def test_a_deadline_moved_later_during_a_wait_is_the_one_that_counts(pair:
         assert await client.receive() == b"250 ok\r\n"
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_deadline_timer_left_behind_by_a_finished_wait_expires_nothing(
     pair: Pair,
 ) -> None:
     client, server = pair
-    assert isinstance(client, AsyncioSocketStream)
     client.deadline = anyio.current_time() + 0.05
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.send, b"250 ok\r\n")
@@ -411,3 +412,117 @@ async def test_the_deadline_timer_left_behind_by_a_finished_wait_expires_nothing
     client.deadline = anyio.current_time() + 30
     await server.send(b"250 again\r\n")
     assert await client.receive() == b"250 again\r\n"
+
+
+async def test_a_deadline_earlier_than_any_armed_one_still_counts(pair: Pair) -> None:
+    """One stream waits under a far deadline; another then waits under a near one: the near one
+    ends its wait, and the far one keeps waiting (on trio both share one watchdog)."""
+    client, server = pair
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        other = await connect_tcp("127.0.0.1", port)
+        client.deadline = anyio.current_time() + 60
+        received: list[bytes] = []
+
+        async def far() -> None:
+            received.append(await client.receive())
+
+        tg.start_soon(far)
+        await anyio.wait_all_tasks_blocked()
+        other.deadline = anyio.current_time() + 0.05
+        with anyio.fail_after(30), pytest.raises(DeadlineExceeded):
+            await other.receive()
+        assert received == []
+        await server.send(b"250 ok\r\n")
+    assert received == [b"250 ok\r\n"]
+    await other.aclose()
+
+
+async def test_aclose_during_a_bounded_wait_is_a_close_not_a_timeout(pair: Pair) -> None:
+    client, _ = pair
+    client.deadline = anyio.current_time() + 60
+    errors: list[BaseException] = []
+
+    async def receive() -> None:
+        try:
+            await client.receive()
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receive)
+        await anyio.wait_all_tasks_blocked()
+        await client.aclose()
+    assert [type(error) for error in errors] == [anyio.ClosedResourceError]
+
+
+async def wait_until_unusable(stream: DeadlineSocketStream) -> str:
+    # On asyncio the protocol learns of the bytes once the event loop has run.
+    for _ in range(3000):
+        why = stream.unusable()
+        if why is not None:
+            return why
+        await anyio.sleep(0.01)
+    raise AssertionError("the stream still looks usable after 30 s")
+
+
+async def test_unusable_is_none_while_nothing_arrived(pair: Pair) -> None:
+    client, server = pair
+    assert client.unusable() is None
+    await client.send(b"NOOP\r\n")
+    assert await receive_exactly(server, 6) == b"NOOP\r\n"
+    await server.send(b"250 ok\r\n")
+    assert await receive_exactly(client, 8) == b"250 ok\r\n"
+    assert client.unusable() is None
+
+
+async def test_unusable_says_out_of_sync_for_unread_bytes_and_reads_nothing(pair: Pair) -> None:
+    client, server = pair
+    await server.send(b"250 unsolicited\r\n")
+    assert await wait_until_unusable(client) == "out_of_sync"
+    assert await receive_exactly(client, 17) == b"250 unsolicited\r\n"
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_unusable_says_stale_once_the_peer_closed(pair: Pair, reset: bool) -> None:
+    client, server = pair
+    if reset:
+        raw = server.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await server.aclose()
+    else:
+        await server.send_eof()
+    assert await wait_until_unusable(client) == "stale"
+
+
+async def test_unusable_says_stale_after_aclose(pair: Pair) -> None:
+    client, _ = pair
+    await client.aclose()
+    assert client.unusable() == "stale"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_receive_that_finds_bytes_waiting_still_lets_other_tasks_run(pair: Pair) -> None:
+    # On trio the kernel hands over bytes that arrived while no task looked, so a fast server
+    # could let one sender run for ever without waiting: every receive yields once. (On asyncio
+    # bytes reach the stream only while the event loop runs, so each round trip waits anyway.)
+    client, server = pair
+    await server.send(b"x" * 100)
+    await anyio.sleep(0.05)  # every byte is in the client's kernel buffer
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(count_turns)
+        await anyio.lowlevel.checkpoint()
+        before = turns
+        for _ in range(100):
+            assert await client.receive(1) == b"x"
+        assert turns >= before + 50
+        tg.cancel_scope.cancel()
