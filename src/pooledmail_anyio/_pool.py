@@ -370,7 +370,13 @@ class SMTPPool:
 
     def _perform(self, actions: Sequence[Action]) -> None:
         """Carry out the actions the pool machine returned for one input, in order."""
-        pending = list(actions)
+        if actions:  # a grant from idle and a healthy release usually return none
+            self._perform_each(list(actions))
+        self._rearm_timer()
+        if self._state == "closing":
+            self._wake_closer()
+
+    def _perform_each(self, pending: list[Action]) -> None:
         while pending:
             action = pending.pop(0)
             if type(action) is GrantSlot:
@@ -404,9 +410,6 @@ class SMTPPool:
                 self._fleet.perform(action)
             else:  # pragma: no cover - the machine returns only the actions above
                 raise AssertionError(f"unknown action {action!r}")
-        self._rearm_timer()
-        if self._state == "closing":
-            self._wake_closer()
 
     def _spawn(self, func: Callable[..., Any], *args: object) -> bool:
         background = self._background
@@ -522,12 +525,19 @@ class SMTPPool:
 
     # -- acquiring ---------------------------------------------------------------------------
 
-    async def _acquire(self, deadline: float) -> int:
-        """Wait for a slot; returns it, or raises `_AcquireFailed`."""
+    async def _acquire(self, deadline: float, now: float) -> int:
+        """Wait for a slot; returns it, or raises `_AcquireFailed`. `now` is the clock read just
+        before (the send's start)."""
         if self._state != "open":
             raise _AcquireFailed(self._closed_failure(Stage.ACQUIRE, None))
+        # A warm pool usually has an idle connection for nobody else: take it without a waiter.
+        slot, actions = self._machine.acquire_now(now)
+        self._perform(actions)
+        if slot is not None:
+            if self._metered:
+                self._note_grant(slot, now, waited=False)
+            return slot
         waiter = _Waiter()
-        now = self._clock()
         waiter_id, actions = self._machine.acquire(now, deadline)
         self._waiters[waiter_id] = waiter
         self._perform(actions)
@@ -556,7 +566,7 @@ class SMTPPool:
         self._leased_at[slot] = granted
         self._observer.acquired(granted - asked)
 
-    async def _lease(self, deadline: float) -> tuple[int, Connection]:
+    async def _lease(self, deadline: float, now: float) -> tuple[int, Connection]:
         """A slot and its connection, checked usable without a round trip.
 
         A connection the server closed while it was idle, or that holds bytes nobody asked for,
@@ -565,14 +575,15 @@ class SMTPPool:
         can be used ends this after `max_size + 1` of them.
         """
         for _ in range(self._config.max_size + 1):
-            slot = await self._acquire(deadline)
+            slot = await self._acquire(deadline, now)
             connection = self._connections[slot]
             why = connection.unusable()
             if why is None:
                 return slot, connection
             self._stale_discarded += 1
             self._leased_at.pop(slot, None)
-            self._perform(self._machine.release(slot, self._clock(), healthy=False, reason=why))
+            now = self._clock()
+            self._perform(self._machine.release(slot, now, healthy=False, reason=why))
         raise _AcquireFailed(
             _Failure(
                 classify(Stage.CONNECT),
@@ -722,11 +733,12 @@ class SMTPPool:
         deadline = started + config.send_timeout
         attempts = 0
         previous: _Failure | None = None
+        now = started
         while True:
             attempts += 1
             try:
-                acquire_deadline = min(deadline, clock() + config.acquire_timeout)
-                slot, connection = await self._lease(acquire_deadline)
+                acquire_deadline = min(deadline, now + config.acquire_timeout)
+                slot, connection = await self._lease(acquire_deadline, now)
             except _AcquireFailed as failed:
                 failure = failed.failure
             else:
@@ -784,6 +796,7 @@ class SMTPPool:
             if self._state != "open":
                 # The pool closed during the wait: say so now rather than after the delay.
                 self._refuse(self._closing_failure(failure), attempts, prepared, started)
+            now = clock()
 
     def _closing_failure(self, failure: _Failure) -> _Failure:
         """A failure that would be retried, but the pool is closing: POOL_CLOSED, with the truth

@@ -61,16 +61,16 @@ lease retire as soon as they are idle. Without rates and budgets none of this ru
 Time only moves forward: an input whose `now` is older than one already seen (two driver tasks
 read the clock in one order and call in the other) is treated as happening at the newest `now`.
 
-Indexes: the driver makes an acquire, a release and two `next_deadline()` calls per message, so
-none of them walks the slots on a warm pool. Each slot's `state` field is the truth; beside it the
-machine keeps one dict of slots per live state, the count of idle slots outside the best priority
-group, the set of hosts failing since their last success, and a cached idle slot with the earliest
-`connected_at`. `_move` (the one place a slot changes state) and the two cooldown inputs keep them
-in step; `_cached_indexes()` is checked against `_recomputed_indexes()` after every step of the
-stateful test. The idle dict is in order of `idle_since` (a slot enters it at the newest `now`,
-which never decreases); as float subtraction and addition are monotonic, the first idle slot and
-the one connected the earliest decide, with the same comparisons, whether any idle slot is due and
-when the first will be.
+Indexes: the driver makes an `acquire_now`, a release and two `next_deadline()` calls per message,
+so none of them walks the slots on a warm pool. Each slot's `state` field is the truth; beside it
+the machine keeps one dict of slots per live state, the count of idle slots outside the best
+priority group, the set of hosts failing since their last success, and a cached idle slot with the
+earliest `connected_at`. `_move` (the one place a slot changes state) and the two cooldown inputs
+keep them in step; `_cached_indexes()` is checked against `_recomputed_indexes()` after every step
+of the stateful test. The idle dict is in order of `idle_since` (a slot enters it at the newest
+`now`, which never decreases); as float subtraction and addition are monotonic, the first idle
+slot and the one connected the earliest decide, with the same comparisons, whether any idle slot
+is due and when the first will be.
 """
 
 from __future__ import annotations
@@ -292,6 +292,30 @@ class PoolMachine:
         heapq.heappush(self._deadlines, (float(deadline), waiter))
         self._settle(now, actions)
         return waiter, actions
+
+    def acquire_now(self, now: float) -> tuple[int | None, list[Action]]:
+        """A slot at once, or None: the fast path of `acquire` for a warm pool.
+
+        When nobody is queued and an idle slot needs no probe, that slot is granted (LEASED) and
+        returned, exactly the one `acquire` would grant, but without a waiter made for it and a
+        `GrantSlot` to carry it. Otherwise nothing is granted, and the caller queues with
+        `acquire`. Either way the actions of the settling pass (usually none) are returned, to be
+        performed like any others.
+        """
+        now = self._advance(now)
+        if self._close_requested:
+            return None, []
+        actions: list[Action] = []
+        self._settle(now, actions)
+        if self._waiters:
+            return None, actions
+        record = self._pick_idle(now, fresh=True)
+        if record is None:
+            return None, actions
+        if self._admission is not None:
+            self._admission.take(record.host, now)
+        self._move(record, _GRANT)
+        return record.id, actions
 
     def cancel(self, waiter: int, now: float) -> list[Action]:
         """The waiter gave up. A no-op for a waiter that was already granted or failed.

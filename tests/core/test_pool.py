@@ -105,6 +105,49 @@ def test_slots_idle_since_the_same_moment_are_granted_greatest_id_first(
     assert granted == [slots[2], slots[1], slots[0]]
 
 
+def test_acquire_now_grants_the_idle_slot_acquire_would_grant_without_a_waiter() -> None:
+    m = machine()
+    first = leased_slot(m, 0.0)
+    second = leased_slot(m, 0.0)
+    m.release(second, 1.0, healthy=True)
+    m.release(first, 2.0, healthy=True)
+    assert m.acquire_now(3.0) == (first, [])
+    assert m.slot_state(first) is SlotState.LEASED
+    assert m.statistics().waiting == 0
+    assert m.acquire_now(3.0) == (second, [])
+    # Nothing idle left: the caller must queue, and nothing was changed meanwhile.
+    assert m.acquire_now(3.0) == (None, [])
+    assert m.statistics().connecting == 0
+    assert m.release(first, 4.0, healthy=True) == []
+
+
+def test_acquire_now_grants_nothing_that_needs_a_probe() -> None:
+    m = machine(keepalive_interval=5.0)
+    slot = idle_slot(m, 0.0)
+    assert m.acquire_now(6.0) == (None, [])
+    assert m.slot_state(slot) is SlotState.IDLE
+    # Queued, the waiter gets a probe of it instead.
+    _, actions = m.acquire(6.0, 20.0)
+    assert actions == [ProbeSlot(slot)]
+
+
+def test_acquire_now_returns_what_settling_decided() -> None:
+    m = machine(idle_timeout=10.0)
+    first = leased_slot(m, 0.0)
+    second = leased_slot(m, 0.0)
+    m.release(first, 1.0, healthy=True)
+    m.release(second, 9.0, healthy=True)
+    # At 12 the first has been idle too long: it retires, and the second is granted.
+    assert m.acquire_now(12.0) == (second, [CloseSlot(first, graceful=True, reason="idle_timeout")])
+
+
+def test_acquire_now_grants_nothing_once_closed() -> None:
+    m = machine()
+    idle_slot(m)
+    m.close(1.0)
+    assert m.acquire_now(2.0) == (None, [])
+
+
 def test_idle_slot_is_granted_even_when_the_deadline_is_already_due() -> None:
     m = machine()
     slot = idle_slot(m)
