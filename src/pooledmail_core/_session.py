@@ -84,6 +84,7 @@ class ClientSession:
         "_parser",
         "_pending",
         "_replies",
+        "_shapes",
         "_state",
         "_tls_active",
         "limits",
@@ -104,6 +105,8 @@ class ClientSession:
         self._state = SessionState.AWAIT_GREETING
         self._pending: deque[Verb] = deque((Verb.GREETING,))
         self._capabilities = _NO_CAPABILITIES
+        # Transaction templates for these capabilities (see plan_transaction), forgotten with them.
+        self._shapes: dict[tuple[int, bool, bool], tuple[str, tuple[Verb, ...]]] = {}
         self._tls_active = tls_active
         self._closed_by_server: Reply | None = None
         self._error = ""
@@ -216,6 +219,7 @@ class ClientSession:
         return reply
 
     def _learn(self, verb: Verb, reply: Reply) -> None:
+        self._shapes = {}
         if verb is Verb.EHLO:
             self._capabilities = Capabilities.from_ehlo(reply)
             return
@@ -283,7 +287,9 @@ class ClientSession:
         """One mail transaction for `message`; local refusals are raised here, before any byte."""
         if self._active is not None or self._state is not _READY or self._pending:
             self._begin(_READY, Verb.MAIL)  # raises the precise LocalProtocolError
-        plan = plan_transaction(message, self._capabilities, self.limits.bdat_chunk_size)
+        plan = plan_transaction(
+            message, self._capabilities, self.limits.bdat_chunk_size, self._shapes
+        )
         exchange = TransactionExchange(self, plan)
         self._active = exchange
         return exchange

@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._state import Verb
 
-__all__ = ["TransactionPlan", "plan_transaction"]
+__all__ = ["SHAPES_KEPT", "TransactionPlan", "plan_transaction"]
 
 _MAIL, _RCPT, _DATA = Verb.MAIL, Verb.RCPT, Verb.DATA
 
@@ -72,10 +72,22 @@ class TransactionPlan:
         return f"<TransactionPlan for {len(self.recipients)} recipient(s)>"
 
 
+# How many transaction shapes (see `plan_transaction`) a session remembers.
+SHAPES_KEPT = 16
+
+
 def plan_transaction(
-    message: PreparedMessage, capabilities: Capabilities, chunk_size: int
+    message: PreparedMessage,
+    capabilities: Capabilities,
+    chunk_size: int,
+    shapes: dict[tuple[int, bool, bool], tuple[str, tuple[Verb, ...]]] | None = None,
 ) -> TransactionPlan:
     """Validate `message` against `capabilities` and lay out its transaction.
+
+    `shapes` is the session's memo of command templates, valid for `capabilities` only: the
+    MAIL and RCPT lines of a message without DSN parameters depend on the message only through
+    its addresses, its size, and whether it needs 8BITMIME or SMTPUTF8, so they are written from
+    a template made once per number of recipients and those two flags.
 
     Raises MessageTooLarge, SMTPUTF8NotSupported, EightBitNotSupported or DSNNotSupported.
     """
@@ -83,88 +95,77 @@ def plan_transaction(
     sender = envelope.sender
     recipients = envelope.recipients
     data = message.data
-    if not isinstance(data, bytes):
+    if type(data) is not bytes:
         data = bytes(data)
     data = normalise_line_endings(data)
+    size = len(data)
     caps = capabilities
-    params: list[str] = []
-    if caps.size is not None:
-        if caps.size and len(data) > caps.size:
-            raise MessageTooLarge(len(data), caps.size)
-        params.append(f"SIZE={len(data)}")
+    if caps.size and size > caps.size:
+        raise MessageTooLarge(size, caps.size)
 
     # Addresses were checked printable: joining them cannot hide a non-ASCII character.
-    needs_utf8 = not (sender.isascii() and "".join(recipients).isascii())
+    needs_utf8 = not (
+        sender.isascii()
+        and (recipients[0].isascii() if len(recipients) == 1 else "".join(recipients).isascii())
+    )
     eight_bit = not data.isascii()
     if eight_bit and not needs_utf8:
         end = data.find(b"\r\n\r\n")
         needs_utf8 = not (data if end < 0 else data[:end]).isascii()
     if needs_utf8 and not caps.smtputf8:
         raise SMTPUTF8NotSupported("non-ASCII addresses or headers, and the server lacks SMTPUTF8")
-    if eight_bit:
-        if caps.eight_bit_mime:
-            params.append("BODY=8BITMIME")
-        elif caps.smtputf8:
-            needs_utf8 = True
-        else:
+    if eight_bit and not caps.eight_bit_mime:
+        if not caps.smtputf8:
             raise EightBitNotSupported(
                 "8-bit data, and the server offers neither 8BITMIME nor SMTPUTF8"
             )
-    if needs_utf8:
-        params.append("SMTPUTF8")
-
-    rcpt_params = None
-    if not (
+        needs_utf8 = True
+    pipelined = caps.pipelining
+    chunking = caps.chunking
+    if (
         envelope.ret is None
         and envelope.envid is None
         and envelope.notify is None
         and not envelope.orcpt
     ):
+        key = (len(recipients), eight_bit, needs_utf8)
+        shape = shapes.get(key) if shapes is not None else None
+        if shape is None:
+            shape = _shape(caps, len(recipients), eight_bit, needs_utf8)
+            if shapes is not None:
+                if len(shapes) >= SHAPES_KEPT:
+                    shapes.clear()
+                shapes[key] = shape
+        template, flight_verbs = shape
+        if caps.size is None:
+            commands = template % ((sender, *recipients))
+        else:
+            commands = template % ((sender, size, *recipients))
+    else:
         if not caps.dsn:
             raise DSNNotSupported(
                 "the message asks for delivery status notifications (NOTIFY, RET, ENVID or "
                 "ORCPT) and the server does not offer DSN (RFC 3461)"
             )
-        rcpt_params = _dsn_parameters(envelope, params)
-    tail = (" " + " ".join(params)) if params else ""
-    if rcpt_params is None:
-        # The common case, no RCPT parameter: one join writes every RCPT line.
-        rcpt = "RCPT TO:<" + ">\r\nRCPT TO:<".join(recipients) + ">\r\n"
-    else:
-        rcpt = "".join(
-            [
-                f"RCPT TO:<{recipient}>{rcpt_params}{_orcpt(recipient, envelope.orcpt)}\r\n"
-                for recipient in recipients
-            ]
-        )
-    commands = f"MAIL FROM:<{sender}>{tail}\r\n{rcpt}"
-    pipelined = caps.pipelining
-    chunking = caps.chunking
+        commands, flight_verbs = _commands(envelope, caps, size, eight_bit, needs_utf8)
     flight = b""
-    flight_verbs: tuple[Verb, ...] = ()
     lines: tuple[bytes, ...] = ()
     if pipelined:
-        flight_verbs = (_MAIL,) + (_RCPT,) * len(recipients)
-        if chunking:
-            flight = commands.encode()
-        else:
-            flight = (commands + "DATA\r\n").encode()
-            flight_verbs += (_DATA,)
+        flight = commands.encode()
     else:
         # The addresses and parameters were checked printable, so each CRLF ends one command.
         lines = tuple(commands.encode().splitlines(keepends=True))
+        flight_verbs = ()
 
     if not chunking:
         body = dot_stuffed(data)
         return TransactionPlan(recipients, pipelined, flight, flight_verbs, lines, body, ())
-    if len(data) <= chunk_size:
-        chunks: tuple[tuple[bytes, bytes | memoryview], ...] = (
-            (b"BDAT %d LAST\r\n" % len(data), data),
-        )
+    if size <= chunk_size:
+        chunks: tuple[tuple[bytes, bytes | memoryview], ...] = ((b"BDAT %d LAST\r\n" % size, data),)
     else:
         # Slices of one memoryview: the chunks share the message's buffer instead of copying it.
         view = memoryview(data)
-        starts = range(0, len(data), chunk_size)
+        starts = range(0, size, chunk_size)
         chunks = tuple(
             (
                 b"BDAT %d%s\r\n"
@@ -174,6 +175,71 @@ def plan_transaction(
             for start in starts
         )
     return TransactionPlan(recipients, pipelined, flight, flight_verbs, lines, b"", chunks)
+
+
+def _mail_parameters(caps: Capabilities, eight_bit: bool, needs_utf8: bool) -> list[str]:
+    """MAIL's parameters other than DSN's, in order; SIZE's value as `%d` (RFC 1870)."""
+    params: list[str] = []
+    if caps.size is not None:
+        params.append("SIZE=%d")
+    if eight_bit and caps.eight_bit_mime:
+        params.append("BODY=8BITMIME")
+    if needs_utf8:
+        params.append("SMTPUTF8")
+    return params
+
+
+def _shape(
+    caps: Capabilities, recipients: int, eight_bit: bool, needs_utf8: bool
+) -> tuple[str, tuple[Verb, ...]]:
+    """The commands of a transaction without DSN parameters as a %-template (the sender, SIZE's
+    value if offered, then each recipient), and the verbs of the pipelined flight."""
+    params = _mail_parameters(caps, eight_bit, needs_utf8)
+    tail = (" " + " ".join(params)) if params else ""
+    template = f"MAIL FROM:<%s>{tail}\r\n" + "RCPT TO:<%s>\r\n" * recipients
+    verbs = (_MAIL,) + (_RCPT,) * recipients
+    if caps.pipelining and not caps.chunking:
+        template += "DATA\r\n"
+        verbs += (_DATA,)
+    return template, verbs
+
+
+def _commands(
+    envelope: Envelope, caps: Capabilities, size: int, eight_bit: bool, needs_utf8: bool
+) -> tuple[str, tuple[Verb, ...]]:
+    """The commands of a transaction with DSN parameters, and the verbs of the pipelined flight.
+
+    Also what the template of `_shape` must write for any envelope without them (a test holds
+    the two to each other)."""
+    params = [
+        param % size if param.startswith("SIZE") else param
+        for param in _mail_parameters(caps, eight_bit, needs_utf8)
+    ]
+    recipients = envelope.recipients
+    rcpt_params = None
+    if not (
+        envelope.ret is None
+        and envelope.envid is None
+        and envelope.notify is None
+        and not envelope.orcpt
+    ):
+        rcpt_params = _dsn_parameters(envelope, params)
+    tail = (" " + " ".join(params)) if params else ""
+    if rcpt_params is None:
+        rcpt = "RCPT TO:<" + ">\r\nRCPT TO:<".join(recipients) + ">\r\n"
+    else:
+        rcpt = "".join(
+            [
+                f"RCPT TO:<{recipient}>{rcpt_params}{_orcpt(recipient, envelope.orcpt)}\r\n"
+                for recipient in recipients
+            ]
+        )
+    commands = f"MAIL FROM:<{envelope.sender}>{tail}\r\n{rcpt}"
+    verbs = (_MAIL,) + (_RCPT,) * len(recipients)
+    if caps.pipelining and not caps.chunking:
+        commands += "DATA\r\n"
+        verbs += (_DATA,)
+    return commands, verbs
 
 
 def _orcpt(recipient: str, wanted: bool) -> str:

@@ -591,3 +591,72 @@ def test_bdat_chunks_share_the_message_buffer() -> None:
     assert b"".join(payloads) == data
     assert all(p.obj is data for p in payloads)
     assert tx.result.failed_stage is None
+
+
+senders = st.sampled_from(["a@example.com", "ré@example.com", "100%@example.org", ""])
+recipient_addresses = st.sampled_from(
+    ["b@example.net", "ré@example.com", "100%@example.org", "postmaster"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.sampled_from([None, 0, 100_000]),
+    pipelining=st.booleans(),
+    chunking=st.booleans(),
+    eight_bit_mime=st.booleans(),
+    smtputf8=st.booleans(),
+    sender=senders,
+    recipients=st.lists(recipient_addresses, min_size=1, max_size=4, unique=True),
+    data=st.sampled_from([b"Subject: x\r\n\r\nbody\r\n", b"Subject: \xc3\xa9\r\n\r\n\xe9\r\n"]),
+)
+def test_the_remembered_template_writes_what_the_full_planning_writes(
+    size: int | None,
+    pipelining: bool,
+    chunking: bool,
+    eight_bit_mime: bool,
+    smtputf8: bool,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+) -> None:
+    """A session writes MAIL and RCPT from a template per shape (number of recipients, 8-bit,
+    SMTPUTF8), made once; it must write, every time, what planning from scratch writes."""
+    from pooledmail_core._transaction import _commands, plan_transaction
+
+    capabilities = caps(
+        size=size,
+        pipelining=pipelining,
+        chunking=chunking,
+        eight_bit_mime=eight_bit_mime,
+        smtputf8=smtputf8,
+    )
+    message = PreparedMessage(Envelope(sender, tuple(recipients)), data)
+    shapes: dict[Any, Any] = {}
+    try:
+        plans = [plan_transaction(message, capabilities, 1 << 20, shapes) for _ in range(2)]
+    except (SMTPUTF8NotSupported, EightBitNotSupported):
+        return
+    eight_bit = not data.isascii()
+    needs_utf8 = not (sender.isascii() and "".join(recipients).isascii())
+    needs_utf8 = needs_utf8 or (eight_bit and (not data.split(b"\r\n\r\n")[0].isascii()))
+    needs_utf8 = needs_utf8 or (eight_bit and not eight_bit_mime)
+    commands, verbs = _commands(message.envelope, capabilities, len(data), eight_bit, needs_utf8)
+    assert len(shapes) == 1
+    for plan in plans:
+        if pipelining:
+            assert plan.flight == commands.encode()
+            assert plan.flight_verbs == verbs
+        else:
+            assert b"".join(plan.lines) == commands.encode()
+
+
+def test_templates_are_forgotten_with_the_capabilities_they_were_made_for() -> None:
+    from pooledmail_core._state import Verb
+
+    session = session_with(caps(pipelining=True))
+    message = PreparedMessage(Envelope("a@example.com", ("b@example.net",)), b"x\r\n")
+    session.transaction(message)
+    assert session._shapes
+    session._learn(Verb.EHLO, Reply(250, ("mx", "SIZE 10")))
+    assert not session._shapes
