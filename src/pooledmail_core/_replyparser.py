@@ -56,7 +56,15 @@ def _enhanced_status(word: str) -> tuple[int, int, int] | None:
 _CODES: Final = {str(code).encode(): code for code in range(200, 600)}
 
 
-_CACHE_SIZE: Final = 64
+# Replies are immutable and a reply line always parses to the same `Reply`, whichever session
+# reads it, so two memos are shared by every parser: one reply line -> its Reply, and one whole
+# read made only of one-line replies (a pipelined flight's answers: "250 2.1.0 Ok", "250 2.1.5
+# Ok", "354 ...", the same for every message) -> its Replies. Each is cleared when full, so a
+# server that sends a new line every time (a queue id) costs one insertion and no memory.
+_LINES_KEPT: Final = 256
+_READS_KEPT: Final = 64
+_line_replies: dict[bytes, Reply] = {}
+_read_replies: dict[bytes, tuple[Reply, ...]] = {}
 # What the character after the code says: True for the last line of a reply (RFC 5321 §4.2.1;
 # a bare code with nothing after it is taken as a last line too).
 _LAST_LINE: Final = {b" ": True, b"": True, b"-": False}
@@ -74,7 +82,6 @@ class ReplyParser:
     __slots__ = (
         "_broken",
         "_buffer",
-        "_cache",
         "_code",
         "_enhanced",
         "_lines",
@@ -103,7 +110,6 @@ class ReplyParser:
         self._queued_bytes = 0
         self._partial_size = 0
         self._broken: RemoteProtocolError | None = None
-        self._cache: dict[bytes, Reply] = {}
 
     @property
     def buffered(self) -> int:
@@ -166,33 +172,38 @@ class ReplyParser:
         return queued.popleft()
 
     def _parse(self) -> None:
-        max_line = self._max_line
         buffer = self._buffer
+        max_line = self._max_line
+        lines = self._lines
+        queued = self.replies  # empty: parsing only happens once every reply was taken
+        # A buffer shorter than the line limit cannot hold a line over it.
+        check_length = len(buffer) > max_line
+        if not lines and not check_length:
+            known = _read_replies.get(buffer)
+            if known is not None:
+                queued.extend(known)
+                self._queued_bytes = len(buffer)
+                self._buffer = b""
+                return
         # One split; the last piece is the partial line after the last LF (b"" if none).
         raw_lines = buffer.split(b"\n")
         partial = self._buffer = raw_lines.pop()
         if len(partial) >= max_line:
             raise RemoteProtocolError("reply line longer than the line-length limit")
-        # A buffer shorter than the line limit cannot hold a line over it.
-        check_length = len(buffer) > max_line
         codes = _CODES
-        queued = self.replies  # empty: parsing only happens once every reply was taken
-        queued_bytes = 0
-        lines = self._lines
-        size = self._partial_size
-        cache = self._cache
+        cache = _line_replies
+        # Bytes of the reply still in progress (its lines so far), before and after this buffer:
+        # every other byte consumed belongs to a complete, queued reply.
+        started_with = size = self._partial_size
         try:
             for raw in raw_lines:
-                size += len(raw) + 1
+                if check_length and len(raw) >= max_line:
+                    raise RemoteProtocolError("reply line longer than the line-length limit")
                 if not lines:
                     reply = cache.get(raw)
                     if reply is not None:
                         queued.append(reply)
-                        queued_bytes += size
-                        size = 0
                         continue
-                if check_length and len(raw) >= max_line:
-                    raise RemoteProtocolError("reply line longer than the line-length limit")
                 line = raw[:-1] if raw[-1:] == b"\r" else raw
                 code = codes.get(line[:3])
                 last = _LAST_LINE.get(line[3:4])
@@ -210,9 +221,10 @@ class ReplyParser:
                     lines.append(text)
                     if last:
                         queued.append(Reply(code, tuple(lines), self._enhanced))
-                        queued_bytes += size
                         size = 0
                         lines = self._lines = []
+                    else:
+                        size += len(raw) + 1
                     continue
                 enhanced = None
                 if text[1:2] == ".":
@@ -227,26 +239,38 @@ class ReplyParser:
                                 self._prefix = status + " "
                             text = rest
                 if last:
-                    # The common case: a one-line reply. Replies are immutable and servers
-                    # repeat the same ones ("250 2.1.0 Ok", "354 ...") for every message: reuse
-                    # them. Built without Reply.__init__, whose checks hold here by construction
-                    # (a code from _CODES, a tuple of lines).
+                    # The common case: a one-line reply. Built without Reply.__init__, whose
+                    # checks hold here by construction (a code from _CODES, a tuple of lines).
                     reply = _new(Reply)
                     _set(reply, "code", code)
                     _set(reply, "lines", (text,))
                     _set(reply, "enhanced", enhanced)
-                    if len(cache) >= _CACHE_SIZE:
+                    if len(cache) >= _LINES_KEPT:
                         cache.clear()
                     cache[raw] = reply
                     queued.append(reply)
-                    queued_bytes += size
-                    size = 0
                 else:
                     if enhanced is None:
                         self._prefix = ""
                     self._code = code
                     self._enhanced = enhanced
                     lines.append(text)
-            self._partial_size = size
-        finally:
-            self._queued_bytes = queued_bytes
+                    size = len(raw) + 1
+        except RemoteProtocolError:
+            # What was queued before the bad line is still returned first; its exact size no
+            # longer matters (the session fails at the bad line).
+            self._queued_bytes = len(buffer)
+            raise
+        self._partial_size = size
+        self._queued_bytes = started_with + len(buffer) - len(partial) - size
+        if (
+            not started_with
+            and not partial
+            and not size
+            and len(queued) == len(raw_lines) > 1
+            and len(buffer) <= max_line
+        ):
+            # Several one-line replies read at once, and nothing else: remember the whole read.
+            if len(_read_replies) >= _READS_KEPT:
+                _read_replies.clear()
+            _read_replies[buffer] = tuple(queued)

@@ -68,6 +68,44 @@ def test_repeated_replies_are_equal_and_the_cache_stays_small() -> None:
     assert parser.buffered == 0
 
 
+def test_a_remembered_read_gives_the_same_replies_and_sizes() -> None:
+    flight = b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+    expected = [
+        Reply(250, ("Ok",), (2, 1, 0)),
+        Reply(250, ("Ok",), (2, 1, 5)),
+        Reply(354, ("End data with <CR><LF>.<CR><LF>",)),
+    ]
+    for _ in range(3):  # parsed, then remembered (by this parser or any other)
+        parser = ReplyParser(Limits())
+        parser.feed(flight)
+        assert parser.buffered == len(flight)
+        first = parser.next_reply()
+        assert parser.buffered == len(flight)  # the read is consumed once every reply was taken
+        assert [first, parser.next_reply(), parser.next_reply()] == expected
+        assert parser.next_reply() is None
+        assert parser.buffered == 0
+
+
+def test_a_line_remembered_under_a_larger_limit_is_still_too_long_for_a_smaller_one() -> None:
+    line = b"250 2.0.0 a reply of some length\r\n"
+    assert parse_all(line * 2) == [Reply(250, ("a reply of some length",), (2, 0, 0))] * 2
+    small = Limits(max_line_length=16)
+    for raw in (line, line * 2, b"250 ok\r\n" + line):
+        with pytest.raises(RemoteProtocolError):
+            parse_all(raw, small)
+
+
+def test_the_rest_of_a_multi_line_reply_counts_as_buffered_until_it_ends() -> None:
+    parser = ReplyParser(Limits())
+    parser.feed(b"250 ok\r\n250-first\r\n")
+    assert parser.next_reply() == Reply(250, ("ok",))
+    assert parser.next_reply() is None
+    assert parser.buffered == len(b"250-first\r\n")
+    parser.feed(b"250 last\r\n")
+    assert parser.next_reply() == Reply(250, ("first", "last"))
+    assert parser.buffered == 0
+
+
 @pytest.mark.parametrize(
     "raw",
     [
