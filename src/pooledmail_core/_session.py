@@ -70,6 +70,12 @@ _LEARNS = frozenset({Verb.EHLO, Verb.HELO, Verb.STARTTLS})
 _STARTTLS = Verb.STARTTLS
 _ERROR, _CLOSED, _CLOSING = SessionState.ERROR, SessionState.CLOSED, SessionState.CLOSING
 _TLS_HANDSHAKE, _READY = SessionState.TLS_HANDSHAKE, SessionState.READY
+# (state, last awaited verb, PIPELINING, TLS active, the flight's verbs) -> the state after a
+# flight that `_check_flight` allowed; shared by every session, cleared when full.
+_FLIGHTS_KEPT = 256
+_allowed_flights: dict[
+    tuple[SessionState, Verb | None, bool, bool, tuple[Verb, ...]], SessionState
+] = {}
 
 
 class ClientSession:
@@ -326,6 +332,28 @@ class ClientSession:
 
     def _emit(self, verbs: tuple[Verb, ...], data: bytes) -> bytes:
         """`data`, once the commands it carries (`verbs`, in order) are checked and recorded."""
+        pending = self._pending
+        # The check depends on nothing else, and a session repeats the same few flights: its
+        # outcome (when the flight is allowed) is remembered.
+        key = (
+            self._state,
+            pending[-1] if pending else None,
+            self._capabilities.pipelining,
+            self._tls_active,
+            verbs,
+        )
+        state = _allowed_flights.get(key)
+        if state is None:
+            state = self._check_flight(verbs)
+            if len(_allowed_flights) >= _FLIGHTS_KEPT:
+                _allowed_flights.clear()
+            _allowed_flights[key] = state
+        pending.extend(verbs)
+        self._state = state
+        return data
+
+    def _check_flight(self, verbs: tuple[Verb, ...]) -> SessionState:
+        """The state after `verbs` are sent in one flight, or the misuse they are."""
         state = self._state
         pending = self._pending
         previous = pending[-1] if pending else None
@@ -340,9 +368,7 @@ class ClientSession:
                 raise self._misuse("STARTTLS on a session that already uses TLS")
             previous = verb
             state = target
-        pending.extend(verbs)
-        self._state = state
-        return data
+        return state
 
     def _close(self) -> None:
         self._state = SessionState.CLOSED

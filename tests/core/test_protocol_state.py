@@ -251,6 +251,28 @@ def test_with_pipelining_a_group_must_end_with_its_last_command() -> None:
         session.send(Rset())
 
 
+def test_a_flight_allowed_once_is_judged_again_where_anything_it_depends_on_differs() -> None:
+    # Allowed flights are remembered across sessions; the state, the verb awaited last,
+    # PIPELINING and TLS still decide each time.
+    with_pipelining = ready()
+    with_pipelining.send(Mail("a@example.com"))
+    with_pipelining.send(Rcpt("b@example.net"))
+    without = greeted()
+    step(without, Ehlo("client.example"), b"250 mx\r\n")
+    without.send(Mail("a@example.com"))
+    with pytest.raises(LocalProtocolError):
+        without.send(Rcpt("b@example.net"))
+    with pytest.raises(LocalProtocolError):
+        in_transaction().send(Mail("a@example.com"))
+    starttls = ready()
+    starttls.send(Starttls())
+    tls = tls_handshake()
+    tls.tls_established()
+    step(tls, Ehlo("client.example"), EHLO_REPLY)
+    with pytest.raises(LocalProtocolError):
+        tls.send(Starttls())
+
+
 def test_starttls_twice_is_local_error() -> None:
     session = tls_handshake()
     session.tls_established()
