@@ -151,7 +151,14 @@ class ClientSession:
         judged against the wrong command, so the connection must not carry another transaction.
         """
         parser = self._parser
-        return bool(parser.buffered or parser.eof or self._state is _ERROR)
+        # `parser.buffered`, without adding up how much.
+        return bool(
+            parser._buffer
+            or parser.replies
+            or parser._partial_size
+            or parser.eof
+            or self._state is _ERROR
+        )
 
     @property
     def awaiting(self) -> tuple[Verb, ...]:
@@ -186,21 +193,29 @@ class ClientSession:
         nothing is awaited is a RemoteProtocolError. After the server closed an idle session
         (end of stream, nothing awaited) the state is CLOSED and this returns NEED_DATA.
         """
-        state = self._state
-        if state is _ERROR:
-            raise RemoteProtocolError(self._error)
-        if state is _CLOSED:
-            return NEED_DATA
         replies = self._replies
+        state = self._state
         if replies:
+            if state is _ERROR:
+                raise RemoteProtocolError(self._error)
+            if state is _CLOSED:
+                return NEED_DATA
             reply = replies.popleft()
         else:
+            parser = self._parser
+            if not (parser._buffer or parser.eof or parser._broken) and state is not _ERROR:
+                # Nothing received and nothing wrong: the usual answer right after a write.
+                return NEED_DATA
+            if state is _ERROR:
+                raise RemoteProtocolError(self._error)
+            if state is _CLOSED:
+                return NEED_DATA
             try:
-                parsed = self._parser.next_reply()
+                parsed = parser.next_reply()
             except RemoteProtocolError as exc:
                 raise self._fail(str(exc)) from None
             if parsed is None:
-                if self._parser.eof:
+                if parser.eof:
                     if self._pending and state is not _CLOSING:
                         raise self._fail("connection closed while a reply was awaited")
                     self._close()
