@@ -123,9 +123,11 @@ class Connection:
         "_clock",
         "_deadline_stream",
         "_peek_socket",
+        "_ssl_object",
         "auth_mechanism",
         "greeting",
         "host",
+        "key",
         "server_closed",
         "session",
         "stream",
@@ -135,6 +137,12 @@ class Connection:
         self.stream = stream
         self.session = session
         self.host = host
+        # `host.key`, worked out once: every send reports it.
+        self.key = host.key
+        # The TLS object once TLS is up, read by `unusable()` (looking it up costs more).
+        self._ssl_object: ssl.SSLObject | None = None
+        if isinstance(stream, TLSStream):
+            self._ssl_object = stream.extra(TLSAttribute.ssl_object)
         # The server ended the stream (FIN) while this side was reading: what broke an exchange.
         self.server_closed = False
         # What setup learned, for diagnostics (`check()`, `pooledmail probe`).
@@ -172,12 +180,11 @@ class Connection:
         """
         if self.session.has_unread:
             return "out_of_sync"
-        stream = self.stream
-        if isinstance(stream, TLSStream):
+        ssl_object = self._ssl_object
+        if ssl_object is not None:
             # A complete TLS record may sit decrypted or undecrypted in the TLS layer. Reading
             # from the TLS object itself (no I/O: it only looks at what it holds) finds it; post-
             # handshake messages such as session tickets are consumed and are not data.
-            ssl_object = stream.extra(TLSAttribute.ssl_object)
             try:
                 if ssl_object.read(1):
                     return "out_of_sync"
@@ -250,9 +257,10 @@ class Connection:
         stream = self.stream
         current_time = self._clock
         allowance = step_timeout * _STEP_SLACK
-        limit.deadline = min(deadline, current_time() + allowance)
+        # `until` mirrors `limit.deadline`, which only this loop moves.
+        until = limit.deadline = min(deadline, current_time() + allowance)
+        step = next_step()
         while True:
-            step = next_step()
             if step is NEED_DATA:
                 try:
                     data = await stream.receive(_READ_SIZE)
@@ -260,30 +268,34 @@ class Connection:
                     data = b""
                     self.server_closed = True
                 receive_data(data)
+                step = next_step()
                 continue
-            if type(step) is Done:
+            kind = type(step)
+            if kind is Done:
                 return
             now = current_time()
-            if limit.deadline - now < step_timeout:
+            if until - now < step_timeout:
                 # As a cancel scope would: a step that starts past its limit does not start.
                 if deadline <= now:
                     raise DeadlineExceeded
-                limit.deadline = min(deadline, now + allowance)
-            if type(step) is Write:
-                flight = step.data
+                until = limit.deadline = min(deadline, now + allowance)
+            if kind is Write:
+                flight = step.data  # type: ignore[union-attr]
                 if len(flight) <= _WRITE_SLICE:
                     await stream.send(flight)  # type: ignore[arg-type]
                 else:
                     await self._send_sliced(
                         stream, memoryview(flight), limit, step_timeout, deadline
                     )
+                    until = limit.deadline
             else:
-                assert type(step) is StartTLS
+                assert kind is StartTLS
                 stream = await self._start_tls(exchange, ssl_context)
             # The replies to what was just sent get a full step of their own.
             now = current_time()
-            if limit.deadline - now < step_timeout:
-                limit.deadline = min(deadline, now + allowance)
+            if until - now < step_timeout:
+                until = limit.deadline = min(deadline, now + allowance)
+            step = next_step()
 
     async def _send_sliced(
         self,
@@ -312,6 +324,7 @@ class Connection:
             ssl_context=ssl_context,
             standard_compatible=False,
         )
+        self._ssl_object = stream.extra(TLSAttribute.ssl_object)
         exchange.tls_established()
         return stream
 

@@ -403,7 +403,7 @@ class SMTPPool:
                     # After shutdown every connection has been aborted already.
                     gone = self._connections.pop(action.slot, None)
                     if gone is not None:
-                        self._observer.connection_closed(gone.host.key, action.reason)
+                        self._observer.connection_closed(gone.key, action.reason)
                     pending += self._machine.slot_closed(action.slot, self._clock())
             elif self._fleet is not None:
                 # RequestLease, ReleaseLease, RequestTokens, ShareCooldown (shared budgets).
@@ -507,7 +507,7 @@ class SMTPPool:
                 self._perform(self._machine.probe_succeeded(slot, now))
             else:
                 if self._state == "open":
-                    self._observer.probe_failed(connection.host.key)
+                    self._observer.probe_failed(connection.key)
                 self._perform(self._machine.probe_failed(slot, now))
 
     async def _close(self, slot: int, graceful: bool, reason: str) -> None:
@@ -520,7 +520,7 @@ class SMTPPool:
                     await connection.abort(ABORT_GRACE)
         finally:
             if connection is not None:
-                self._observer.connection_closed(connection.host.key, reason)
+                self._observer.connection_closed(connection.key, reason)
             self._perform(self._machine.slot_closed(slot, self._clock()))
 
     # -- acquiring ---------------------------------------------------------------------------
@@ -589,7 +589,7 @@ class SMTPPool:
                 classify(Stage.CONNECT),
                 None,
                 None,
-                connection.host.key,
+                connection.key,
                 "the server closed every connection before it could be used",
             )
         )
@@ -852,7 +852,7 @@ class SMTPPool:
         healthy = False
         reason = "broken"
         messages = 1
-        host = connection.host.key
+        host = connection.key
         try:
             try:
                 transaction = connection.session.transaction(prepared)
