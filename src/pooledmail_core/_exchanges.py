@@ -136,6 +136,23 @@ class TransactionOutcome:
     in_sync: bool
 
 
+# The slots' own setters, for the objects built on every message (see `_write` and `_end`): what a
+# frozen dataclass's __init__ reaches through object.__setattr__, called directly.
+_set_write_data = Write.__dict__["data"].__set__
+_set_accepted = TransactionOutcome.__dict__["accepted"].__set__
+_set_refused = TransactionOutcome.__dict__["refused"].__set__
+_set_reply = TransactionOutcome.__dict__["reply"].__set__
+_set_failed_stage = TransactionOutcome.__dict__["failed_stage"].__set__
+_set_in_sync = TransactionOutcome.__dict__["in_sync"].__set__
+
+
+def _write(data: bytes | memoryview) -> Write:
+    """`Write(data)`, without the dataclass's __init__ (one is built per flight)."""
+    step: Write = _new(Write)
+    _set_write_data(step, data)
+    return step
+
+
 class Exchange(abc.ABC):
     """Base of the exchanges: drives a generator of steps."""
 
@@ -411,11 +428,11 @@ class TransactionExchange(Exchange):
         # TransactionOutcome(...) without its generated __init__ (five frozen-dataclass
         # assignments through object.__setattr__ anyway): one of these is built per message.
         outcome = _new(TransactionOutcome)
-        _set(outcome, "accepted", tuple(self._accepted))
-        _set(outcome, "refused", tuple(self._refused))
-        _set(outcome, "reply", reply)
-        _set(outcome, "failed_stage", failed_stage)
-        _set(outcome, "in_sync", in_sync)
+        _set_accepted(outcome, tuple(self._accepted))
+        _set_refused(outcome, tuple(self._refused))
+        _set_reply(outcome, reply)
+        _set_failed_stage(outcome, failed_stage)
+        _set_in_sync(outcome, in_sync)
         self._result = outcome
 
     def _closed(self, failure: tuple[Stage, Reply]) -> None:
@@ -446,7 +463,7 @@ class TransactionExchange(Exchange):
         next_event = self._session.next_event
         chunks = plan.chunks
         if not chunks:
-            yield Write(emit(plan.flight_verbs, plan.flight))
+            yield _write(emit(plan.flight_verbs, plan.flight))
         else:
             # The data leaves before any reply is read: the stage says so until it is written.
             self._stage = _STAGE_BODY
@@ -573,17 +590,18 @@ class TransactionExchange(Exchange):
         body = self._plan.body
         self._stage = _STAGE_BODY
         if len(body) <= COALESCE_LIMIT:
-            yield Write(emit(_END_OF_DATA, body + b".\r\n"))
+            yield _write(emit(_END_OF_DATA, body + b".\r\n"))
         else:
-            yield Write(body)
-            yield Write(emit(_END_OF_DATA, b".\r\n"))
+            yield _write(body)
+            yield _write(emit(_END_OF_DATA, b".\r\n"))
         # Resumed only once the driver has handed the "." line to the transport.
         self._terminator_sent = True
         self._stage = _STAGE_DATA_END
         while (final := next_event()) is NEED_DATA:
             yield NEED_DATA
         # RFC 5321 §4.1.1.4: after the final reply, failed or not, the transaction is over.
-        self._end(final, None if final.is_positive else _STAGE_DATA_END, final.code != 421)
+        code = final.code
+        self._end(final, None if code < 300 else _STAGE_DATA_END, code != 421)
 
     def _reset(self, stage: Stage, failure: Reply) -> _Steps:
         # A refusal ended the transaction; RSET (RFC 5321 §4.1.1.5) so that the session can

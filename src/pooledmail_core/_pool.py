@@ -413,7 +413,8 @@ class PoolMachine:
         closed, for `closed_total`: "broken" (the exchange failed), "stale" (found closed or
         unusable by the server before it was used) or "out_of_sync" (bytes left unread).
         """
-        if isinstance(messages, bool) or not isinstance(messages, int) or messages < 0:
+        # (type(True) is bool, not int: a bool is refused too.)
+        if type(messages) is not int or messages < 0:
             raise LocalProtocolError("messages must be a non-negative integer")
         if reason not in _BROKEN_REASONS:
             raise LocalProtocolError(f"reason must be one of {', '.join(_BROKEN_REASONS)}")
@@ -748,6 +749,9 @@ class PoolMachine:
     # --------------------------------------------------------------------------------- plumbing
 
     def _advance(self, now: float) -> float:
+        if type(now) is float and now > self._now:  # the usual input (never NaN: NaN > x fails)
+            self._now = now
+            return now
         if not isinstance(now, (int, float)) or math.isnan(now):
             raise LocalProtocolError("now must be a number")
         if now > self._now:

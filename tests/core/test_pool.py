@@ -989,6 +989,24 @@ def test_time_and_deadline_must_be_numbers(bad: Any) -> None:
         m.acquire(0.0, bad)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf * 0, "1.0", None])
+def test_acquire_now_refuses_a_time_that_is_not_a_number(bad: Any) -> None:
+    m = machine()
+    idle_slot(m)
+    with pytest.raises(LocalProtocolError):
+        m.acquire_now(bad)
+    assert m.statistics().idle == 1
+
+
+@pytest.mark.parametrize("messages", [True, -1, 1.0, "1"])
+def test_release_refuses_a_message_count_that_is_not_a_count(messages: Any) -> None:
+    m = machine()
+    slot = leased_slot(m)
+    with pytest.raises(LocalProtocolError):
+        m.release(slot, 1.0, healthy=True, messages=messages)
+    assert m.slot_state(slot) is SlotState.LEASED
+
+
 def test_an_older_now_is_treated_as_the_newest_seen() -> None:
     m = machine(max_size=1)
     leased_slot(m, 0.0)
