@@ -72,7 +72,7 @@ from ._connection import (
 from ._health import HealthReport, HostCheck, check_host
 from ._limit_reasons import describe_limit
 from ._observe import Observer
-from ._results import SendFailed, SendResult, SendStatistics
+from ._results import SendFailed, SendResult, SendStatistics, accepted_result
 from ._stream import backend_clock
 
 __all__ = ["SMTPPool"]
@@ -905,7 +905,7 @@ class SMTPPool:
                     reason = leftover
             if result.failed_stage is None:
                 assert result.reply is not None
-                return SendResult(
+                return accepted_result(
                     host,
                     attempts,
                     result.accepted,

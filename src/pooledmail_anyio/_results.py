@@ -29,6 +29,33 @@ class SendResult:
     message_id: str | None = None
 
 
+_setters = tuple(
+    SendResult.__dict__[name].__set__
+    for name in ("host", "attempts", "accepted", "refused", "reply", "message_id")
+)
+
+
+def accepted_result(
+    host: str,
+    attempts: int,
+    accepted: tuple[str, ...],
+    refused: tuple[tuple[str, Reply], ...],
+    reply: Reply,
+    message_id: str | None,
+) -> SendResult:
+    """`SendResult(...)` without the dataclass's __init__, whose six assignments go through
+    object.__setattr__: one is built for every message sent."""
+    result: SendResult = object.__new__(SendResult)
+    set_host, set_attempts, set_accepted, set_refused, set_reply, set_message_id = _setters
+    set_host(result, host)
+    set_attempts(result, attempts)
+    set_accepted(result, accepted)
+    set_refused(result, refused)
+    set_reply(result, reply)
+    set_message_id(result, message_id)
+    return result
+
+
 class SendFailed(Exception):
     """A send that did not end with the server accepting the message.
 
