@@ -397,10 +397,12 @@ def backend_clock() -> Callable[[], float]:
     look-up `anyio.current_time` makes on every call (it is read several times per message)."""
     if _on_asyncio():
         return asyncio.get_running_loop().time
-    # anyio's only other backend is trio (an optional dependency).
+    # anyio's only other backend is trio (an optional dependency). `trio.current_time()` asks the
+    # run's clock through two more calls; the clock itself (a SystemClock, or a MockClock in
+    # tests) is fixed for the whole run.
     import trio
 
-    return trio.current_time
+    return trio.lowlevel.current_clock().current_time
 
 
 def _on_asyncio() -> bool:
