@@ -90,6 +90,8 @@ class Timing:
     wall: float = 0.0
     user: float = 0.0
     system: float = 0.0
+    # Connections the sender opened, warm-up included (known for pooledmail only).
+    connections: int | None = None
 
     @property
     def cpu(self) -> float:
@@ -130,7 +132,9 @@ async def run_pooledmail(port: int, messages: int, concurrency: int) -> Timing:
         async with anyio.create_task_group() as tg:
             for count in split(messages, concurrency):
                 tg.start_soon(worker, count)
-        return timing.stop()
+        timing.stop()
+        timing.connections = pool.statistics().created_total
+        return timing
 
 
 async def run_aiosmtplib(port: int, messages: int, concurrency: int) -> Timing:
@@ -332,9 +336,10 @@ def main() -> None:
         cpu, user, system = (
             seconds / n * 1e6 for seconds in (timing.cpu, timing.user, timing.system)
         )
+        opened = "" if timing.connections is None else f", {timing.connections} connections"
         print(
             f"  {name:<20} {rates[name]:>9,.0f} messages/s   {cpu:6.0f} us cpu/msg"
-            f" ({user:.0f} user + {system:.0f} system)"
+            f" ({user:.0f} user + {system:.0f} system{opened})"
         )
     ratios = [
         ("pooledmail asyncio", "aiosmtplib reused", "x"),
