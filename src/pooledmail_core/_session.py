@@ -180,8 +180,17 @@ class ClientSession:
             # RFC 3207 §5 / CVE-2011-0411: plaintext after the 220 must not reach the TLS layer.
             self._fail("bytes received before the TLS handshake")
             return
+        parser = self._parser
+        if (
+            data
+            and not (parser._buffer or parser.replies or parser._partial_size or parser.eof)
+            and len(data) <= parser._max_buffered
+        ):
+            # `parser.feed(data)` when it holds nothing: the usual read, a flight's replies.
+            parser._buffer = data
+            return
         try:
-            self._parser.feed(data)
+            parser.feed(data)
         except RemoteProtocolError as exc:
             self._fail(str(exc))
 
