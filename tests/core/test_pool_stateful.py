@@ -600,7 +600,9 @@ class PoolWorld(RuleBasedStateMachine):
                     due.append(until)
         if self.waiting and not self.closed and self.has_rates():
             token = self.next_token()
-            if token is not None:
+            # A token due within rounding of now is already there for the machine, which keeps
+            # each rate as one number (see below): nothing is left to wait for.
+            if token is not None and token > self.now + EPSILON:
                 due.append(token)
         expected = min(due, default=None)
         deadline = self.machine.next_deadline()
