@@ -8,7 +8,25 @@ import pathlib
 import pooledmail_core
 
 FORBIDDEN = frozenset(
-    {"anyio", "asyncio", "trio", "socket", "ssl", "time", "random", "os", "selectors", "threading"}
+    {
+        "anyio",
+        "asyncio",
+        "trio",
+        "socket",
+        "ssl",
+        "time",
+        "datetime",
+        "random",
+        "secrets",
+        "uuid",
+        "os",
+        "selectors",
+        "threading",
+        "subprocess",
+        "logging",
+        "coredis",
+        "opentelemetry",
+    }
 )
 CORE = pathlib.Path(pooledmail_core.__file__).parent
 
