@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pooledmail",
         description="Guarded SMTP connection reuse: probe, send, check, bench, demo.",
-        epilog="Exit status: 0 ok, 2 wrong option, 10-18 by failure kind (see docs).",
+        epilog="Exit status: 0 ok, 2 wrong option, 10-21 by failure kind (see docs).",
     )
     parser.add_argument("--version", action="version", version=f"pooledmail {_own_version()}")
     parser.add_argument(
@@ -152,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=_positive, default=1000, help="how many (1000)")
     demo.add_argument("--concurrency", type=_positive, default=16, help="concurrent senders (16)")
     demo.add_argument("--max-size", type=_positive, default=4, help="pool max_size (4)")
+    # `--backend` is taken after the command too (`pooledmail demo --backend trio`), as users
+    # write it; given there it wins over the one before the command.
+    for command in (probe, send, check, bench, demo):
+        command.add_argument(
+            "--backend", choices=("asyncio", "trio"), default=argparse.SUPPRESS, help="event loop"
+        )
     return parser
 
 

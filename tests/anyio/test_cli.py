@@ -465,3 +465,9 @@ def test_plain_output_without_rich(
 def test_every_failure_kind_has_its_own_exit_status() -> None:
     assert set(EXIT_CODES) == set(FailureKind)
     assert len(set(EXIT_CODES.values())) == len(FailureKind)
+
+
+def test_backend_is_taken_after_the_command_as_well(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--backend", "trio", "--messages", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "trio" in out
