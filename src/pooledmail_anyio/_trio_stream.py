@@ -27,7 +27,8 @@ holds both to them:
 
 The watchdog ends a wait that outlives its stream's `deadline` with `trio.lowlevel.notify_closing`,
 which wakes the task blocked on the socket without closing it; the stream turns that into
-`DeadlineExceeded` and stays usable. The watchdog is lazy, as the asyncio timer is: it sleeps
+`DeadlineExceeded` and stays usable. It runs only while a stream of the run is open (the last
+one to close ends it). The watchdog is lazy, as the asyncio timer is: it sleeps
 until the earliest deadline it was armed for and, when it wakes, ends the waits whose deadline has
 really passed and sleeps again until the earliest of the others. The driver moves deadlines
 forward on every flight, which costs nothing here: only a deadline earlier than the watchdog's
@@ -63,7 +64,12 @@ _yield = trio.lowlevel.cancel_shielded_checkpoint
 
 
 class _Watchdog:
-    """Ends the waits of `TrioSocketStream`s that go on past their deadline, for one trio run."""
+    """Ends the waits of `TrioSocketStream`s that go on past their deadline, for one trio run.
+
+    It runs only while some stream of this run is open: the first stream starts it (a trio
+    system task) and the last one to close stops it, so that when a pool's `async with` exits,
+    after closing every connection, nothing of it is left running.
+    """
 
     def __init__(self) -> None:
         # The streams waiting with a finite deadline right now.
@@ -71,7 +77,21 @@ class _Watchdog:
         # When the watchdog wakes next: no later than the deadline of any stream in `waiting`
         # at the time it started to wait.
         self.alarm = math.inf
+        # Streams of this run not yet closed; the task runs while there is one.
+        self.open_streams = 0
+        self._running = False
         self._scope: trio.CancelScope | None = None
+
+    def opened(self) -> None:
+        self.open_streams += 1
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self.run, name="pooledmail stream watchdog")
+
+    def closed(self) -> None:
+        self.open_streams -= 1
+        if not self.open_streams and self._scope is not None:
+            self._scope.cancel()  # wake it: it sees that nothing is left and ends
 
     def guard(self, deadline: float) -> None:
         """Make sure the watchdog wakes no later than `deadline`."""
@@ -81,20 +101,24 @@ class _Watchdog:
                 self._scope.deadline = deadline
 
     async def run(self) -> None:
-        while True:
-            with trio.CancelScope(deadline=self.alarm) as scope:
-                self._scope = scope
-                await trio.sleep_forever()
+        try:
+            while self.open_streams:
+                with trio.CancelScope(deadline=self.alarm) as scope:
+                    self._scope = scope
+                    await trio.sleep_forever()
+                self._scope = None
+                now = trio.current_time()
+                alarm = math.inf
+                for stream in list(self.waiting):
+                    if stream.deadline <= now:
+                        self.waiting.discard(stream)
+                        stream._expire()
+                    elif stream.deadline < alarm:
+                        alarm = stream.deadline
+                self.alarm = alarm
+        finally:
             self._scope = None
-            now = trio.current_time()
-            alarm = math.inf
-            for stream in list(self.waiting):
-                if stream.deadline <= now:
-                    self.waiting.discard(stream)
-                    stream._expire()
-                elif stream.deadline < alarm:
-                    alarm = stream.deadline
-            self.alarm = alarm
+            self._running = False
 
 
 _watchdogs: trio.lowlevel.RunVar[_Watchdog] = trio.lowlevel.RunVar("pooledmail_watchdog")
@@ -106,7 +130,6 @@ def _watchdog() -> _Watchdog:
     except LookupError:
         watchdog = _Watchdog()
         _watchdogs.set(watchdog)
-        trio.lowlevel.spawn_system_task(watchdog.run, name="pooledmail stream watchdog")
         return watchdog
 
 
@@ -130,6 +153,7 @@ class TrioSocketStream(DeadlineSocketStream):
         self._sending = False
         self.deadline = math.inf
         self._watchdog = _watchdog()
+        self._watchdog.opened()
         self._poll: select.poll | None = None
 
     @property
@@ -256,6 +280,7 @@ class TrioSocketStream(DeadlineSocketStream):
         if not self._closed:
             self._closed = True
             self._watchdog.waiting.discard(self)
+            self._watchdog.closed()
             # Wakes a task waiting on the socket (it raises ClosedResourceError), then closes.
             _notify_closing(self._sock)
             self._sock.close()

@@ -144,3 +144,23 @@ async def test_a_dripping_greeting_fails_at_the_connect_timeout(
     assert caught.value.kind is FailureKind.CONNECT_FAILED
     assert caught.value.stage is Stage.GREETING
     assert waited < 40.0  # virtual seconds: one step, not one step per byte
+
+
+@pytest.mark.trio
+async def test_nothing_of_the_pool_runs_on_trio_after_its_block_exits() -> None:
+    # The trio stream's watchdog (one system task per run) lives only while a stream is open.
+    from pooledmail_anyio._trio_stream import _watchdog
+
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        config = PoolConfig([Host("127.0.0.1", server.port, tls="none")])
+        async with SMTPPool(config) as pool:
+            await send(pool)
+            assert _watchdog().open_streams == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert _watchdog().open_streams == 0
+        assert not _watchdog()._running
+        # A new pool starts it again.
+        async with SMTPPool(config) as pool:
+            await send(pool)
+            assert _watchdog()._running
