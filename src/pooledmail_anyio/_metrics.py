@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics as otel_metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, NoOpCounter, Observation
 
 from pooledmail_core import FailureKind, PoolStatistics, Stage
 
@@ -130,6 +130,7 @@ class _Instruments:
             "Sends whose outcome is unknown: UNKNOWN_AFTER_DATA, or cancelled after the terminator",
         )
         self.retries = counter("pooledmail.retries", "Attempts after the first")
+        self.recording = _recording(self.sends)
         observe(
             meter.create_observable_up_down_counter,
             "pooledmail.connection.count",
@@ -235,6 +236,29 @@ def _host_suppressed(
         yield host.connects_suppressed, {POOL: pool.name, HOST: key}
 
 
+def _recording(probe: otel_metrics.Counter) -> Callable[[], bool] | bool:
+    """Whether the instruments made with `probe` record anything: True or False for good, or a
+    check to ask again later.
+
+    A no-op provider (`NoOpMeterProvider`) makes no-op instruments, which never record. The API's
+    global provider, while no SDK has installed a real one, makes proxy instruments that drop
+    every measurement until one is installed (`metrics.set_meter_provider`, which may come after
+    the pool was made): then they forward to a real instrument, which the check finds. The
+    proxy's attribute is OpenTelemetry's own; if it ever goes, the instruments are taken as
+    recording, as they were before this check existed.
+    """
+    if isinstance(probe, NoOpCounter):
+        return False
+    if not hasattr(probe, "_real_instrument"):
+        return True
+
+    def installed() -> bool:
+        real = probe._real_instrument
+        return real is not None and not isinstance(real, NoOpCounter)
+
+    return installed
+
+
 # Instruments by meter provider. A provider is held weakly where it can be.
 _registry: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
@@ -277,6 +301,11 @@ class PoolMetrics:
         self._instruments = _instruments(meter_provider)
         with self._instruments.lock:
             self._instruments.pools.add(self)
+
+    @property
+    def recording(self) -> Callable[[], bool] | bool:
+        """Whether what this pool records goes anywhere (see `_recording`)."""
+        return self._instruments.recording
 
     def statistics(self) -> PoolStatistics | None:
         """The pool's snapshot, or None once it is gone or closed.

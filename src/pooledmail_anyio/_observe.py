@@ -5,7 +5,10 @@ connection opened, failed to open, or closed; a host recovered; a probe failed; 
 was retried, or was cancelled after its terminator; and, only while metrics are on, how long an
 acquire waited and a lease lasted. Everything rare is always reported (the logger decides whether
 it is written); the three reports a successful send would make are guarded in the pool by one
-attribute check (`metered`), so a pool without metrics pays nothing else per message.
+attribute check (`metered`), so a pool without metrics pays nothing else per message. `metered` is
+False as well while the metrics go nowhere: OpenTelemetry's API is installed but no SDK (its
+global provider drops every measurement until an SDK installs a real one; the pool then asks, once
+per send, whether that happened), or the provider is a no-op one.
 
 Logging goes to the standard `logging` module under `pooledmail` (`pooledmail.connection`,
 `pooledmail.host`, `pooledmail.send`). Records carry their fields in `extra` (host, kind, stage,
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pooledmail_core import FailureKind
@@ -53,7 +56,7 @@ def _load_metrics(name: str, meter_provider: Any, pool: Any) -> PoolMetrics | No
 class Observer:
     """The one place the pool reports to. Built by `SMTPPool`; not part of the public API."""
 
-    __slots__ = ("log_recipients", "metered", "metrics", "name")
+    __slots__ = ("log_recipients", "metered", "metrics", "name", "waiting_for_provider")
 
     def __init__(
         self,
@@ -69,8 +72,28 @@ class Observer:
         self.metrics: PoolMetrics | None = (
             _load_metrics(name, meter_provider, pool) if metrics else None
         )
-        # The pool checks this one attribute before each per-message report.
-        self.metered = self.metrics is not None
+        # The pool checks this one attribute before each per-message report: True only while
+        # the metrics are recorded somewhere.
+        self.metered = False
+        # While the metrics go nowhere until an SDK installs a global provider: the check that
+        # says it did (see `refresh`).
+        self.waiting_for_provider: Callable[[], bool] | None = None
+        if self.metrics is not None:
+            recording = self.metrics.recording
+            if callable(recording):
+                self.waiting_for_provider = recording
+                self.metered = recording()
+            else:
+                self.metered = recording
+
+    def refresh(self) -> bool:
+        """Ask again whether the metrics are recorded (an SDK may have installed a provider
+        since); once they are, they stay so and nothing is asked any more. Returns `metered`."""
+        check = self.waiting_for_provider
+        if check is not None and check():
+            self.metered = True
+            self.waiting_for_provider = None
+        return self.metered
 
     # -- connections -------------------------------------------------------------------------
 

@@ -208,8 +208,10 @@ class SMTPPool:
             log_recipients=log_recipients,
             pool=self,
         )
-        # Checked before each per-message report: False unless metrics are recorded.
+        # Checked before each per-message report: False unless metrics are recorded somewhere.
         self._metered = self._observer.metered
+        # Asked once per send while metrics wait for an SDK's global provider (see `_observe`).
+        self._metrics_pending = self._observer.waiting_for_provider is not None
         # When each leased slot was granted, while metered (for the lease duration).
         self._leased_at: dict[int, float] = {}
 
@@ -730,6 +732,9 @@ class SMTPPool:
         started = clock()
         if self._state != "open":
             self._refuse(self._closed_failure(Stage.ACQUIRE, None), 0, prepared, started)
+        if self._metrics_pending:
+            self._metered = self._observer.refresh()
+            self._metrics_pending = self._observer.waiting_for_provider is not None
         deadline = started + config.send_timeout
         attempts = 0
         previous: _Failure | None = None

@@ -360,3 +360,62 @@ async def test_a_pool_that_is_gone_is_not_kept_alive_by_its_metrics(metrics: Met
         gc.collect()
         found = metrics.collect()
     assert not found.get("pooledmail.connection.count")
+
+
+async def test_a_no_op_meter_provider_makes_the_pool_meter_nothing_per_send() -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    server = FakeSMTPServer(Script())
+    async with server.running():
+        config = PoolConfig([local(server.port)])
+        async with SMTPPool(config, meter_provider=NoOpMeterProvider()) as pool:
+            await send(pool)
+            assert not pool._metered
+            assert not pool._leased_at
+    assert len(server.messages) == 1
+
+
+def test_without_an_sdk_nothing_is_metered_until_one_installs_a_global_provider() -> None:
+    # The global provider can be installed once per process: this runs in its own.
+    code = """
+import anyio
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pooledmail_anyio import Host, PoolConfig, SMTPPool
+from pooledmail_anyio.testing import LocalSMTPServer
+
+BODY = b"Subject: x\\r\\n\\r\\nx\\r\\n"
+
+def sends(reader):
+    data = reader.get_metrics_data()
+    if data is None:
+        return 0
+    return sum(
+        point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "pooledmail.sends"
+        for point in metric.data.data_points
+    )
+
+async def main(port):
+    async with SMTPPool(PoolConfig([Host("127.0.0.1", port, tls="none")])) as pool:
+        # The API alone: its proxy provider drops every measurement, so none is made.
+        await pool.send_raw(BODY, sender="a@x.test", recipients=["b@x.test"])
+        assert not pool._metered
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        # The next send finds the SDK's provider installed, and is recorded.
+        for _ in range(2):
+            await pool.send_raw(BODY, sender="a@x.test", recipients=["b@x.test"])
+        assert pool._metered
+        print(sends(reader))
+
+with LocalSMTPServer() as sink:
+    anyio.run(main, sink.port)
+    assert sink.received == 3
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "2", done.stderr
