@@ -84,7 +84,39 @@ def checked_envelope(
     "postmaster"), and the DSN parameters are checked. Raises `TypeError`, `InvalidArgument`
     or `EnvelopeError` (no recipient) naming the argument, never the address.
     """
+    if notify is None and ret is None and envid is None and orcpt is False and type(sender) is str:
+        key = _key(sender, recipients)
+        if key is not None:
+            envelope = _envelopes.get(key)
+            if envelope is None:
+                envelope = make_envelope(sender, recipients, None, None, None, False)
+                if len(_envelopes) >= _ENVELOPES_KEPT:
+                    _envelopes.clear()
+                _envelopes[key] = envelope
+            return envelope
     return make_envelope(sender, recipients, ret, envid, notify, orcpt)
+
+
+# Envelopes without DSN parameters already checked, by (sender, *recipients): applications send
+# from the same sender to the same few recipients again and again, and an Envelope is immutable,
+# so one is shared by every send that names them. Only exact `str` values are looked up (a str
+# subclass, or another object that compares equal to a str, is checked as it is), so a hit is
+# exactly the Envelope checking would build. Refusals are never remembered. Cleared when full.
+_ENVELOPES_KEPT = 128
+_envelopes: dict[tuple[str, ...], Envelope] = {}
+
+
+def _key(sender: str, recipients: object) -> tuple[str, ...] | None:
+    kind = type(recipients)
+    if kind is str:
+        # One recipient, as the same address alone in a list: the same Envelope.
+        return (sender, recipients)  # type: ignore[return-value]
+    if kind is not list and kind is not tuple:
+        return None
+    for recipient in recipients:  # type: ignore[attr-defined]
+        if type(recipient) is not str:
+            return None
+    return (sender, *recipients)  # type: ignore[misc]
 
 
 def make_envelope(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
-from pooledmail_core import Envelope, PreparedMessage, Reply
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pooledmail_core import Envelope, PreparedMessage, Reply, checked_envelope
+from pooledmail_core._envelope import make_envelope
 
 
 def test_reply_classes_follow_the_first_digit() -> None:
@@ -42,3 +47,67 @@ def test_prepared_message_repr_never_shows_the_body() -> None:
     prepared = PreparedMessage(Envelope("a@example.com", ("b@example.com",)), b"secret body")
     assert "secret" not in repr(prepared)
     assert "11 bytes" in repr(prepared)
+
+
+class _Lookalike(str):
+    """A str subclass: equal to, and hashed as, the plain address it spells."""
+
+
+class _EqualToAnything:
+    """Not a str at all, yet equal to (and hashed as) the address it carries."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __eq__(self, other: object) -> bool:
+        return other == self.address
+
+    def __hash__(self) -> int:
+        return hash(self.address)
+
+
+_ADDRESSES = ["a@example.com", "b@example.org", "postmaster", "", "bad address", "c@[127.0.0.1]"]
+_address = st.sampled_from(_ADDRESSES)
+_odd = st.one_of(_address, _address.map(_Lookalike), _address.map(_EqualToAnything))
+
+
+def _checked(build: Callable[[], Envelope]) -> tuple[str, object]:
+    try:
+        envelope = build()
+    except (TypeError, ValueError) as exc:
+        return "refused", (type(exc), str(exc))
+    return "built", (envelope, [type(r) for r in envelope.recipients], type(envelope.sender))
+
+
+@settings(max_examples=300)
+@given(
+    sender=_odd,
+    recipients=st.one_of(
+        _odd,
+        st.lists(_odd, max_size=4),
+        st.lists(_odd, max_size=4).map(tuple),
+        st.frozensets(_address, max_size=2),
+    ),
+    repeat=st.integers(1, 3),
+)
+def test_a_remembered_envelope_is_exactly_what_checking_builds(
+    sender: object, recipients: object, repeat: int
+) -> None:
+    # checked_envelope remembers the envelopes it built for plain str addresses; whatever the
+    # call, it gives what a fresh check gives (the same refusal, the same values of the same
+    # types), however often it is asked.
+    fresh = _checked(
+        lambda: make_envelope(sender, recipients, None, None, None, False)  # type: ignore[arg-type]
+    )
+    for _ in range(repeat):
+        assert _checked(lambda: checked_envelope(sender, recipients)) == fresh  # type: ignore[arg-type]
+
+
+def test_the_same_plain_addresses_share_one_envelope_and_dsn_parameters_do_not() -> None:
+    first = checked_envelope("a@example.com", ["b@example.org"])
+    assert checked_envelope("a@example.com", ("b@example.org",)) is first
+    assert checked_envelope("a@example.com", "b@example.org") is first
+    assert checked_envelope("a@example.com", ["b@example.org", "b@example.org"]) == first
+    with_dsn = checked_envelope("a@example.com", "b@example.org", notify="never")
+    assert with_dsn.notify == ("NEVER",)
+    assert with_dsn is not first
