@@ -253,7 +253,7 @@ class Connection:
         # scope's deadline reschedules a timer, so it is moved only when less than a full step is
         # left; a step then gets up to `_STEP_SLACK` times its timeout.
         next_step = exchange.next_step
-        receive_data = self.session.receive_data
+        data_received = exchange.data_received
         stream = self.stream
         current_time = self._clock
         allowance = step_timeout * _STEP_SLACK
@@ -267,8 +267,7 @@ class Connection:
                 except anyio.EndOfStream:
                     data = b""
                     self.server_closed = True
-                receive_data(data)
-                step = next_step()
+                step = data_received(data)
                 continue
             kind = type(step)
             if kind is Done:

@@ -27,7 +27,7 @@ from ._classify import Stage
 from ._config import TLSMode
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._reply import Reply
-from ._replyparser import NEED_DATA, NeedData
+from ._replyparser import NEED_DATA, NeedData, one_line_replies
 from ._state import SessionState, Verb
 from ._transaction import TransactionPlan
 
@@ -82,6 +82,8 @@ _START_TLS: Final = StartTLS()
 
 _new = object.__new__
 _set = object.__setattr__
+_READY, _TRANSACTION = SessionState.READY, SessionState.TRANSACTION
+_VERB_END_OF_DATA = Verb.END_OF_DATA
 _STAGE_MAIL, _STAGE_RCPT, _STAGE_DATA = Stage.MAIL, Stage.RCPT, Stage.DATA
 _STAGE_BODY, _STAGE_DATA_END = Stage.BODY, Stage.DATA_END
 
@@ -190,6 +192,12 @@ class Exchange(abc.ABC):
             self._session._finished(self)
             return DONE
         return step
+
+    def data_received(self, data: bytes) -> Step:
+        """`session.receive_data(data)` then `next_step()`, in one call: what the driver does
+        with each read. `TransactionExchange` judges a whole read at once here when it can."""
+        self._session.receive_data(data)
+        return self.next_step()
 
     def _blocked(self) -> Done:
         if self._finished:
@@ -376,12 +384,37 @@ class SetupExchange(Exchange):
         return reply
 
 
+# The phases of a transaction's fused path (see `TransactionExchange`); 0 is the general path.
+_GENERAL, _FLIGHT, _FLIGHT_SENT, _REPLIES, _DATA_SENT, _FINAL = range(6)
+
+
 class TransactionExchange(Exchange):
-    """One mail transaction: MAIL, RCPT..., then DATA and the data, or BDAT chunks."""
+    """One mail transaction: MAIL, RCPT..., then DATA and the data, or BDAT chunks.
+
+    The fused path. The usual transaction is pipelined and small: one flight (MAIL, every RCPT
+    and DATA), one read of its replies, one write of the data and its "." line, one read of the
+    final reply; or, with CHUNKING, one flight that ends with the whole `BDAT n LAST` chunk and
+    one read of every reply. For those two shapes the exchange does not step its generator
+    reply by reply: `next_step()` and `data_received()` walk five phases, and each read is judged
+    whole, when it is exactly the replies awaited, each a one-line reply, all of them the ones
+    that let the transaction go on (2xx to MAIL and RCPT, 3xx to DATA; a final 2xx, 4xx or 5xx
+    other than 421 after the data, a 2xx after BDAT). Anything else (a refusal, a multi-line or
+    malformed reply, a read that holds fewer or more replies, the end of the stream, a 421, bytes
+    the session held before, a session the caller used in between) hands the read to the
+    session and the rest of the transaction to the general generator, from the very point the
+    fused path reached: `_pipelined_replies()` after the flight, `_final_reply()` after the data.
+
+    So the two paths cannot differ in what they decide: the fused one only ever takes the
+    branches the generator would take for the same replies, and sets what the generator would set
+    at the same point (the session's state and awaited verbs, the stage, `terminator_sent`, the
+    outcome). `tests/core/test_protocol_fused.py` holds them equal for random replies split into
+    random reads.
+    """
 
     __slots__ = (
         "_accepted",
         "_last_chunk_reply",
+        "_phase",
         "_plan",
         "_refused",
         "_result",
@@ -389,7 +422,9 @@ class TransactionExchange(Exchange):
         "_terminator_sent",
     )
 
-    def __init__(self, session: ClientSession, plan: TransactionPlan) -> None:
+    def __init__(
+        self, session: ClientSession, plan: TransactionPlan, *, fused: bool = True
+    ) -> None:
         # Exchange.__init__ spelled out: one of these is built for every message.
         self._session = session
         self._plan = plan
@@ -400,7 +435,16 @@ class TransactionExchange(Exchange):
         self._accepted: list[str] = []
         self._refused: list[tuple[str, Reply]] = []
         self._result: TransactionOutcome | None = None
-        self._steps = self._run()
+        self._phase = _GENERAL
+        if fused and plan.pipelined:
+            chunks = plan.chunks
+            if not chunks:
+                if len(plan.body) <= COALESCE_LIMIT:
+                    self._phase = _FLIGHT
+            elif len(chunks) == 1 and len(chunks[0][1]) <= COALESCE_LIMIT:
+                self._phase = _FLIGHT
+        if not self._phase:
+            self._steps = self._run()
 
     def __repr__(self) -> str:
         return f"<TransactionExchange {self._stage.name} terminator_sent={self._terminator_sent}>"
@@ -423,6 +467,172 @@ class TransactionExchange(Exchange):
     @property
     def result(self) -> TransactionOutcome:
         return self._ready(self._result)
+
+    # --- the fused path ------------------------------------------------------------------------
+
+    def next_step(self) -> Step:
+        phase = self._phase
+        if phase == _FLIGHT_SENT:
+            # The flight was handed to the transport.
+            self._phase = _REPLIES
+            if self._plan.chunks:
+                # It carried the whole last chunk (RFC 3030 §2): as `_bdat_chunks` says then.
+                self._terminator_sent = True
+                self._stage = _STAGE_MAIL
+            if self._holds_nothing():
+                return NEED_DATA
+            # Bytes came in through the session already (or it failed): read them as usual.
+            return self._general(self._pipelined_replies())
+        if phase == _DATA_SENT:
+            # The data and its "." line were handed to the transport: as `_send_data` says then.
+            self._terminator_sent = True
+            self._stage = _STAGE_DATA_END
+            self._phase = _FINAL
+            if self._holds_nothing():
+                return NEED_DATA
+            return self._general(self._final_reply())
+        if phase == _FLIGHT:
+            return self._flight()
+        if phase == _REPLIES:
+            # Read through the session, not `data_received`: the general path from here.
+            return self._general(self._pipelined_replies())
+        if phase == _FINAL:
+            return self._general(self._final_reply())
+        return Exchange.next_step(self)
+
+    def data_received(self, data: bytes) -> Step:
+        phase = self._phase
+        if phase == _REPLIES:
+            step = self._judge_replies(data)
+            if step is not None:
+                return step
+        elif phase == _FINAL:
+            step = self._judge_final(data)
+            if step is not None:
+                return step
+        self._session.receive_data(data)
+        return self.next_step()
+
+    def _general(self, steps: _Steps) -> Step:
+        """Go on with the general generator `steps`, from where the fused path is."""
+        self._phase = _GENERAL
+        self._steps = steps
+        return Exchange.next_step(self)
+
+    def _flight(self) -> Step:
+        session = self._session
+        if session._state is not _READY or session._pending:
+            # The session was used since `transaction()`: `_emit` says how that is wrong.
+            return self._general(self._pipelined())
+        plan = self._plan
+        chunks = plan.chunks
+        # What `session._emit` records for these verbs on a READY session that awaits nothing
+        # and offers PIPELINING (the plan was made for it): every one is allowed in one flight,
+        # and the session is in TRANSACTION after them.
+        session._pending.extend(plan.flight_verbs)
+        session._state = _TRANSACTION
+        self._phase = _FLIGHT_SENT
+        if not chunks:
+            return _write(plan.flight)
+        command, payload = chunks[0]
+        session._pending.append(Verb.BDAT_LAST)
+        self._stage = _STAGE_BODY
+        return _write(plan.flight + command + payload)
+
+    def _holds_nothing(self) -> bool:
+        """Whether the session has received nothing since the fused path last looked, and has
+        not failed: then the general path's next reply is NEED_DATA too."""
+        session = self._session
+        parser = session._parser
+        return not (
+            parser._buffer
+            or parser.replies
+            or parser._partial_size
+            or parser.eof
+            or session._state is SessionState.ERROR
+        )
+
+    def _fits(self, data: bytes, state: SessionState) -> bool:
+        """Whether `data` can be judged whole: the session is where the fused path left it and
+        holds nothing received before, and `data` is within the line limit (so every line is)."""
+        session = self._session
+        parser = session._parser
+        return (
+            session._state is state
+            and len(data) <= parser._max_line
+            and not (parser._buffer or parser.replies or parser._partial_size or parser.eof)
+        )
+
+    def _judge_replies(self, data: bytes) -> Step | None:
+        """The read after the flight, judged whole; None to hand it to the general path."""
+        if not self._fits(data, _TRANSACTION):
+            return None
+        plan = self._plan
+        replies = one_line_replies(data, len(plan.recipients) + 2)
+        if replies is None:
+            return None
+        last = replies[-1]
+        for reply in replies:
+            # MAIL's and every RCPT's 2xx (the last is DATA's or BDAT's, checked below).
+            if reply.code >= 300 and reply is not last:
+                return None
+        code = last.code
+        session = self._session
+        if plan.chunks:
+            if code >= 300:
+                return None
+            # MAIL, every RCPT and the last chunk accepted: the session is READY (RFC 3030 §4.2)
+            # and awaits nothing.
+            session._pending.clear()
+            session._state = _READY
+            self._stage = _STAGE_DATA_END
+            self._accept(last, None)
+            return DONE
+        if not 300 <= code < 400:
+            return None
+        # DATA's 354 puts the session in BODY with nothing awaited; the data and its "." line
+        # are then allowed, and leave it READY awaiting their reply (what `_emit` records).
+        # As the generator would have sorted them (it takes over if the final read is unusual).
+        self._accepted = list(plan.recipients)
+        pending = session._pending
+        pending.clear()
+        pending.append(_VERB_END_OF_DATA)
+        session._state = _READY
+        self._stage = _STAGE_BODY
+        self._phase = _DATA_SENT
+        return _write(plan.body + b".\r\n")
+
+    def _judge_final(self, data: bytes) -> Step | None:
+        """The read after the data, judged whole; None to hand it to the general path."""
+        if not self._fits(data, _READY):
+            return None
+        replies = one_line_replies(data, 1)
+        if replies is None:
+            return None
+        final = replies[0]
+        code = final.code
+        if code == 421 or 300 <= code < 400:
+            return None
+        # The final reply keeps the session READY (RFC 5321 §4.1.1.4) and was the last awaited.
+        self._session._pending.clear()
+        self._accept(final, None if code < 300 else _STAGE_DATA_END)
+        return DONE
+
+    def _accept(self, reply: Reply, failed_stage: Stage | None) -> None:
+        """The outcome when MAIL and every RCPT were accepted: `_end`, then what `next_step()`
+        does when the generator ends."""
+        outcome = _new(TransactionOutcome)
+        _set_accepted(outcome, self._plan.recipients)
+        _set_refused(outcome, ())
+        _set_reply(outcome, reply)
+        _set_failed_stage(outcome, failed_stage)
+        _set_in_sync(outcome, True)
+        self._result = outcome
+        self._phase = _GENERAL
+        self._finished = self._halted = True
+        self._session._finished(self)
+
+    # --- the general path ----------------------------------------------------------------------
 
     def _end(self, reply: Reply | None, failed_stage: Stage | None, in_sync: bool) -> None:
         # TransactionOutcome(...) without its generated __init__ (five frozen-dataclass
@@ -460,7 +670,6 @@ class TransactionExchange(Exchange):
         # replies come back in order.
         plan = self._plan
         emit = self._session._emit
-        next_event = self._session.next_event
         chunks = plan.chunks
         if not chunks:
             yield _write(emit(plan.flight_verbs, plan.flight))
@@ -469,6 +678,14 @@ class TransactionExchange(Exchange):
             self._stage = _STAGE_BODY
             yield from self._bdat_chunks(plan.flight, plan.flight_verbs, wait=False)
             self._stage = _STAGE_MAIL
+        yield from self._pipelined_replies()
+
+    def _pipelined_replies(self) -> _Steps:
+        # The replies to the flight `_pipelined` wrote (where the fused path may hand over).
+        plan = self._plan
+        emit = self._session._emit
+        next_event = self._session.next_event
+        chunks = plan.chunks
         while (mail := next_event()) is NEED_DATA:
             yield NEED_DATA
         if mail.code == 421:
@@ -586,7 +803,6 @@ class TransactionExchange(Exchange):
     def _send_data(self) -> _Steps:
         # The body of DATA (RFC 5321 §4.1.1.4), then the "." line. Called once DATA got its 354.
         emit = self._session._emit
-        next_event = self._session.next_event
         body = self._plan.body
         self._stage = _STAGE_BODY
         if len(body) <= COALESCE_LIMIT:
@@ -597,6 +813,11 @@ class TransactionExchange(Exchange):
         # Resumed only once the driver has handed the "." line to the transport.
         self._terminator_sent = True
         self._stage = _STAGE_DATA_END
+        yield from self._final_reply()
+
+    def _final_reply(self) -> _Steps:
+        # The reply to the data (where the fused path may hand over).
+        next_event = self._session.next_event
         while (final := next_event()) is NEED_DATA:
             yield NEED_DATA
         # RFC 5321 §4.1.1.4: after the final reply, failed or not, the transaction is over.

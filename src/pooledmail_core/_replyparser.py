@@ -27,7 +27,7 @@ from ._errors import RemoteProtocolError
 from ._limits import Limits
 from ._reply import Reply
 
-__all__ = ["NEED_DATA", "NeedData", "ReplyParser"]
+__all__ = ["NEED_DATA", "NeedData", "ReplyParser", "one_line_replies"]
 
 
 class _NeedDataType(enum.Enum):
@@ -70,6 +70,73 @@ _read_replies: dict[bytes, tuple[Reply, ...]] = {}
 _LAST_LINE: Final = {b" ": True, b"": True, b"-": False}
 _new = object.__new__
 _set = object.__setattr__
+
+
+def _one_line(raw: bytes) -> Reply | None:
+    """The reply that the complete line `raw` (without its LF) is on its own, or None when it is
+    not a well-formed last line (malformed, or the first line of a multi-line reply). Remembered
+    in the line memo. The one place a one-line reply is parsed: `ReplyParser._parse` and
+    `one_line_replies` both come here."""
+    line = raw[:-1] if raw[-1:] == b"\r" else raw
+    code = _CODES.get(line[:3])
+    if code is None or _LAST_LINE.get(line[3:4]) is not True:
+        return None
+    text = line[4:].decode("utf-8", "replace")
+    enhanced = None
+    if text[1:2] == ".":
+        status, _, rest = text.partition(" ")
+        # At most "5.999.999": longer words never reach (and fill) the memo.
+        enhanced = _enhanced_status(status) if len(status) <= 9 else None
+        if enhanced is not None:
+            if enhanced[0] != code // 100:
+                enhanced = None
+            else:
+                text = rest
+    # Built without Reply.__init__, whose checks hold here by construction (a code from _CODES,
+    # a tuple of lines).
+    reply: Reply = _new(Reply)
+    _set(reply, "code", code)
+    _set(reply, "lines", (text,))
+    _set(reply, "enhanced", enhanced)
+    cache = _line_replies
+    if len(cache) >= _LINES_KEPT:
+        cache.clear()
+    cache[raw] = reply
+    return reply
+
+
+def one_line_replies(data: bytes, count: int) -> tuple[Reply, ...] | None:
+    """The replies a parser holding nothing makes of `data`, when `data` is exactly `count`
+    complete one-line replies and nothing else; None when it is anything else (fewer or more
+    replies, a partial line, a multi-line reply, a malformed line): then feed it to the parser.
+
+    The caller checks first that `data` is no longer than the line limit, so that no line in it
+    can be over that limit (and the parser would take it whole, in one `_parse`).
+    """
+    if count > 1:
+        known = _read_replies.get(data)
+        if known is not None:
+            return known if len(known) == count else None
+    raws = data.split(b"\n")
+    if len(raws) != count + 1 or raws[count]:
+        return None
+    cache = _line_replies
+    replies = []
+    for index in range(count):
+        raw = raws[index]
+        reply = cache.get(raw)
+        if reply is None:
+            reply = _one_line(raw)
+            if reply is None:
+                return None
+        replies.append(reply)
+    found = tuple(replies)
+    if count > 1:
+        # As `_parse` remembers a read of several one-line replies.
+        if len(_read_replies) >= _READS_KEPT:
+            _read_replies.clear()
+        _read_replies[data] = found
+    return found
 
 
 class ReplyParser:
@@ -201,9 +268,12 @@ class ReplyParser:
                     raise RemoteProtocolError("reply line longer than the line-length limit")
                 if not lines:
                     reply = cache.get(raw)
+                    if reply is None:
+                        reply = _one_line(raw)
                     if reply is not None:
                         queued.append(reply)
                         continue
+                # A malformed line, a continuation line, or the first line of a multi-line reply.
                 line = raw[:-1] if raw[-1:] == b"\r" else raw
                 code = codes.get(line[:3])
                 last = _LAST_LINE.get(line[3:4])
@@ -226,6 +296,7 @@ class ReplyParser:
                     else:
                         size += len(raw) + 1
                     continue
+                # The first line of a multi-line reply (a last line was a one-line reply).
                 enhanced = None
                 if text[1:2] == ".":
                     status, _, rest = text.partition(" ")
@@ -235,27 +306,14 @@ class ReplyParser:
                         if enhanced[0] != code // 100:
                             enhanced = None
                         else:
-                            if not last:
-                                self._prefix = status + " "
+                            self._prefix = status + " "
                             text = rest
-                if last:
-                    # The common case: a one-line reply. Built without Reply.__init__, whose
-                    # checks hold here by construction (a code from _CODES, a tuple of lines).
-                    reply = _new(Reply)
-                    _set(reply, "code", code)
-                    _set(reply, "lines", (text,))
-                    _set(reply, "enhanced", enhanced)
-                    if len(cache) >= _LINES_KEPT:
-                        cache.clear()
-                    cache[raw] = reply
-                    queued.append(reply)
-                else:
-                    if enhanced is None:
-                        self._prefix = ""
-                    self._code = code
-                    self._enhanced = enhanced
-                    lines.append(text)
-                    size = len(raw) + 1
+                if enhanced is None:
+                    self._prefix = ""
+                self._code = code
+                self._enhanced = enhanced
+                lines.append(text)
+                size = len(raw) + 1
         except RemoteProtocolError:
             # What was queued before the bad line is still returned first; its exact size no
             # longer matters (the session fails at the bad line).
