@@ -572,9 +572,10 @@ class TransactionExchange(Exchange):
         if replies is None:
             return None
         last = replies[-1]
-        for reply in replies:
-            # MAIL's and every RCPT's 2xx (the last is DATA's or BDAT's, checked below).
-            if reply.code >= 300 and reply is not last:
+        # MAIL's and every RCPT's 2xx (the last is DATA's or BDAT's, checked below). By position:
+        # the memo makes equal lines one Reply object, so a 354 to MAIL may *be* DATA's 354.
+        for index in range(len(replies) - 1):
+            if replies[index].code >= 300:
                 return None
         code = last.code
         session = self._session

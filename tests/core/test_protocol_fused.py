@@ -37,6 +37,7 @@ ODD = (
     "bare_code",
     "malformed",
     "wrong_class",
+    "as_data",
     "extra",
     "eof",
 )
@@ -89,6 +90,9 @@ class Server:
             reply = b"2x0 what\r\n"
         elif choice == "wrong_class":
             reply = b"250 2.0.0 go on\r\n" if command == "DATA" else b"354 go on\r\n"
+        elif choice == "as_data":
+            # Byte for byte DATA's usual 354, to any command: the same reply object in the memo.
+            reply = b"354 End data with <CR><LF>.<CR><LF>\r\n"
         elif choice == "extra":
             reply = usual + b"250 2.0.0 unasked\r\n"
         else:
@@ -319,6 +323,32 @@ def test_the_fused_path_gives_what_the_general_path_gives(
     general, _ = run(message, fused=False, **options)  # type: ignore[arg-type]
     assert fused == general
     event("the fused path alone" if alone else "handed over to the generator")
+
+
+@pytest.mark.parametrize("refused", [0, 1])
+def test_a_354_to_mail_or_rcpt_identical_to_data_s_is_judged_as_the_general_path_judges(
+    refused: int,
+) -> None:
+    # MAIL (0) or RCPT (1) answered with exactly the line DATA gets: the parser's memo makes
+    # them one Reply object, and the fused path must still judge each reply, not each object.
+    body = b"Subject: x\r\n\r\nbody\r\n"
+    message = PreparedMessage(Envelope("a@example.com", ("b@example.org",)), body)
+    script: list[str | None] = [None, None]
+    script[refused] = "as_data"
+    options = {
+        "chunking": False,
+        "limits": Limits(),
+        "script": script,
+        "sizes": [4096],
+        "through_session": frozenset(),
+        "early": frozenset(),
+    }
+    fused, _ = run(message, fused=True, **options)  # type: ignore[arg-type]
+    general, _ = run(message, fused=False, **options)  # type: ignore[arg-type]
+    assert fused == general
+    assert not any(
+        isinstance(seen, tuple) and seen[0] == ("write", body + b".\r\n") for seen in fused
+    )
 
 
 def test_the_usual_transaction_is_judged_a_read_at_a_time() -> None:
