@@ -521,8 +521,9 @@ class TransactionExchange(Exchange):
 
     def _flight(self) -> Step:
         session = self._session
-        if session._state is not _READY or session._pending:
-            # The session was used since `transaction()`: `_emit` says how that is wrong.
+        if session._state is not _READY or session._pending or not session._capabilities.pipelining:
+            # The session was used since `transaction()` (a new EHLO may even have withdrawn
+            # PIPELINING): `_emit` says how that is wrong.
             return self._general(self._pipelined())
         plan = self._plan
         chunks = plan.chunks
@@ -552,23 +553,28 @@ class TransactionExchange(Exchange):
             or session._state is SessionState.ERROR
         )
 
-    def _fits(self, data: bytes, state: SessionState) -> bool:
-        """Whether `data` can be judged whole: the session is where the fused path left it and
-        holds nothing received before, and `data` is within the line limit (so every line is)."""
+    def _fits(self, data: bytes, state: SessionState, awaited: int) -> bool:
+        """Whether `data` can be judged whole: the session is where the fused path left it (in
+        `state`, awaiting `awaited` replies, none read past the exchange) and holds nothing
+        received before, and `data` is within the line limit (so every line is)."""
         session = self._session
         parser = session._parser
         return (
             session._state is state
+            and len(session._pending) == awaited
             and len(data) <= parser._max_line
             and not (parser._buffer or parser.replies or parser._partial_size or parser.eof)
         )
 
     def _judge_replies(self, data: bytes) -> Step | None:
         """The read after the flight, judged whole; None to hand it to the general path."""
-        if not self._fits(data, _TRANSACTION):
-            return None
         plan = self._plan
-        replies = one_line_replies(data, len(plan.recipients) + 2)
+        count = len(plan.recipients) + 2
+        # As many awaited as the flight asked for: none was read past the exchange. (Its last,
+        # DATA or BDAT LAST, ends a flight, so nothing can be awaited behind it.)
+        if not self._fits(data, _TRANSACTION, count):
+            return None
+        replies = one_line_replies(data, count)
         if replies is None:
             return None
         last = replies[-1]
@@ -605,7 +611,7 @@ class TransactionExchange(Exchange):
 
     def _judge_final(self, data: bytes) -> Step | None:
         """The read after the data, judged whole; None to hand it to the general path."""
-        if not self._fits(data, _READY):
+        if not self._fits(data, _READY, 1) or self._session._pending[0] is not _VERB_END_OF_DATA:
             return None
         replies = one_line_replies(data, 1)
         if replies is None:
@@ -803,7 +809,17 @@ class TransactionExchange(Exchange):
 
     def _send_data(self) -> _Steps:
         # The body of DATA (RFC 5321 §4.1.1.4), then the "." line. Called once DATA got its 354.
-        emit = self._session._emit
+        session = self._session
+        if session.has_unread:
+            # After its 354 the server owes nothing until the "." line (RFC 5321 §4.1.1.4): a
+            # reply or the end of the stream already here would be taken for the final reply
+            # (a 250 nobody asked for as "accepted"). Not a byte of the data went out.
+            raise session._fail(
+                "the server closed the connection after its 354 reply to DATA"
+                if session._parser.eof
+                else "a reply arrived after the 354 reply to DATA, before the message data"
+            )
+        emit = session._emit
         body = self._plan.body
         self._stage = _STAGE_BODY
         if len(body) <= COALESCE_LIMIT:

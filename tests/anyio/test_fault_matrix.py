@@ -194,6 +194,10 @@ def expected(path: str, point: str, fault: str) -> Expected:
     if not bdat and point in ("mail", "rcpt"):
         # RCPT's 250 arrives as DATA's reply, which RFC 5321 §4.1.1.4 does not allow.
         return Expected(T, Stage.DATA, "before")
+    if not bdat and point == "data":
+        # A reply with DATA's 354 would be read as the final reply: nothing of the data is
+        # sent (a protocol error before the body), so whatever the server meant, it has nothing.
+        return Expected(T, Stage.DATA, "before")
     # The final reply is read one reply early; this server stores the message all the same.
     return ACCEPTED
 

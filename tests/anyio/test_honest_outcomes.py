@@ -17,7 +17,7 @@ import anyio
 from pooledmail_anyio import FailureKind, Host, Limits, PoolConfig, SendFailed, SMTPPool, Stage
 from pooledmail_anyio._ports import free_port
 
-from .fakesmtp import STALL, FakeSMTPServer, Script
+from .fakesmtp import STALL, FakeSMTPServer, Fault, Script
 
 pytestmark = pytest.mark.anyio
 
@@ -73,6 +73,30 @@ async def test_an_extra_reply_closes_the_connection_and_judges_no_later_message(
     assert stored_subjects(server) == [0, 2]
     assert stats.closed_total.get("out_of_sync", 0) == 1
     assert len(server.connections) == 2
+
+
+@pytest.mark.parametrize("extensions", [("PIPELINING",), ()], ids=["pipelined", "one"])
+async def test_a_reply_with_data_s_354_is_never_taken_for_the_final_reply(
+    extensions: tuple[str, ...],
+) -> None:
+    # The server sends a 250 nobody asked for with its 354, then refuses the message. Read as
+    # the final reply, that 250 made the message "accepted". Now nothing of the data is sent:
+    # the transaction fails at DATA, definitely not accepted, and the server stored nothing.
+    server = FakeSMTPServer(
+        Script(
+            extensions=extensions,
+            fault=Fault("extra", "data"),
+            data_end="554 5.7.1 refused",
+        )
+    )
+    async with server.running(), SMTPPool(config(server)) as pool:
+        with pytest.raises(SendFailed) as failed:
+            await send(pool, 0)
+    assert failed.value.definitely_not_accepted
+    assert failed.value.stage is Stage.DATA
+    assert "354" in str(failed.value)
+    assert server.messages == []
+    assert b"Subject: message 0" not in server.connections[0].received_bytes
 
 
 async def test_bytes_arriving_while_idle_keep_the_connection_from_being_lent() -> None:

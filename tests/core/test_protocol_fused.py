@@ -11,20 +11,22 @@ awaited verbs, and the same outcome or error.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from pooledmail_core._commands import Noop
+from pooledmail_core._classify import Stage
+from pooledmail_core._commands import Ehlo, Noop
 from pooledmail_core._config import TLSMode
 from pooledmail_core._envelope import Envelope, PreparedMessage
-from pooledmail_core._errors import LocalProtocolError, ProtocolError
+from pooledmail_core._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from pooledmail_core._exchanges import COALESCE_LIMIT, DONE, NEED_DATA, TransactionExchange, Write
 from pooledmail_core._limits import Limits
 from pooledmail_core._session import ClientSession
+from pooledmail_core._state import SessionState
 from pooledmail_core._transaction import plan_transaction
 
 # What the server may answer instead of the reply a well-behaved server gives.
@@ -391,3 +393,99 @@ def test_a_session_used_before_the_first_step_is_refused_as_the_general_path_ref
             exchange.next_step()
         refusals.append((str(refused.value), session.state, session.awaiting))
     assert refusals[0] == refusals[1]
+
+
+# The caller may misuse the session between steps; the fused path must refuse, or judge, exactly
+# as the general path does (found by review: each of these differed before it checked that the
+# session still awaits what the fused path set up, and still offers PIPELINING).
+_SMALL = PreparedMessage(
+    Envelope("a@example.com", ("b@example.org",)), b"Subject: x\r\n\r\nbody\r\n"
+)
+
+
+def _start(fused: bool) -> tuple[ClientSession, TransactionExchange]:
+    session = ready_session(False, Limits())
+    if fused:
+        return session, session.transaction(_SMALL)
+    plan = plan_transaction(_SMALL, session.capabilities, 1 << 20)
+    exchange = TransactionExchange(session, plan, fused=False)
+    session._active = exchange
+    return session, exchange
+
+
+def _observe(call: Callable[..., object], *args: object) -> object:
+    try:
+        step = call(*args)
+    except ProtocolError as exc:
+        return ("raised", type(exc).__name__, str(exc))
+    return ("write", bytes(step.data)) if isinstance(step, Write) else step
+
+
+def test_an_ehlo_that_withdrew_pipelining_is_refused_before_any_byte() -> None:
+    seen = []
+    for fused in (True, False):
+        session, exchange = _start(fused)
+        session.send(Ehlo("client.example"))
+        session.receive_data(b"250 mx\r\n")
+        session.next_event()  # READY, nothing awaited, and no PIPELINING any more
+        seen.append((_observe(exchange.next_step), session.state, session.awaiting))
+    assert seen[0] == seen[1]
+    assert seen[0][0][0] == "raised"
+
+
+def test_a_final_reply_the_caller_read_is_not_replaced_by_a_later_line() -> None:
+    seen = []
+    for fused in (True, False):
+        session, exchange = _start(fused)
+        assert isinstance(exchange.next_step(), Write)
+        assert exchange.next_step() is NEED_DATA
+        flight = b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"
+        assert isinstance(exchange.data_received(flight), Write)
+        assert exchange.next_step() is NEED_DATA
+        session.receive_data(b"550 5.7.1 rejected\r\n")
+        session.next_event()  # the real final reply, read past the exchange
+        outcome = _observe(exchange.data_received, b"250 2.0.0 Ok\r\n")
+        result = exchange.result if outcome is DONE else None
+        seen.append((outcome, result, session.state, session.awaiting))
+    assert seen[0] == seen[1]
+    assert seen[0][1] is None  # never "accepted"
+
+
+def test_a_mail_reply_the_caller_read_does_not_shift_the_judged_replies() -> None:
+    seen = []
+    for fused in (True, False):
+        session, exchange = _start(fused)
+        assert isinstance(exchange.next_step(), Write)
+        assert exchange.next_step() is NEED_DATA
+        session.receive_data(b"250 2.1.0 Ok\r\n")
+        session.next_event()  # MAIL's reply, read past the exchange
+        read = b"250 2.1.5 Ok\r\n250 2.0.0 unasked\r\n354 go\r\n"
+        outcome = _observe(exchange.data_received, read)
+        seen.append((outcome, exchange.stage, session.state, session.awaiting))
+    assert seen[0] == seen[1]
+    assert seen[0][0][0] == "raised"
+
+
+@pytest.mark.parametrize(
+    "after_354",
+    [b"250 2.0.0 Ok: queued as FAKE\r\n", b"2", b""],
+    ids=["a whole reply", "part of one", "the end of the stream"],
+)
+@pytest.mark.parametrize("fused", [True, False])
+def test_anything_after_data_s_354_fails_the_transaction_before_the_data(
+    after_354: bytes, fused: bool
+) -> None:
+    # A server that sends a reply with its 354 would have it taken for the final reply: a 250
+    # nobody asked for reported as "accepted" whatever the server said of the message. The
+    # transaction fails at DATA instead, with not a byte of the data written.
+    session, exchange = _start(fused)
+    assert isinstance(exchange.next_step(), Write)
+    assert exchange.next_step() is NEED_DATA
+    session.receive_data(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n" + after_354)
+    if not after_354:
+        session.receive_data(b"")  # the end of the stream
+    with pytest.raises(RemoteProtocolError, match="354"):
+        exchange.next_step()
+    assert not exchange.terminator_sent
+    assert exchange.stage is Stage.DATA
+    assert session.state is SessionState.ERROR
