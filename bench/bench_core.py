@@ -1,7 +1,8 @@
 """CPU cost of one mail transaction in the sans-I/O core alone.
 
 One recipient, a 1 KiB message, PIPELINING on a ready session (MAIL+RCPT+DATA in one flight,
-then the data): the driver's hot path without any I/O. Prints microseconds per transaction.
+then the data), each read handed over with `data_received` as the driver does: the driver's
+hot path without any I/O. Prints microseconds per transaction.
 Run: python bench/bench_core.py
 """
 
@@ -53,12 +54,10 @@ def one_transaction(session: ClientSession, prepared: PreparedMessage, final: by
     step = tx.next_step()  # MAIL + RCPT + DATA
     assert type(step) is Write
     assert tx.next_step() is NEED_DATA
-    session.receive_data(FLIGHT_REPLIES)
-    step = tx.next_step()  # the data and its terminator
-    assert type(step) is Write
+    step = tx.data_received(FLIGHT_REPLIES)  # as the driver hands over each read
+    assert type(step) is Write  # the data and its terminator
     assert tx.next_step() is NEED_DATA
-    session.receive_data(final)
-    assert tx.next_step() is DONE
+    assert tx.data_received(final) is DONE
     assert tx.result.failed_stage is None
 
 
