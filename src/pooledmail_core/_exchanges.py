@@ -740,6 +740,8 @@ class TransactionExchange(Exchange):
                 return (yield from self._send_data())
             # RFC 2920 §3.1: DATA was accepted although no recipient was; end it with a lone
             # "." (an empty message for nobody) before resetting.
+            if self._out_of_step():
+                return self._end(failure[1], failure[0], False)
             yield Write(emit(_END_OF_DATA, b".\r\n"))
             while (dot := next_event()) is NEED_DATA:
                 yield NEED_DATA
@@ -759,6 +761,7 @@ class TransactionExchange(Exchange):
             return (yield from self._reset(_STAGE_MAIL, reply))
         self._stage = _STAGE_RCPT
         for recipient, line in zip(plan.recipients, lines[1:], strict=True):
+            self._check_in_step("RCPT")
             yield Write(emit(_RCPT, line))
             while (reply := next_event()) is NEED_DATA:
                 yield NEED_DATA
@@ -770,6 +773,7 @@ class TransactionExchange(Exchange):
         chunks = plan.chunks
         if not chunks:
             self._stage = _STAGE_DATA
+            self._check_in_step("DATA")
             yield Write(emit(_DATA, b"DATA\r\n"))
             while (reply := next_event()) is NEED_DATA:
                 yield NEED_DATA
@@ -790,6 +794,8 @@ class TransactionExchange(Exchange):
         for index, (command, payload) in enumerate(chunks):
             self._stage = _STAGE_BODY
             chunk_verbs = verbs + (_BDAT_LAST if index == last else _BDAT)
+            if wait:
+                self._check_in_step("BDAT")
             if len(payload) <= COALESCE_LIMIT:
                 yield Write(emit(chunk_verbs, flight + command + payload))
             else:
@@ -807,19 +813,30 @@ class TransactionExchange(Exchange):
                     return (yield from self._reset(self._stage, reply))
                 self._last_chunk_reply = reply
 
+    def _out_of_step(self) -> bool:
+        """Whether the server sent something although every reply asked for has been read: a
+        reply nobody asked for, or the end of the stream. Written now, a command would have
+        that taken for its reply (RFC 5321 §4.2: one reply per command)."""
+        session = self._session
+        return not session._pending and session.has_unread
+
+    def _check_in_step(self, before: str) -> None:
+        """Refuse to write `before` while `_out_of_step()`: fail the session, with nothing of it
+        written. Where the transaction waits for each reply before it writes on."""
+        if self._out_of_step():
+            session = self._session
+            raise session._fail(
+                f"the server closed the connection before {before} was sent"
+                if session._parser.eof
+                else f"a reply nobody asked for arrived before {before} was sent"
+            )
+
     def _send_data(self) -> _Steps:
         # The body of DATA (RFC 5321 §4.1.1.4), then the "." line. Called once DATA got its 354.
-        session = self._session
-        if session.has_unread:
-            # After its 354 the server owes nothing until the "." line (RFC 5321 §4.1.1.4): a
-            # reply or the end of the stream already here would be taken for the final reply
-            # (a 250 nobody asked for as "accepted"). Not a byte of the data went out.
-            raise session._fail(
-                "the server closed the connection after its 354 reply to DATA"
-                if session._parser.eof
-                else "a reply arrived after the 354 reply to DATA, before the message data"
-            )
-        emit = session._emit
+        # After its 354 the server owes nothing until the "." line: a reply already here would be
+        # taken for the final one (a 250 nobody asked for as "accepted").
+        self._check_in_step("the message data")
+        emit = self._session._emit
         body = self._plan.body
         self._stage = _STAGE_BODY
         if len(body) <= COALESCE_LIMIT:
@@ -847,6 +864,10 @@ class TransactionExchange(Exchange):
         session = self._session
         next_event = session.next_event
         if failure.code == 421:
+            return self._end(failure, stage, False)
+        if self._out_of_step():
+            # RSET's reply could not be told from the stray one: the refusal stands, and the
+            # connection, out of step, is not reused.
             return self._end(failure, stage, False)
         yield Write(session._emit(_RSET, b"RSET\r\n"))
         while (reply := next_event()) is NEED_DATA:

@@ -191,14 +191,21 @@ def expected(path: str, point: str, fault: str) -> Expected:
         # DATA's 354 arrives as RCPT's reply: a protocol error before the body.
         return Expected(T, Stage.RCPT, "before")
     assert fault == "extra"
-    if not bdat and point in ("mail", "rcpt"):
-        # RCPT's 250 arrives as DATA's reply, which RFC 5321 §4.1.1.4 does not allow.
+    if point == "data_end":
+        # The reply too many comes after the last one awaited: the outcome stands and the
+        # connection, out of step, is not reused.
+        return ACCEPTED
+    if not pipelined:
+        # Each reply is read before the next command is written, so the reply nobody asked for
+        # is found before the next command (RCPT, DATA, or the next BDAT chunk) goes out.
+        after_rcpt = Stage.BODY if bdat else Stage.DATA
+        return Expected(T, Stage.RCPT if point == "mail" else after_rcpt, "before")
+    if not bdat:
+        # RCPT's 250 arrives as DATA's reply, which RFC 5321 §4.1.1.4 does not allow; or a reply
+        # with DATA's 354 would be read as the final reply: nothing of the data is sent.
         return Expected(T, Stage.DATA, "before")
-    if not bdat and point == "data":
-        # A reply with DATA's 354 would be read as the final reply: nothing of the data is
-        # sent (a protocol error before the body), so whatever the server meant, it has nothing.
-        return Expected(T, Stage.DATA, "before")
-    # The final reply is read one reply early; this server stores the message all the same.
+    # The whole message went with the envelope: every later reply moves up by one, the final
+    # one is read one reply early, and this server stores the message all the same.
     return ACCEPTED
 
 

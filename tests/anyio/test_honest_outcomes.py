@@ -75,17 +75,28 @@ async def test_an_extra_reply_closes_the_connection_and_judges_no_later_message(
     assert len(server.connections) == 2
 
 
-@pytest.mark.parametrize("extensions", [("PIPELINING",), ()], ids=["pipelined", "one"])
-async def test_a_reply_with_data_s_354_is_never_taken_for_the_final_reply(
-    extensions: tuple[str, ...],
+@pytest.mark.parametrize(
+    ("extensions", "point", "stage"),
+    [
+        (("PIPELINING",), "data", Stage.DATA),
+        ((), "data", Stage.DATA),
+        ((), "mail", Stage.RCPT),
+        (("CHUNKING",), "mail", Stage.RCPT),
+        (("CHUNKING",), "rcpt", Stage.BODY),
+    ],
+    ids=["pipelined-354", "one-354", "one-mail", "bdat-mail", "bdat-rcpt"],
+)
+async def test_a_reply_nobody_asked_for_is_never_taken_for_the_final_reply(
+    extensions: tuple[str, ...], point: str, stage: Stage
 ) -> None:
-    # The server sends a 250 nobody asked for with its 354, then refuses the message. Read as
-    # the final reply, that 250 made the message "accepted". Now nothing of the data is sent:
-    # the transaction fails at DATA, definitely not accepted, and the server stored nothing.
+    # The server sends a 250 nobody asked for with a reply, then refuses the message. Read in
+    # its place, every later reply moved up by one and the message was "accepted" on the
+    # strength of a 250 that answered something else. Now the next command (or the data) is
+    # not written: the transaction fails, definitely not accepted, and the server stored nothing.
     server = FakeSMTPServer(
         Script(
             extensions=extensions,
-            fault=Fault("extra", "data"),
+            fault=Fault("extra", point),
             data_end="554 5.7.1 refused",
         )
     )
@@ -93,8 +104,8 @@ async def test_a_reply_with_data_s_354_is_never_taken_for_the_final_reply(
         with pytest.raises(SendFailed) as failed:
             await send(pool, 0)
     assert failed.value.definitely_not_accepted
-    assert failed.value.stage is Stage.DATA
-    assert "354" in str(failed.value)
+    assert failed.value.stage is stage
+    assert "a reply nobody asked for arrived before" in str(failed.value)
     assert server.messages == []
     assert b"Subject: message 0" not in server.connections[0].received_bytes
 

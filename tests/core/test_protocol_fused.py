@@ -484,8 +484,26 @@ def test_anything_after_data_s_354_fails_the_transaction_before_the_data(
     session.receive_data(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n" + after_354)
     if not after_354:
         session.receive_data(b"")  # the end of the stream
-    with pytest.raises(RemoteProtocolError, match="354"):
+    with pytest.raises(RemoteProtocolError, match="before the message data was sent"):
         exchange.next_step()
     assert not exchange.terminator_sent
     assert exchange.stage is Stage.DATA
     assert session.state is SessionState.ERROR
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_refusal_with_a_reply_nobody_asked_for_stands_and_sends_no_rset(fused: bool) -> None:
+    # RSET's reply could not be told from the stray one: the refusal is the outcome, the
+    # session is reported out of step (the connection is closed), and nothing more is written.
+    session, exchange = _start(fused)
+    assert isinstance(exchange.next_step(), Write)
+    assert exchange.next_step() is NEED_DATA
+    read = b"550 5.7.1 no\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n250 2.0.0 stray\r\n"
+    assert exchange.data_received(read) is DONE
+    result = exchange.result
+    assert result.failed_stage is Stage.MAIL
+    assert result.reply is not None
+    assert result.reply.code == 550
+    assert not result.in_sync
+    assert not exchange.terminator_sent
+    assert session.awaiting == ()  # no RSET
