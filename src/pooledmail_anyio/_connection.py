@@ -280,13 +280,23 @@ class Connection:
                 until = limit.deadline = min(deadline, now + allowance)
             if kind is Write:
                 flight = step.data  # type: ignore[union-attr]
-                if len(flight) <= _WRITE_SLICE:
-                    await stream.send(flight)  # type: ignore[arg-type]
-                else:
-                    await self._send_sliced(
-                        stream, memoryview(flight), limit, step_timeout, deadline
-                    )
-                    until = limit.deadline
+                try:
+                    if len(flight) <= _WRITE_SLICE:
+                        await stream.send(flight)  # type: ignore[arg-type]
+                    else:
+                        await self._send_sliced(
+                            stream, memoryview(flight), limit, step_timeout, deadline
+                        )
+                        until = limit.deadline
+                except BaseException:
+                    bounded = self._deadline_stream
+                    if bounded is not None and bounded.handed_over_when_interrupted:
+                        # Interrupted although the whole write was handed over: the exchange
+                        # must learn it (a terminator it carried was sent), then the
+                        # interruption goes on as it is.
+                        with contextlib.suppress(Exception):
+                            next_step()
+                    raise
             else:
                 assert kind is StartTLS
                 stream = await self._start_tls(exchange, ssl_context)
@@ -306,13 +316,21 @@ class Connection:
     ) -> None:
         # Each slice handed over is progress: the next one gets a full step again.
         allowance = step_timeout * _STEP_SLACK
+        last = len(view) - _WRITE_SLICE
         for start in range(0, len(view), _WRITE_SLICE):
             now = self._clock()
             if limit.deadline - now < step_timeout:
                 if deadline <= now:
                     raise DeadlineExceeded
                 limit.deadline = min(deadline, now + allowance)
-            await stream.send(view[start : start + _WRITE_SLICE])  # type: ignore[arg-type]
+            try:
+                await stream.send(view[start : start + _WRITE_SLICE])  # type: ignore[arg-type]
+            except BaseException:
+                bounded = self._deadline_stream
+                if start < last and bounded is not None:
+                    # A slice before the last one was handed over: the write as a whole was not.
+                    bounded.handed_over_when_interrupted = False
+                raise
 
     async def _start_tls(
         self, exchange: Exchange, ssl_context: ssl.SSLContext | None

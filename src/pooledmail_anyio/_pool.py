@@ -738,6 +738,9 @@ class SMTPPool:
         deadline = started + config.send_timeout
         attempts = 0
         previous: _Failure | None = None
+        # An earlier attempt handed the message over in full and heard no final reply (retried
+        # under retry_unknown=True): no later failure makes the message "definitely not accepted".
+        unknown: _Failure | None = None
         now = started
         while True:
             attempts += 1
@@ -746,8 +749,13 @@ class SMTPPool:
                 slot, connection = await self._lease(acquire_deadline, now)
             except _AcquireFailed as failed:
                 failure = failed.failure
+            except BaseException:
+                self._note_cancelled_unknown(unknown, prepared)
+                raise
             else:
-                outcome = await self._transact(slot, connection, prepared, deadline, attempts)
+                outcome = await self._transact(
+                    slot, connection, prepared, deadline, attempts, unknown is not None
+                )
                 if type(outcome) is SendResult:
                     self._accepted += 1
                     if self._metered:
@@ -755,6 +763,10 @@ class SMTPPool:
                     return outcome
                 assert isinstance(outcome, _Failure)
                 failure = outcome
+            if unknown is not None and failure.classification.definitely_not_accepted:
+                self._refuse(
+                    unknown, attempts, prepared, started, f"; a later attempt: {failure.reason}"
+                )
             if previous is not None and failure.classification.kind is (
                 FailureKind.HOSTS_UNAVAILABLE
             ):
@@ -783,6 +795,8 @@ class SMTPPool:
             if delay is None:
                 self._refuse(failure, attempts, prepared, started)
             previous = failure
+            if failure.classification.kind is FailureKind.UNKNOWN_AFTER_DATA:
+                unknown = unknown or failure
             self._retries += 1
             classification = failure.classification
             self._observer.retrying(
@@ -796,8 +810,12 @@ class SMTPPool:
                 recipients=prepared.envelope.recipients,
             )
             assert self._closing is not None
-            with anyio.move_on_after(delay):
-                await self._closing.wait()
+            try:
+                with anyio.move_on_after(delay):
+                    await self._closing.wait()
+            except BaseException:
+                self._note_cancelled_unknown(unknown, prepared)
+                raise
             if self._state != "open":
                 # The pool closed during the wait: say so now rather than after the delay.
                 self._refuse(self._closing_failure(failure), attempts, prepared, started)
@@ -852,6 +870,7 @@ class SMTPPool:
         prepared: PreparedMessage,
         deadline: float,
         attempts: int,
+        handed_over_before: bool = False,
     ) -> SendResult | _Failure:
         """One attempt on a leased connection. Always gives the slot back to the machine."""
         healthy = False
@@ -885,7 +904,7 @@ class SMTPPool:
                     try:
                         await anyio.lowlevel.checkpoint_if_cancelled()
                     except BaseException:
-                        self._note_cancelled(transaction, prepared, host)
+                        self._note_cancelled(transaction, prepared, host, handed_over_before)
                         raise
                     return self._aborted(classification, exc, host)
                 why = describe_transport_failure(
@@ -900,7 +919,7 @@ class SMTPPool:
                     why += "; the message was handed over in full and the server may have stored it"
                 return _Failure(classification, None, exc, host, why)
             except BaseException:
-                self._note_cancelled(transaction, prepared, host)
+                self._note_cancelled(transaction, prepared, host, handed_over_before)
                 raise
             result = transaction.result
             if result.in_sync:
@@ -934,14 +953,24 @@ class SMTPPool:
             if self._metered:
                 self._observer.released(host, now - self._leased_at.pop(slot, now))
 
-    def _note_cancelled(self, transaction: Any, prepared: PreparedMessage, host: str) -> None:
+    def _note_cancelled(
+        self, transaction: Any, prepared: PreparedMessage, host: str, before: bool = False
+    ) -> None:
         """A caller cancelled a send: if the message had been handed over in full, it may have
         been delivered, and nobody will be told by an exception. Say so in the log and count it,
         so that an application can find the messages to reconcile."""
-        if not transaction.terminator_sent:
+        if not (transaction.terminator_sent or before):
             return
         self._cancelled_after_terminator += 1
         self._observer.cancelled_after_terminator(host, transaction.stage, prepared.message_id)
+
+    def _note_cancelled_unknown(self, unknown: _Failure | None, prepared: PreparedMessage) -> None:
+        if unknown is None:
+            return
+        self._cancelled_after_terminator += 1
+        self._observer.cancelled_after_terminator(
+            unknown.host or "", unknown.classification.stage, prepared.message_id
+        )
 
     def _aborted(self, classification: Classification, error: BaseException, host: str) -> _Failure:
         """The pool's close aborted this connection under its sender."""

@@ -97,6 +97,11 @@ class DeadlineSocketStream(anyio.abc.SocketStream):
     """
 
     deadline: float
+    # True when the last `send()` raised (cancelled, or past its deadline) although every byte
+    # of it had been handed to the kernel: the caller must count the bytes as sent. Only the
+    # asyncio stream can be interrupted so (see its `send`); the trio stream returns as soon as
+    # its last byte is handed over.
+    handed_over_when_interrupted: bool = False
 
     @abstractmethod
     def unusable(self) -> str | None:
@@ -297,6 +302,7 @@ class AsyncioSocketStream(DeadlineSocketStream):
             raise self._broken()
         if protocol.write_waiter is not None:
             raise anyio.BusyResourceError("writing to")
+        self.handed_over_when_interrupted = False
         transport = self._transport
         transport.write(item)
         if transport.is_closing():
@@ -318,6 +324,10 @@ class AsyncioSocketStream(DeadlineSocketStream):
                 # means "not every byte was handed over, and no more will be".
                 if self._transport.get_write_buffer_size():
                     self._transport.abort()
+                elif not protocol.lost:
+                    # The kernel took the last byte, and resume_writing() completed the waiter,
+                    # but a cancellation due in the same loop iteration reached this task first.
+                    self.handed_over_when_interrupted = True
                 raise
             finally:
                 protocol.write_waiter = None
