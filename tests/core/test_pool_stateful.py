@@ -248,6 +248,15 @@ class PoolWorld(RuleBasedStateMachine):
         later = [at for at in due if at > self.now]
         return min(later, default=None)
 
+    def token_due_about_now(self) -> bool:
+        """Whether a rate-limited host's next token is due within rounding of now."""
+        return any(
+            abs(self.earliest_token(host.key, self.grants.get(host.key, []), self.now) - self.now)
+            <= EPSILON
+            for host in self.config.hosts
+            if host.max_messages_per_second is not None
+        )
+
     def has_rates(self) -> bool:
         return any(host.max_messages_per_second is not None for host in self.config.hosts)
 
@@ -615,6 +624,15 @@ class PoolWorld(RuleBasedStateMachine):
             and abs(deadline - expected) <= EPSILON
         ):
             deadline = expected
+        if (
+            self.waiting
+            and deadline is not None
+            and abs(deadline - self.now) <= EPSILON
+            and self.token_due_about_now()
+        ):
+            # The token this test takes as there already, the machine may place an ulp after
+            # now: its timer then fires at once, for a grant the test expects now.
+            deadline = expected
         if self.config.min_size == 0:
             assert deadline == expected
         elif expected is not None:
@@ -724,3 +742,30 @@ PoolWorld.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_pool_state_machine_keeps_its_invariants = PoolWorld.TestCase
+
+
+def test_a_token_an_ulp_after_now_is_no_deadline_of_its_own() -> None:
+    # Found by the state machine: after an outage of the better host, the rate-limited host's
+    # next token came out at 7.750000000000001 with now at 7.75, while the model takes it as
+    # there already. Every invariant holds for that step.
+    world = PoolWorld()
+    hosts = (
+        Host("h0.example", 25, max_messages_per_second=3.0, burst=2, priority=0),
+        Host("h1.example", 25, priority=1, max_connections=1),
+    )
+    config = PoolConfig(
+        hosts,
+        max_size=2,
+        reconnect_cooldown=5.0,
+        max_reconnect_cooldown=40.0,
+        cooldown_jitter=0.0,
+        idle_timeout=None,
+        max_connection_age=None,
+        keepalive_interval=None,
+    )
+    world.start(config=config, seed=0)
+    world.outage_and_recovery(dt=1.375, held=1, sends=2)
+    world.model_matches_machine()
+    world.next_deadline_is_the_earliest_time_something_is_due()
+    world.no_waiter_waits_while_help_is_at_hand()
+    world.teardown()
