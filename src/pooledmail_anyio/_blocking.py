@@ -99,9 +99,16 @@ class _Calls:
         self._lock = threading.Lock()
         self._accepting = True
         self.stop = anyio.Event()
+        # Built on the loop: a blocking call from this thread would wait for itself forever.
+        self.loop_thread = threading.get_ident()
 
     def submit(self, func: Callable[[], Coroutine[Any, Any, _T]]) -> Future[_T]:
         """From any thread but the loop's: start `func()` on the loop; its future."""
+        if threading.get_ident() == self.loop_thread:
+            raise RuntimeError(
+                "BlockingSMTPPool called from its own event loop thread (a log handler or hook "
+                "the pool runs?): it would wait for itself forever"
+            )
         future: Future[_T] = Future()
         with self._lock:
             # Under the lock: once `refuse_new` returned, nothing more is queued on the loop.
@@ -373,8 +380,15 @@ class BlockingSMTPPool:
 
         Waits for the drain (bounded) and for the sends still in flight (each bounded by
         `send_timeout`). Safe to call from any thread, any number of times: a second caller
-        waits until the first has finished.
+        waits until the first has finished. Refused (RuntimeError) from the pool's own loop
+        thread, as every other call is: it would wait for itself.
         """
+        current = self._running
+        if current is not None and threading.get_ident() == current.calls.loop_thread:
+            raise RuntimeError(
+                "BlockingSMTPPool.close() called from its own event loop thread (a log handler "
+                "or hook the pool runs?): it would wait for itself forever"
+            )
         with self._lock:
             state = self._state
             running = self._running

@@ -154,6 +154,9 @@ class _Store:
         # cancelled, or given back while the pool was closing. Dropped from the store on the next
         # renewal and when the pool closes; expired within lease_ttl in any case.
         self.stray: set[str] = set()
+        # Leases asked for whose answer is not in yet: never swept by a release meanwhile (the
+        # store may grant them after it), stray only if the call fails or is cancelled.
+        self.pending: set[str] = set()
         self.calls = 0
         self.failures = 0
 
@@ -257,7 +260,8 @@ class FleetLink:
         # Until the answer is in, the store may hold this lease: if the call fails or is
         # cancelled, it is given back later rather than left to expire.
         if capped:
-            store.stray.add(lease)
+            store.pending.add(lease)
+        answered = False
         try:
             reply = await self._call(
                 store,
@@ -265,15 +269,20 @@ class FleetLink:
                 [store.leases_key, cooldown_key(budget, action.host.key)],
                 [lease, store.ttl_ms, budget.max_connections or 0],
             )
+            answered = True
         except _STORE_ERRORS as error:
             self._failed(store, "grant a connection lease", error)
             self._perform(self._machine.request_failed(action.request, self._clock()))
             return
+        finally:
+            if capped:
+                store.pending.discard(lease)
+                if not answered:
+                    store.stray.add(lease)
         now = self._clock()
         status, value = int(reply[0]), int(reply[1])
         if status == 1:
             if capped:
-                store.stray.discard(lease)
                 store.held.add(lease)
             granted = lease if capped else None
             self._perform(self._machine.lease_granted(action.request, now, granted))
@@ -376,6 +385,7 @@ class FleetLink:
         """The pool is closed: every lease it may still hold goes back to the store."""
         for store in self._stores.values():
             store.stray.update(store.held)
+            store.stray.update(store.pending)
             store.held.clear()
             with anyio.move_on_after(store.budget.store_timeout):
                 await self._release(store)

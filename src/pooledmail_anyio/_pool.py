@@ -232,9 +232,11 @@ class SMTPPool:
         try:
             await task_group.start(self._run)
         except BaseException:
+            # Left as it was entered, innermost scope first (a shield around `__aexit__` would be
+            # exited after the task group's own scope: a corrupted scope stack). The task group
+            # is cancelled, so leaving it only waits for what already runs.
             task_group.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await task_group.__aexit__(None, None, None)
+            await task_group.__aexit__(None, None, None)
             raise
         self._task_group = task_group
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -547,6 +548,13 @@ class SharedBudget:
             raise ConfigError("redis_url", "must be a redis://, rediss:// or unix:// URL")
         if any(ch in _LINE_BREAKERS or ch.isspace() for ch in redis_url):
             raise ConfigError("redis_url", "must not contain whitespace, CR, LF or NUL")
+        try:
+            # What the Redis client reads when the pool starts; the value is never quoted.
+            _ = urllib.parse.urlsplit(redis_url).port
+        except ValueError:
+            raise ConfigError(
+                "redis_url", "has a port that is not a number from 1 to 65535"
+            ) from None
         if max_connections is not None:
             max_connections = _check_int("max_connections", max_connections, minimum=1)
         rate = None
@@ -629,13 +637,21 @@ def _check_key_part(option: str, value: object) -> str:
 
 
 def _redacted_url(url: str) -> str:
-    # "redis://user:secret@host" -> "redis://user:***@host"
+    # "redis://user:secret@host" -> "redis://user:***@host"; "...?password=secret" (the Redis
+    # client reads a password from the query too) -> "...?password=***".
+    url, question, query = url.partition("?")
+    if question:
+        fields = []
+        for field in query.split("&"):
+            name, equals, _ = field.partition("=")
+            fields.append(f"{name}=***" if equals and name.lower() == "password" else field)
+        query = "&".join(fields)
     scheme, sep, rest = url.partition("://")
     userinfo, at, location = rest.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}{sep}{user}{':***' if colon else ''}@{location}"
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{':***' if colon else ''}@{location}"
+    return f"{scheme}{sep}{rest}{question}{query}"
 
 
 # How `from_mapping` turns strings into values. Kinds: "int", "int?", "float", "float?", "bool",

@@ -1,0 +1,35 @@
+"""A Redis password given in the URL's query never reaches a repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from pooledmail_core import Host, PoolConfig, SharedBudget
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?password=hunter2",
+        "rediss://redis.internal:6380/0?db=1&password=hunter2",
+        "unix:///run/redis.sock?password=hunter2",
+    ],
+)
+def test_a_password_in_the_query_is_not_in_any_repr(url: str) -> None:
+    # coredis takes `?password=` from the query as it takes the URL's userinfo.
+    budget = SharedBudget("b", redis_url=url, max_connections=2)
+    config = PoolConfig([Host("smtp.example.com", 587, budget=budget)])
+    for text in (repr(budget), str(budget), repr(config), str(config)):
+        assert "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2@127.0.0.1:notaport/0", "redis://:hunter2@127.0.0.1:99999/0"]
+)
+def test_a_redis_url_the_client_cannot_read_fails_at_construction(url: str) -> None:
+    from pooledmail_core import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        SharedBudget("b", redis_url=url, max_connections=2)
+    assert caught.value.option == "redis_url"
+    assert "hunter2" not in str(caught.value)
