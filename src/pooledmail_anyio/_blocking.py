@@ -524,7 +524,9 @@ class BlockingSMTPPool:
         if running is not None:
             _abandoned.append(running)
             _point_at_devnull(running.inherited_socket_fds())
-        if self._state == "open":
+        if self._state in ("open", "new"):
+            # "new" too: another thread may have been inside the first start, the parent's
+            # SMTPPool already entered, when this one forked; it could never be entered again.
             self._state = "new"
             self._pool = self._new_pool()
         elif self._state == "closing":

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import anyio
 from pooledmail_anyio import BlockingSMTPPool, Host, PoolConfig
 
 from .servers import eventually, smtpd
@@ -128,3 +129,64 @@ def test_a_forked_child_gets_its_own_pool(backend: str) -> None:
         for delivery in recorder.deliveries:
             by_session.setdefault(delivery.session, []).append(delivery.content)
         assert sorted(len(messages) for messages in by_session.values()) == [1, 2]
+
+
+def test_a_fork_while_another_thread_starts_the_pool_leaves_the_child_a_fresh_pool(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread is inside the first start, past entering the SMTPPool, when this one forks:
+    # the child must not inherit that half-started pool (it could never be entered again).
+    from pooledmail_anyio import _blocking
+
+    parent = os.getpid()
+    entered, forked = threading.Event(), threading.Event()
+
+    async def held_at_start(
+        pool: Any, backend: str, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        # `_hold_open`, held (in the parent only) between entering the pool and reporting it
+        # started, until the other thread has forked.
+        async with anyio.create_task_group() as task_group:
+            calls = _blocking._Calls(task_group, backend)
+            try:
+                async with pool:
+                    if os.getpid() == parent:
+                        entered.set()
+                        await anyio.to_thread.run_sync(forked.wait)
+                    task_status.started(calls)
+                    await calls.stop.wait()
+            finally:
+                calls.refuse_new()
+
+    monkeypatch.setattr(_blocking, "_hold_open", held_at_start)
+    with smtpd() as (port, recorder):
+        config = PoolConfig([Host("127.0.0.1", port, tls="none")], max_size=2)
+        pool = BlockingSMTPPool(config, backend=backend)
+        starter = threading.Thread(target=pool.start)
+        starter.start()
+        assert entered.wait(10)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
+            code = 1
+            try:
+                os.close(read_end)
+                result = pool.send(message("from the child"))
+                pool.close()
+                os.write(write_end, json.dumps({"accepted": list(result.accepted)}).encode())
+                code = 0
+            except BaseException as exc:
+                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        forked.set()
+        exit_code = wait_for(pid)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = json.loads(pipe.read() or b"{}")
+        starter.join(10)
+        pool.send(message("from the parent"))
+        pool.close()
+        assert exit_code == 0, report
+        assert report == {"accepted": ["bob@example.com"]}
+        assert eventually(lambda: len(recorder.deliveries) == 2)
