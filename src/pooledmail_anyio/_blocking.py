@@ -285,6 +285,8 @@ class BlockingSMTPPool:
         self._state = "new"  # new -> open -> closing -> closed
         self._closed = threading.Event()
         self._running: _Running | None = None
+        # While `close()` drains: the running pool, still read through its loop.
+        self._draining: _Running | None = None
         self._pool = self._new_pool()
         _ALL.add(self)
 
@@ -399,6 +401,7 @@ class BlockingSMTPPool:
             if state == "open":
                 self._state = "closing"
                 self._running = None
+                self._draining = running
         if state != "open":
             self._closed.wait()
             return
@@ -408,6 +411,7 @@ class BlockingSMTPPool:
         finally:
             with self._lock:
                 self._state = "closed"
+                self._draining = None
                 self._closed.set()
             with _registry.lock:
                 _registry.started.discard(self)
@@ -504,13 +508,15 @@ class BlockingSMTPPool:
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's state (all zeros before the pool started)."""
-        running = self._running
+        running = self._running or self._draining
         if running is not None:
             try:
                 return running.portal.call(running.pool.statistics)
             except RuntimeError:
                 if not self.closed:
                     raise
+                # The loop stopped at the end of the drain: read once the close is over.
+                self._closed.wait()
         # Not running: nothing changes the pool's state, so it is read here directly.
         return self._pool.statistics()
 
@@ -520,7 +526,9 @@ class BlockingSMTPPool:
         """In a child after fork: drop the parent's loop, thread and sockets (see the top)."""
         self._lock = threading.Lock()
         closed = threading.Event()
-        running, self._running = self._running, None
+        # The parent's running pool, or the one its close() was draining at the fork.
+        running = self._running or self._draining
+        self._running = self._draining = None
         if running is not None:
             _abandoned.append(running)
             _point_at_devnull(running.inherited_socket_fds())

@@ -247,6 +247,20 @@ def test_close_drains_a_send_in_flight_and_refuses_new_ones(backend: str) -> Non
         with pytest.raises(SendFailed) as refused:
             pool.send(message("too late"))
         assert refused.value.kind is FailureKind.POOL_CLOSED
+        # While the drain waits for the send, a snapshot is still taken on the pool's loop (the
+        # only thread that changes the pool), never read from this thread under its feet.
+        read_on: list[int] = []
+        take = pool._draining.pool.statistics  # type: ignore[union-attr]
+
+        def snapshot() -> Any:
+            read_on.append(threading.get_ident())
+            return take()
+
+        pool._draining.pool.statistics = snapshot  # type: ignore[union-attr, method-assign]
+        during = pool.statistics()
+        assert during.leased == 1
+        assert read_on
+        assert threading.get_ident() not in read_on
         recorder.gate.set()
         sender.join(30)
         closer.join(30)
