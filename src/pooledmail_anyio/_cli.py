@@ -20,7 +20,18 @@ from typing import Any
 from anyio.streams.tls import TLSAttribute
 
 import anyio
-from pooledmail_core import FailureKind, Host, Limits, PoolConfig, PoolStatistics, TLSMode
+from pooledmail_core import (
+    FailureKind,
+    Host,
+    InvalidArgument,
+    Limits,
+    PoolConfig,
+    PoolStatistics,
+    Stage,
+    TLSMode,
+    checked_envelope,
+    classify,
+)
 
 from ._cli_options import (
     CommandLineError,
@@ -30,7 +41,13 @@ from ._cli_options import (
     ssl_context_from,
 )
 from ._cli_output import Output
-from ._connection import ConnectFailure, Connection, open_connection
+from ._connection import (
+    TRANSPORT_ERRORS,
+    ConnectFailure,
+    Connection,
+    describe_transport_failure,
+    open_connection,
+)
 from ._pool import QUIT_GRACE, SMTPPool
 from ._results import SendFailed
 
@@ -232,7 +249,20 @@ async def _probe(
         rows.extend(_extension_rows(connection))
         noop = connection.session.noop()
         before = clock()
-        await connection.run(noop, step_timeout=connect_timeout)
+        try:
+            await connection.run(noop, step_timeout=connect_timeout)
+        except TRANSPORT_ERRORS as exc:
+            why = describe_transport_failure(
+                exc,
+                Stage.EHLO,
+                host,
+                connect_timeout,
+                connecting=True,
+                closed=connection.server_closed,
+            )
+            found.failure = ConnectFailure(host.key, classify(Stage.EHLO), None, exc, why)
+            rows.append(("round trip", f"NOOP failed: {why}"))
+            return found, rows
         found.round_trip = clock() - before
         rows.append(("round trip", f"{found.round_trip * 1000:.2f} ms (NOOP: {noop.result})"))
     finally:
@@ -349,6 +379,9 @@ def _send_command(args: argparse.Namespace, env: Mapping[str, str], output: Outp
     except SendFailed as failure:
         output.error(str(failure))
         return _exit_code(failure.kind)
+    except (InvalidArgument, ValueError) as exc:  # a bad --from / --to / --subject
+        output.error(f"error: {exc}")
+        return EXIT_USAGE
     output.line(f"accepted by {result.host}: {result.reply}")
     output.line(f"message-id {result.message_id}")
     for recipient, reply in result.refused:
@@ -499,6 +532,12 @@ def _failure_exit(outcomes: collections.Counter[str]) -> int:
 def _bench_command(args: argparse.Namespace, env: Mapping[str, str], output: Output) -> int:
     config = build_config(args, env)
     context = ssl_context_from(args, env)
+    try:
+        # Checked before they go into the message's header fields and the pool's envelopes.
+        checked_envelope(args.sender, [args.recipient])
+    except InvalidArgument as exc:
+        output.error(f"error: {exc}")
+        return EXIT_USAGE
     raw = _raw_message(args.size, args.sender, args.recipient)
 
     def make(n: int) -> Callable[[SMTPPool], Any]:

@@ -465,9 +465,14 @@ async def _fetch_token(
             f"the OAuth2 token provider gave no token within {connect_timeout:g} s "
             "(connect_timeout)",
         )
-    if not isinstance(token, str) or not token or any(ch.isspace() or ch == "\0" for ch in token):
-        reason = "the OAuth2 token provider returned no usable token (a non-empty str without "
-        reason += "whitespace is needed)"
+    if (
+        not isinstance(token, str)
+        or not token
+        or not token.isascii()
+        or any(ch.isspace() or ch == "\0" for ch in token)
+    ):
+        reason = "the OAuth2 token provider returned no usable token (a non-empty ASCII str "
+        reason += "without whitespace is needed)"
         refusal = classify(Stage.AUTH, local_refusal=True)
         return ConnectFailure(host.key, refusal, None, LocalProtocolError(reason), reason)
     return token

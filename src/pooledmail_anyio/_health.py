@@ -20,6 +20,7 @@ from ._connection import (
     describe_transport_failure,
     open_connection,
 )
+from ._stream import backend_clock
 
 __all__ = ["HealthReport", "HostCheck", "check_host"]
 
@@ -100,6 +101,8 @@ async def check_host(
 ) -> HostCheck:
     """Check one host; never raises but for the caller's cancellation."""
     started = clock()
+    # One deadline for the whole check, as for the setup: the NOOP gets what is left of it.
+    deadline = backend_clock()() + connect_timeout
     try:
         outcome = await open_connection(
             host,
@@ -139,7 +142,7 @@ async def check_host(
     try:
         before = clock()
         noop = connection.session.noop()
-        await connection.run(noop, step_timeout=connect_timeout)
+        await connection.run(noop, step_timeout=connect_timeout, deadline=deadline)
         round_trip = clock() - before
         reply = noop.result
     except _NOOP_ERRORS as exc:

@@ -197,6 +197,14 @@ class Host:
             # AUTH PLAIN separates its fields with NUL (RFC 4616 §2), so a NUL cannot be sent.
             if "\x00" in password:
                 raise ConfigError("password", "must not contain NUL")
+            try:
+                password.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (os.environ's surrogateescape for a non-UTF-8 byte) cannot be
+                # sent; found at connect time, the codec's error would quote part of it.
+                raise ConfigError(
+                    "password", "must be valid Unicode (no lone surrogates)"
+                ) from None
             if username is None:
                 raise ConfigError("password", "requires a username")
         if oauth2_token is not None:

@@ -20,7 +20,7 @@ from pooledmail_anyio.testing import LocalSMTPServer
 from pooledmail_core import FailureKind
 from tests.sync.servers import fault_server
 
-from .fakesmtp import DISCONNECT, Script
+from .fakesmtp import DISCONNECT, Fault, Script
 
 PASSWORD = "s3cret-pw"  # what tests/anyio/conftest.py's authenticator accepts for alice
 
@@ -471,3 +471,44 @@ def test_backend_is_taken_after_the_command_as_well(capsys: pytest.CaptureFixtur
     assert main(["demo", "--backend", "trio", "--messages", "3"]) == 0
     out = capsys.readouterr().out
     assert "trio" in out
+
+
+def test_probe_of_a_server_that_drops_the_noop_exits_with_a_status(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    # Greeting (reply 0) and EHLO (reply 1) fine, then the connection drops at NOOP (reply 2):
+    # a status and a line, not a traceback.
+    script = Script(acts=(Fault("normal"), Fault("normal"), Fault("disconnect")))
+    with fault_server(script) as server:
+        argv = ["--backend", backend, "probe", f"127.0.0.1:{server.port}", "--tls", "none"]
+        code = main(argv, environ={})
+    out, _ = capsys.readouterr()
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    assert "NOOP failed" in out
+
+
+@pytest.mark.parametrize("command", ["send", "bench"])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--to", "bob"), ("--from", "a@example.com\r\nBcc: eve@example.com")],
+    ids=["no-at", "crlf"],
+)
+def test_a_malformed_address_exits_2_before_anything_is_sent(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    command: str,
+    option: str,
+    value: str,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi\n")))
+    addresses = {"--from": "a@example.com", "--to": "b@example.com", option: value}
+    with fault_server(Script()) as server:
+        argv = ["--backend", backend, command, "--host", f"127.0.0.1:{server.port}"]
+        argv += ["--tls", "none", *(word for pair in addresses.items() for word in pair)]
+        code = main(argv, environ={})
+        received = server.received
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "error:" in err
+    assert received == 0

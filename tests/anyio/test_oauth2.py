@@ -173,7 +173,7 @@ async def test_a_provider_that_hangs_is_bounded_by_connect_timeout() -> None:
     assert "connect_timeout" in caught.value.reason
 
 
-@pytest.mark.parametrize("token", ["", "has space", 42])
+@pytest.mark.parametrize("token", ["", "has space", 42, "t\udce9", "tök"])
 async def test_a_provider_that_returns_no_usable_token_is_auth_failed(token: Any) -> None:
     server = TokenServer({"t"})
 

@@ -413,3 +413,12 @@ def test_host_from_mapping_refuses_unknown_keys() -> None:
         Host.from_mapping({"hostname": "a", "passwd": SECRET})
     assert info.value.option == "passwd"
     assert SECRET not in str(info.value)
+
+
+def test_a_password_that_cannot_be_sent_is_refused_at_construction() -> None:
+    # As os.environ gives a non-UTF-8 byte (surrogateescape): found at connect time instead,
+    # the codec's error would quote part of the password into a log record.
+    with pytest.raises(ConfigError) as refused:
+        Host("mx.example", 25, username="alice", password="hunter\udce9-secret-tail")
+    assert refused.value.option == "password"
+    assert "hunter" not in str(refused.value)
