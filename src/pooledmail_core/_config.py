@@ -106,6 +106,12 @@ def _check_line_safe(option: str, value: object, *, allow_space: bool) -> str:
         raise ConfigError(option, "must not contain CR, LF or NUL")
     if not allow_space and any(ch.isspace() for ch in value):
         raise ConfigError(option, "must not contain whitespace")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (os.environ's surrogateescape for a byte that is not UTF-8).
+            raise ConfigError(option, "must be valid Unicode (no lone surrogates)") from None
     return value
 
 

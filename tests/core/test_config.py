@@ -415,6 +415,14 @@ def test_host_from_mapping_refuses_unknown_keys() -> None:
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize("option", ["username", "oauth2_token"])
+def test_a_credential_that_cannot_be_sent_is_refused_at_construction(option: str) -> None:
+    credentials = {"username": "alice", "oauth2_token": "token", option: "x\udce9y"}
+    with pytest.raises(ConfigError) as refused:
+        Host("mx.example", 25, **credentials)  # type: ignore[arg-type]
+    assert refused.value.option == option
+
+
 def test_a_password_that_cannot_be_sent_is_refused_at_construction() -> None:
     # As os.environ gives a non-UTF-8 byte (surrogateescape): found at connect time instead,
     # the codec's error would quote part of the password into a log record.
