@@ -154,8 +154,15 @@ def _check_and_set(
     recipient_argument: Callable[[int], str] | None = None,
 ) -> None:
     """Check every field and set it on `envelope`, which is being built (a refusal discards it)."""
+    # A str subclass is checked and kept as the exact str it holds: the commands are written
+    # with "%s" and f-strings, which call its own __str__/__format__ (a (str, Enum) member
+    # writes "Role.ADMIN"; a hostile one could write anything), not the text that was checked.
+    if isinstance(sender, str) and type(sender) is not str:
+        sender = str.__str__(sender)
     _set_sender(envelope, check_sender(sender, sender_argument))
     if isinstance(recipients, str):
+        if type(recipients) is not str:
+            recipients = str.__str__(recipients)
         _set_recipients(envelope, (check_recipient(recipients, "recipients"),))
     else:
         if (
@@ -171,6 +178,8 @@ def _check_and_set(
             )
         if not recipients:
             raise EnvelopeError("at least one recipient is needed", "recipients")
+        if not all(type(recipient) is str for recipient in recipients):
+            recipients = [str.__str__(r) if isinstance(r, str) else r for r in recipients]
         check_recipients(recipients, recipient_argument or _recipient_index)
         # RCPT TO for the same mailbox twice would make some servers deliver twice.
         _set_recipients(

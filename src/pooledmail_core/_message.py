@@ -33,7 +33,7 @@ import email.policy
 import re
 import sys
 from collections.abc import Callable, Sequence
-from email import headerregistry
+from email import errors, headerregistry
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy, Policy
@@ -271,6 +271,18 @@ def _resent_prefix(msg: Message[Any, Any]) -> str:
 def _addresses(msg: Message[Any, Any], field: str) -> list[str]:
     found: list[str] = []
     for value in msg.get_all(field, ()):
+        # The parser stops an address list at the first thing it cannot read ("a@x; b@y",
+        # "a@x b@y"): the rest would stay in the header for all to see and get no RCPT.
+        if any(
+            isinstance(defect, errors.InvalidHeaderDefect)
+            and str(defect) == "invalid address in address-list"
+            for defect in getattr(value, "defects", ())
+        ):
+            instead = "sender" if field.endswith(("From", "Sender")) else "recipients"
+            raise EnvelopeError(
+                f"the {field} field is not a valid address list (RFC 5322 \u00a73.4); "
+                f"correct it or pass {instead}"
+            )
         found.extend(_mailboxes(value))
     return found
 
