@@ -73,7 +73,7 @@ from pooledmail_core import (
 
 from ._health import HealthReport
 from ._pool import SMTPPool
-from ._results import SendFailed, SendResult
+from ._results import SendFailed, SendResult, SendStatistics
 
 __all__ = ["BlockingSMTPPool"]
 
@@ -508,17 +508,31 @@ class BlockingSMTPPool:
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's state (all zeros before the pool started)."""
+        return self._snapshot(lambda pool: pool.statistics())
+
+    def send_statistics(self) -> SendStatistics:
+        """What the pool's sends have come to so far (see `SMTPPool.send_statistics`): among
+        others `cancelled_after_terminator`, the sends to reconcile."""
+        return self._snapshot(lambda pool: pool.send_statistics())
+
+    def budget_statistics(self) -> dict[str, dict[str, object]]:
+        """Per shared budget, what this pool holds and how the store answers (see
+        `SMTPPool.budget_statistics`); empty without shared budgets."""
+        return self._snapshot(lambda pool: pool.budget_statistics())
+
+    def _snapshot(self, read: Callable[[SMTPPool], _T]) -> _T:
+        """`read(pool)` on the pool's loop while it runs (the only thread that changes the pool),
+        during a close's drain included; directly once nothing runs any more."""
         running = self._running or self._draining
         if running is not None:
             try:
-                return running.portal.call(running.pool.statistics)
+                return running.portal.call(read, running.pool)
             except RuntimeError:
                 if not self.closed:
                     raise
                 # The loop stopped at the end of the drain: read once the close is over.
                 self._closed.wait()
-        # Not running: nothing changes the pool's state, so it is read here directly.
-        return self._pool.statistics()
+        return read(self._pool)
 
     # -- fork --------------------------------------------------------------------------------
 

@@ -437,3 +437,23 @@ def test_observing_options_reach_the_pool_and_are_checked_at_construction() -> N
         BlockingSMTPPool(config(25), name="")
     assert caught.value.option == "name"
     pool.close()
+
+
+def test_send_and_budget_statistics_are_read_as_the_async_pool_gives_them(backend: str) -> None:
+    # The counts a blocking user needs to reconcile (an UNKNOWN_AFTER_DATA here) are there too.
+    with fault_server(Script(data_end=lambda n: DISCONNECT if n == 0 else "250 ok")) as server:
+        pool = BlockingSMTPPool(config(server.port, max_retries=0), backend=backend)
+        before = pool.send_statistics()
+        with pytest.raises(SendFailed) as failed:
+            pool.send(message("maybe"))
+        pool.send(message("surely"))
+        during = pool.send_statistics()
+        budgets = pool.budget_statistics()
+        pool.close()
+        after = pool.send_statistics()
+    assert failed.value.kind is FailureKind.UNKNOWN_AFTER_DATA
+    assert (before.accepted, dict(before.failed)) == (0, {})
+    assert during.accepted == 1
+    assert dict(during.failed) == {FailureKind.UNKNOWN_AFTER_DATA.value: 1}
+    assert after == during
+    assert budgets == {}
