@@ -379,7 +379,7 @@ class PoolMachine:
             host = self._hosts[record.host]
             if counted and host.budget is not None and cooldown.until is not None:
                 actions.append(ShareCooldown(host.budget, host, cooldown.until - now))
-        if kind is FailureKind.AUTH_FAILED and self._waiters:
+        if kind is FailureKind.AUTH_FAILED and self._waiters and not record.background_trial:
             head = next(iter(self._waiters))
             self._fail(head, FailureKind.AUTH_FAILED, error, actions)
         # Waiters that this failure leaves with nothing to wait for learn why from it, not from
@@ -861,7 +861,7 @@ class PoolMachine:
     def _retirement_on_release(self, record: _Slot, now: float) -> str | None:
         if self._close_requested:
             return "pool_closed"
-        if self._max_age is not None and now - record.connected_at >= self._max_age:
+        if self._max_age is not None and now >= record.connected_at + self._max_age:
             return "max_age"
         limit = self._max_messages
         if limit is not None and record.messages >= limit:
@@ -871,9 +871,9 @@ class PoolMachine:
     def _retirement_while_idle(self, record: _Slot, now: float) -> str | None:
         # No slot is idle once close() was called: close() retires the idle ones, and a slot that
         # becomes idle afterwards is retired by the same input.
-        if self._max_age is not None and now - record.connected_at >= self._max_age:
+        if self._max_age is not None and now >= record.connected_at + self._max_age:
             return "max_age"
-        if self._idle_timeout is not None and now - record.idle_since >= self._idle_timeout:
+        if self._idle_timeout is not None and now >= record.idle_since + self._idle_timeout:
             return "idle_timeout"
         return None
 
@@ -961,11 +961,11 @@ class PoolMachine:
         if idle and (
             (
                 self._idle_timeout is not None
-                and now - next(iter(idle.values())).idle_since >= self._idle_timeout
+                and now >= next(iter(idle.values())).idle_since + self._idle_timeout
             )
             or (
                 self._max_age is not None
-                and now - self._earliest_connection_idle().connected_at >= self._max_age
+                and now >= self._earliest_connection_idle().connected_at + self._max_age
             )
         ):
             for record in self._slots_in(_IDLE):
@@ -1168,7 +1168,7 @@ class PoolMachine:
     ) -> None:
         if not self._waiters or not self._all_hosts_cooling(now):
             return
-        if self._count(_CONNECTING, _PROBING, _LEASED):
+        if self._count(_CONNECTING, _IDLE, _PROBING, _LEASED):
             return
         recovery = min(cooldown.until for cooldown in self._cooldowns if cooldown.until is not None)
         if cause is not None and not any(self._proven):

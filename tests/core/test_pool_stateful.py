@@ -377,7 +377,11 @@ class PoolWorld(RuleBasedStateMachine):
         self.tick(dt)
         del self.slot_state[slot]
         self.proven.discard(self.slot_host[slot])
-        self.auth_failure_pending = kind is FailureKind.AUTH_FAILED and bool(self.waiting)
+        # A background trial covers no waiter: its AUTH_FAILED fails none.
+        trial = self.machine._slots[slot].background_trial
+        self.auth_failure_pending = (
+            kind is FailureKind.AUTH_FAILED and bool(self.waiting) and not trial
+        )
         self.connect_failed(slot, kind)
 
     def connect_failed(self, slot: int, kind: FailureKind) -> None:
@@ -563,7 +567,9 @@ class PoolWorld(RuleBasedStateMachine):
 
     def check_timer_postconditions(self) -> None:
         deadline = self.machine.next_deadline()
-        assert deadline is None or deadline >= self.now, "next_deadline in the past"
+        # Strictly later: a deadline at now after handle_timer(now) would wake the driver's timer
+        # again at once, for nothing (a busy loop, or a hang on a clock that does not move).
+        assert deadline is None or deadline > self.now, "next_deadline not after handle_timer"
         assert all(d > self.now for d in self.waiting.values()), "a due waiter still waits"
 
     # ----------------------------------------------------------------------------- invariants
