@@ -438,6 +438,10 @@ class SMTPPool:
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self._timer_wakeup.wait()
+            else:
+                # Due already: still let the other tasks run, so that a deadline the machine
+                # keeps reporting as due can never starve the event loop.
+                await anyio.lowlevel.checkpoint()
             self._timer_wakeup = None
             self._perform(self._machine.handle_timer(self._clock()))
 
