@@ -20,6 +20,7 @@ from pooledmail_anyio import (
 )
 
 from .fakesmtp import DISCONNECT, STALL, FakeSMTPServer, Script
+from .verdicts import settled
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +113,13 @@ async def test_failure_is_classified_as_the_table_says(
         assert failure.reply is not None
         assert failure.reply.code == int(reply[:3])
     assert (stats.idle == 1) is kept
+    # Judged against the server's record too: not accepted means not stored; otherwise the
+    # terminator reached the server (the fake server stores a message it means to accept).
+    assert await settled(server)
+    if not_accepted:
+        assert server.messages == []
+    else:
+        assert server.received == 1
 
 
 async def test_disconnect_after_terminator_is_never_resent() -> None:
@@ -134,6 +142,8 @@ async def test_stall_after_terminator_times_out_as_unknown_after_data() -> None:
     assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert stats.leased == 0
+    # The server did read the whole message: "unknown" is the truth, not a guess.
+    assert server.received == 1
 
 
 async def test_transient_failure_is_retried_on_a_new_connection() -> None:

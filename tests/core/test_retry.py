@@ -233,8 +233,19 @@ def test_retry_decision_properties(
         rng=FixedRandom(draw),
         retry_unknown=retry_unknown,
     )
+    # Offered exactly when it should be: an eligible failure, retries left, and a delay (the
+    # nominal one scaled by the drawn jitter factor) that ends before the deadline.
+    eligible = (
+        retry_unknown
+        if c.kind is FailureKind.UNKNOWN_AFTER_DATA
+        else c.retryable and c.definitely_not_accepted
+    )
+    drawn = base_delay * 2.0 ** (attempt - 1) * (1.0 + jitter * (2.0 * draw - 1.0))
+    expected = eligible and attempt <= max_retries and (deadline is None or now + drawn < deadline)
+    assert (result is not None) is expected
     if result is None:
         return
+    assert result == drawn
     # Never a permanent failure, never an unknown outcome without the opt-in.
     assert c.kind is not FailureKind.PERMANENT
     assert c.kind is not FailureKind.UNKNOWN_AFTER_DATA or retry_unknown

@@ -174,8 +174,7 @@ def test_a_fleet_message_rate_holds_across_processes(
         for index, start in enumerate(arrivals)
     )
     assert busiest <= rate + burst
-    # And the fleet did not go much below the rate either: 24 messages at 8/s take about 3 s.
-    assert arrivals[-1] - arrivals[0] < 24 / rate + 1.5
+    # How close the fleet comes to the rate is measured in bench/bench_budget.py, not here.
 
 
 def test_a_process_killed_with_its_leases_frees_them_within_the_ttl(
