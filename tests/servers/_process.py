@@ -16,10 +16,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, TypeVar
 
 __all__ = [
     "LOOPBACK",
+    "PrivateServer",
     "MissingBinary",
     "ServerStartError",
     "find_binary",
@@ -199,3 +201,38 @@ def kill_and_reap(pids: Iterable[int], *, timeout: float = 5.0) -> None:
             if not process_exists(pid):
                 remaining.remove(pid)
         time.sleep(0.01)
+
+
+_Server = TypeVar("_Server", bound="PrivateServer")
+
+
+class PrivateServer:
+    """The life cycle every private server shares: `with Server(...) as server:` starts it and
+    closes it whatever happens; `directory` is its temporary directory once started.
+    Subclasses set `_directory` in `start()` and free everything in `close()`."""
+
+    _directory: Path | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def directory(self) -> Path:
+        if self._directory is None:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return self._directory
+
+    def __enter__(self: _Server) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8
 from pathlib import Path
-from types import TracebackType
 
 from ._process import (
     LOOPBACK,
     MissingBinary,
+    PrivateServer,
     ServerStartError,
     find_binary,
     free_port,
@@ -133,7 +133,7 @@ _REALM = "pooledmail.test"
 _DISCONNECT = re.compile(r"smtpd\[\d+\]: disconnect from \S+ (?P<counts>.*)$")
 
 
-class PostfixServer:
+class PostfixServer(PrivateServer):
     """A private Postfix whose smtpd listens on 127.0.0.1:`port`; see the module docstring.
 
     `require_tls`: STARTTLS is mandatory (`smtpd_tls_security_level = encrypt`), and AUTH is only
@@ -176,12 +176,6 @@ class PostfixServer:
     # -- paths -----------------------------------------------------------------------------
 
     @property
-    def directory(self) -> Path:
-        if self._directory is None:
-            raise RuntimeError("the instance has not been started")
-        return self._directory
-
-    @property
     def config_directory(self) -> Path:
         return self.directory / "etc"
 
@@ -202,18 +196,6 @@ class PostfixServer:
         return self.users[self.username]
 
     # -- life cycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> PostfixServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> None:
         """Create the instance on a free port and start it; ServerStartError after the deadline."""

@@ -17,10 +17,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from ._process import (
     LOOPBACK,
+    PrivateServer,
     ServerStartError,
     find_binary,
     free_port,
@@ -35,7 +35,7 @@ __all__ = ["RedisServer"]
 _START_ATTEMPTS = 3
 
 
-class RedisServer:
+class RedisServer(PrivateServer):
     """`redis-server` on 127.0.0.1:`port`; `arguments` are extra `--name value` options."""
 
     name = "redis"
@@ -55,26 +55,8 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     @property
-    def directory(self) -> Path:
-        if self._directory is None:
-            raise RuntimeError("the server has not been started")
-        return self._directory
-
-    @property
     def log_file(self) -> Path:
         return self.directory / "redis.log"
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> None:
         """Start on a free port the first time, on the same port after `stop()`."""

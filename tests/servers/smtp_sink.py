@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8
 from pathlib import Path
-from types import TracebackType
 
 from ._process import (
     LOOPBACK,
+    PrivateServer,
     ServerStartError,
     find_binary,
     free_port,
@@ -61,7 +61,7 @@ class SinkMessage:
     content: bytes
 
 
-class SmtpSink:
+class SmtpSink(PrivateServer):
     """A `smtp-sink` listening on 127.0.0.1:`port`; see the module docstring."""
 
     name = "smtp-sink"
@@ -89,26 +89,8 @@ class SmtpSink:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
-    def directory(self) -> Path:
-        if self._directory is None:
-            raise RuntimeError("the sink has not been started")
-        return self._directory
-
-    @property
     def log_file(self) -> Path:
         return self.directory / "smtp-sink.out"
-
-    def __enter__(self) -> SmtpSink:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> None:
         """Start on a free port the first time, on the same port after `stop()`."""
