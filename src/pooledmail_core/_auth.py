@@ -58,12 +58,13 @@ class Credentials:
 class SaslMechanism:
     """One SASL exchange: `command()` first, then `respond()` to each 334 challenge."""
 
-    __slots__ = ("_credentials", "_step")
+    __slots__ = ("_cancelled", "_credentials", "_step")
     name = ""
 
     def __init__(self, credentials: Credentials) -> None:
         self._credentials = credentials
         self._step = 0
+        self._cancelled = False
 
     def __repr__(self) -> str:
         return f"<SASL {self.name}>"
@@ -74,8 +75,14 @@ class SaslMechanism:
 
     def respond(self, challenge: str) -> bytes:
         """The line answering a 334 challenge (base64 text without the code)."""
+        if self._cancelled:
+            # RFC 4954 §4: after "*" the server MUST reject AUTH (501); asking again would keep
+            # the client answering until connect_timeout.
+            raise RemoteProtocolError("server sent a 334 after the client cancelled AUTH")
         self._step += 1
-        return self._answer(challenge, self._step)
+        answer = self._answer(challenge, self._step)
+        self._cancelled = answer == _CANCEL
+        return answer
 
     def _answer(self, challenge: str, step: int) -> bytes:
         return _CANCEL

@@ -48,8 +48,10 @@ class Capabilities:
                 keyword = "AUTH"
             if keyword == "SIZE":
                 size = 0
+                # At most 20 digits: int() refuses more than 4300 (a ValueError), and no message
+                # comes near 10**20 bytes, so a longer number is as good as no fixed limit.
                 if len(words) > 1 and words[1].isascii() and words[1].isdigit():
-                    size = int(words[1])
+                    size = int(words[1]) if len(words[1]) <= 20 else 0
             elif keyword == "AUTH":
                 mechanisms.update(word for word in words[1:] if word)
             else:

@@ -350,18 +350,24 @@ def test_secrets_never_appear_in_reprs_or_errors(mechanism: str) -> None:
         b"334 UGFzc3dvcmQ6\r\n",
         b"535 nope\r\n",
     ]
-    while True:
-        step = setup.next_step()
-        texts.append(repr(step))
-        if step is NEED_DATA:
-            session.receive_data(server.pop(0))
-        elif not isinstance(step, (Write, StartTLS)):
-            break
-    result = setup.result
-    assert isinstance(result, SetupResult)
-    assert not result.ok
-    texts.append(repr(result))
-    texts.append(result.reason)
+    try:
+        while True:
+            step = setup.next_step()
+            texts.append(repr(step))
+            if step is NEED_DATA:
+                session.receive_data(server.pop(0))
+            elif not isinstance(step, (Write, StartTLS)):
+                break
+    except RemoteProtocolError as exc:
+        # A 334 after the client cancelled (PLAIN, XOAUTH2 answer "*" to a challenge they do
+        # not expect): RFC 4954 §4 wants a 501 then, so the exchange fails.
+        texts.append(str(exc))
+    else:
+        result = setup.result
+        assert isinstance(result, SetupResult)
+        assert not result.ok
+        texts.append(repr(result))
+        texts.append(result.reason)
     # a protocol error in the middle of AUTH: its text must not carry the secrets either
     broken = ClientSession("client.example")
     failing = broken.setup(
@@ -660,3 +666,50 @@ def test_templates_are_forgotten_with_the_capabilities_they_were_made_for() -> N
     assert session._shapes
     session._learn(Verb.EHLO, Reply(250, ("mx", "SIZE 10")))
     assert not session._shapes
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "XOAUTH2"])
+def test_a_334_after_the_client_cancelled_auth_ends_the_exchange(mechanism: str) -> None:
+    # RFC 4954 §4: after "*" the server must answer 501. One that keeps sending 334 would have
+    # the client answering "*" until connect_timeout, thousands of round trips a second.
+    session = ClientSession("client.example")
+    secret = {"oauth2_token": "tok"} if mechanism == "XOAUTH2" else {"password": "pw"}
+    setup = session.setup(
+        tls=TLSMode.NONE,
+        username="u",
+        mechanisms=[mechanism],
+        allow_plaintext_auth=True,
+        **secret,  # type: ignore[arg-type]
+    )
+    server = [b"220 mx\r\n", b"250-mx\r\n250 AUTH " + mechanism.encode() + b"\r\n"]
+    server += [b"334 \r\n"] * 10
+    cancels = 0
+
+    def run() -> None:
+        nonlocal cancels
+        for reply in server:
+            while (step := setup.next_step()) is not NEED_DATA:
+                if isinstance(step, Write) and bytes(step.data) == b"*\r\n":
+                    cancels += 1
+            session.receive_data(reply)
+        setup.next_step()
+
+    with pytest.raises(RemoteProtocolError, match="cancelled AUTH"):
+        run()
+    assert cancels == 1
+
+
+def test_an_ehlo_size_longer_than_int_conversion_allows_is_no_crash() -> None:
+    # Python refuses to convert more than 4300 digits (ValueError); a SIZE that long (possible
+    # with a larger line limit) is taken as no fixed limit.
+    session = ClientSession("client.example", Limits(max_line_length=8192))
+    setup = session.setup(tls=TLSMode.NONE)
+    replies = [b"220 mx ESMTP\r\n", b"250-mx\r\n250 SIZE " + b"9" * 5000 + b"\r\n"]
+    for server in replies:
+        while setup.next_step() is not NEED_DATA:
+            pass
+        session.receive_data(server)
+    while setup.next_step() is not DONE:
+        pass
+    assert setup.result.ok
+    assert session.capabilities.size == 0
