@@ -353,17 +353,21 @@ class Connection:
         server that sees the end of the stream with the QUIT line may drop the session without
         reading it). The wait is bounded by `grace`; whatever happens, the connection is closed.
         """
-        with anyio.move_on_after(grace, shield=True):
-            # The session may be in ERROR or already closed, where the core refuses QUIT.
-            with contextlib.suppress(Exception):
-                session = self.session
-                await self.stream.send(session.quit())
-                while session.next_event() is NEED_DATA and session.state is not _CLOSED:
-                    try:
-                        data = await self.stream.receive(_READ_SIZE)
-                    except anyio.EndOfStream:
-                        data = b""
-                    session.receive_data(data)
+        try:
+            with anyio.move_on_after(grace, shield=True):
+                # The session may be in ERROR or already closed, where the core refuses QUIT.
+                with contextlib.suppress(Exception):
+                    session = self.session
+                    await self.stream.send(session.quit())
+                    while session.next_event() is NEED_DATA and session.state is not _CLOSED:
+                        try:
+                            data = await self.stream.receive(_READ_SIZE)
+                        except anyio.EndOfStream:
+                            data = b""
+                        session.receive_data(data)
+        finally:
+            # Also when the grace ran out with the server silent: its cancellation is no
+            # Exception, and would otherwise skip the close.
             await self.abort(grace)
 
     async def abort(self, grace: float) -> None:

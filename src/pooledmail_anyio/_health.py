@@ -162,6 +162,10 @@ async def check_host(
             tls_version,
             connection.auth_mechanism,
         )
+    except BaseException:
+        # Cancelled by the caller: the connection must not outlive the check.
+        await connection.abort(quit_grace)
+        raise
     await connection.quit(quit_grace)
     if not reply.is_positive:
         return HostCheck(

@@ -188,7 +188,7 @@ class SMTPPool:
         self._background: anyio.abc.TaskGroup | None = None
         self._timer_wakeup: anyio.Event | None = None
         self._timer_deadline = math.inf
-        self._state = "new"  # new -> open -> closing -> closed
+        self._state = "new"  # new -> starting -> open -> closing -> closed
         self._forced = False
         self._shutdown: anyio.Event | None = None
         self._closing: anyio.Event | None = None
@@ -220,6 +220,8 @@ class SMTPPool:
     async def __aenter__(self) -> SMTPPool:
         if self._state != "new":
             raise RuntimeError("an SMTPPool can be entered only once")
+        # Claimed before the first await: a second task entering meanwhile is refused above.
+        self._state = "starting"
         if self._ssl_context is None and any(h.tls.value != "none" for h in self._config.hosts):
             self._ssl_context = ssl.create_default_context()
         if not self._custom_clock:
@@ -228,15 +230,21 @@ class SMTPPool:
         self._closing = anyio.Event()
         self._closed = anyio.Event()
         task_group = anyio.create_task_group()
-        await task_group.__aenter__()
         try:
-            await task_group.start(self._run)
+            await task_group.__aenter__()
+            try:
+                await task_group.start(self._run)
+            except BaseException:
+                # Left as it was entered, innermost scope first (a shield around `__aexit__`
+                # would be exited after the task group's own scope: a corrupted scope stack).
+                # The task group is cancelled, so leaving it only waits for what already runs.
+                task_group.cancel_scope.cancel()
+                await task_group.__aexit__(None, None, None)
+                raise
         except BaseException:
-            # Left as it was entered, innermost scope first (a shield around `__aexit__` would be
-            # exited after the task group's own scope: a corrupted scope stack). The task group
-            # is cancelled, so leaving it only waits for what already runs.
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
+            # It never opened: closed for good, and a later aclose() has nothing to wait for.
+            self._state = "closed"
+            self._closed.set()
             raise
         self._task_group = task_group
         return self
@@ -603,7 +611,7 @@ class SMTPPool:
         )
 
     def _closed_failure(self, stage: Stage, host: str | None) -> _Failure:
-        if self._state == "new":
+        if self._state in ("new", "starting"):
             raise RuntimeError(
                 "the pool is not open: use `async with SMTPPool(config) as pool:` around sends"
             )
