@@ -12,6 +12,27 @@ from typing import Any, TextIO
 
 __all__ = ["Output"]
 
+# Control characters (C0 but tab and newline, DEL, C1) shown as escapes: what a server says
+# (its greeting, replies, EHLO keywords, quoted in reports and errors) reaches the operator's
+# terminal, where an ESC sequence could rewrite the screen or the title.
+_CONTROLS = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x00, 0x20), *range(0x7F, 0xA0))
+    if code not in (0x09, 0x0A)
+}
+
+
+def _shown(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
+def _cell(text: str) -> Any:
+    """`text` as a rich cell: control characters escaped, and never read as rich markup (a
+    server's "[/bold]" is text, not a closing tag)."""
+    from rich.text import Text
+
+    return Text(_shown(text))
+
 
 def _console(stream: TextIO) -> Any:
     try:
@@ -35,21 +56,21 @@ class Output:
         return self._console is not None
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.out)
+        print(_shown(text), file=self.out)
 
     def error(self, text: str) -> None:
-        print(f"pooledmail: {text}", file=self.err)
+        print(f"pooledmail: {_shown(text)}", file=self.err)
 
     def fields(self, title: str, rows: Sequence[tuple[str, str]]) -> None:
         """Name-value pairs (the probe's report)."""
         if self._console is not None:
             from rich.table import Table
 
-            table = Table(title=title, show_header=False, title_justify="left")
+            table = Table(title=_cell(title), show_header=False, title_justify="left")
             table.add_column(style="bold")
             table.add_column(overflow="fold")
             for name, value in rows:
-                table.add_row(name, value)
+                table.add_row(_cell(name), _cell(value))
             self._console.print(table)
             return
         width = max((len(name) for name, _ in rows), default=0)
@@ -60,11 +81,11 @@ class Output:
         if self._console is not None:
             from rich.table import Table
 
-            table = Table(title=title, title_justify="left")
+            table = Table(title=_cell(title), title_justify="left")
             for name in header:
-                table.add_column(name, overflow="fold")
+                table.add_column(_cell(name), overflow="fold")
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*(_cell(str(cell)) for cell in row))
             self._console.print(table)
             return
         widths = [

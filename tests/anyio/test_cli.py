@@ -512,3 +512,27 @@ def test_a_malformed_address_exits_2_before_anything_is_sent(
     assert code == 2
     assert "error:" in err
     assert received == 0
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["plain", "rich"])
+def test_what_a_server_says_reaches_the_terminal_without_control_codes_or_markup(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    terminal: bool,
+) -> None:
+    # A greeting that would retitle the operator's terminal (OSC 0), and rich markup that
+    # would break (or style) the table if it were read as markup.
+    if terminal:
+        monkeypatch.setenv("FORCE_COLOR", "1")
+    else:
+        monkeypatch.delenv("FORCE_COLOR", raising=False)
+    script = Script(greeting="220 mx.test \x1b]0;owned\x07 [/bold] ready")
+    with fault_server(script) as server:
+        argv = ["--backend", backend, "probe", f"127.0.0.1:{server.port}", "--tls", "none"]
+        code = main(argv, environ={})
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "\x1b]0;" not in out
+    assert "\x07" not in out
+    assert "\\x1b]0;owned\\x07 [/bold] ready" in out
