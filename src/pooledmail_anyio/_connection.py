@@ -124,6 +124,7 @@ class Connection:
         "_deadline_stream",
         "_peek_socket",
         "_ssl_object",
+        "_tls_read_bio",
         "auth_mechanism",
         "greeting",
         "host",
@@ -141,8 +142,11 @@ class Connection:
         self.key = host.key
         # The TLS object once TLS is up, read by `unusable()` (looking it up costs more).
         self._ssl_object: ssl.SSLObject | None = None
+        # What the TLS layer received but could not decrypt yet (part of a record).
+        self._tls_read_bio: ssl.MemoryBIO | None = None
         if isinstance(stream, TLSStream):
             self._ssl_object = stream.extra(TLSAttribute.ssl_object)
+            self._tls_read_bio = getattr(stream, "_read_bio", None)
         # The server ended the stream (FIN) while this side was reading: what broke an exchange.
         self.server_closed = False
         # What setup learned, for diagnostics (`check()`, `pooledmail probe`).
@@ -182,6 +186,11 @@ class Connection:
             return "out_of_sync"
         ssl_object = self._ssl_object
         if ssl_object is not None:
+            # Part of a record nobody asked for may wait in the TLS layer's input, not yet
+            # decrypted: looked at first, because the read below moves it out of sight.
+            read_bio = self._tls_read_bio
+            if read_bio is not None and read_bio.pending:
+                return "out_of_sync"
             # A complete TLS record may sit decrypted or undecrypted in the TLS layer. Reading
             # from the TLS object itself (no I/O: it only looks at what it holds) finds it; post-
             # handshake messages such as session tickets are consumed and are not data.
@@ -342,6 +351,7 @@ class Connection:
             standard_compatible=False,
         )
         self._ssl_object = stream.extra(TLSAttribute.ssl_object)
+        self._tls_read_bio = getattr(stream, "_read_bio", None)
         exchange.tls_established()
         return stream
 

@@ -260,10 +260,10 @@ class AsyncioSocketStream(DeadlineSocketStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if max_bytes < 1:
             raise ValueError("max_bytes must be a positive integer")
+        if self._closed:
+            raise anyio.ClosedResourceError
         protocol = self._protocol
         if not protocol.chunks:
-            if self._closed:
-                raise anyio.ClosedResourceError
             if protocol.read_waiter is not None:
                 raise anyio.BusyResourceError("reading from")
             while not (protocol.chunks or protocol.eof or protocol.lost):

@@ -151,6 +151,9 @@ class TrioSocketStream(DeadlineSocketStream):
         self._expired = False
         self._receiving = False
         self._sending = False
+        # Waits in progress (a receive and a send may wait at once): the stream leaves the
+        # watchdog's `waiting` only when the last of them ends.
+        self._waits = 0
         self.deadline = math.inf
         self._watchdog = _watchdog()
         self._watchdog.opened()
@@ -176,7 +179,9 @@ class TrioSocketStream(DeadlineSocketStream):
         """Wait until the socket is readable (or writable), within `deadline`."""
         deadline = self.deadline
         watchdog = self._watchdog
-        self._expired = False
+        if not self._waits:
+            self._expired = False
+        self._waits += 1
         if deadline != math.inf:
             watchdog.waiting.add(self)
             if deadline < watchdog.alarm:
@@ -190,7 +195,8 @@ class TrioSocketStream(DeadlineSocketStream):
                 raise DeadlineExceeded("the peer did not answer in time") from None
             raise
         finally:
-            if deadline != math.inf:
+            self._waits -= 1
+            if not self._waits:
                 watchdog.waiting.discard(self)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:

@@ -526,3 +526,87 @@ async def test_a_receive_that_finds_bytes_waiting_still_lets_other_tasks_run(pai
             assert await client.receive(1) == b"x"
         assert turns >= before + 50
         tg.cancel_scope.cancel()
+
+
+# Found by review: full duplex on one stream, a read after close, and part of a TLS record
+# nobody asked for.
+
+
+async def test_a_deadline_still_bounds_a_receive_while_a_send_waits_alongside(pair: Pair) -> None:
+    """Full duplex: a send that had to wait for room must not take the receive's deadline away."""
+    client, server = pair
+    payload = b"x" * (4 << 20)  # more than the kernel buffers: the send must wait
+    outcome: list[str] = []
+    sent_at: list[float] = []
+
+    async def receive() -> None:
+        try:
+            await client.receive()
+        except DeadlineExceeded:
+            outcome.append("deadline")
+
+    client.deadline = anyio.current_time() + 2.0
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(client.send, payload)
+            await anyio.wait_all_tasks_blocked()
+            await receive_exactly(server, len(payload))  # the send completes, the peer stays silent
+            sent_at.append(anyio.current_time())
+    print("send done", sent_at[0] - client.deadline)
+    assert outcome == ["deadline"]
+
+
+async def test_receive_after_aclose_is_refused_even_with_bytes_buffered(pair: Pair) -> None:
+    client, server = pair
+    await server.send(b"250 ok\r\n")
+    await anyio.sleep(0.05)
+    await client.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await client.receive()
+
+
+async def test_part_of_an_unasked_tls_record_makes_the_connection_out_of_sync(
+    pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    """The plaintext twin ("250 ok\\r\\n25") is caught by the session's has_unread; under TLS the
+    first bytes of a record nobody asked for wait in the TLS layer's read BIO, where unusable()
+    does not look."""
+    client, server = pair
+    session = ClientSession("client.test")
+    connection = Connection(client, session, Host("127.0.0.1", 25, tls=TLSMode.STARTTLS))
+    ready = anyio.Event()
+
+    async def serve() -> None:
+        await server.send(b"220 fake ESMTP\r\n")
+        await server.receive()  # EHLO
+        await server.send(b"250-fake\r\n250 STARTTLS\r\n")
+        await server.receive()  # STARTTLS
+        await server.send(b"220 go ahead\r\n")
+        tls = await TLSStream.wrap(
+            server, server_side=True, ssl_context=server_tls, standard_compatible=False
+        )
+        await tls.receive()  # EHLO again
+        await tls.send(b"250 fake\r\n")
+        await tls.receive()  # NOOP
+        # The reply, and in the same segment the first 20 bytes of a record nobody asked for.
+        tls._ssl_object.write(b"250 ok\r\n")
+        reply = tls._write_bio.read()
+        tls._ssl_object.write(b"250 2.0.0 nobody asked\r\n")
+        stray = tls._write_bio.read()
+        await server.send(reply + stray[:20])
+        ready.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        setup = session.setup(tls=TLSMode.STARTTLS)
+        await connection.run(setup, step_timeout=30.0, ssl_context=client_tls)
+        noop = session.noop()
+        await connection.run(noop, step_timeout=30.0)
+        assert noop.result.is_positive
+        await ready.wait()
+        await anyio.sleep(0.05)
+        assert connection.unusable() == "out_of_sync"
+        tg.cancel_scope.cancel()
