@@ -213,11 +213,37 @@ class PrivateServer:
 
     _directory: Path | None = None
 
+    port: int
+
     def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def log_tail(self, lines: int = 60) -> str:
+        raise NotImplementedError
+
+    def _spawn(self) -> None:
+        raise NotImplementedError
+
+    def _spawn_on_a_free_port(self, attempts: int, in_use: str) -> None:
+        """`_spawn()`; with several `attempts`, on a new free port each time, as long as the
+        failure was the port being taken meanwhile (`in_use` in the server's log)."""
+        for attempt in range(1, attempts + 1):
+            if attempts > 1:
+                self.port = free_port()
+            try:
+                self._spawn()
+                return
+            except ServerStartError:
+                bind_failed = in_use in self.log_tail(10)
+                self.stop()
+                if attempt == attempts or not bind_failed:
+                    raise
 
     @property
     def directory(self) -> Path:

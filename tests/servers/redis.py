@@ -21,9 +21,7 @@ from pathlib import Path
 from ._process import (
     LOOPBACK,
     PrivateServer,
-    ServerStartError,
     find_binary,
-    free_port,
     is_listening,
     register,
     tail,
@@ -68,17 +66,7 @@ class RedisServer(PrivateServer):
             attempts = _START_ATTEMPTS
         else:
             attempts = 1  # a restart must keep its port
-        for attempt in range(1, attempts + 1):
-            if attempts > 1:
-                self.port = free_port()
-            try:
-                self._spawn()
-                return
-            except ServerStartError:
-                bind_failed = "Address already in use" in self.log_tail(10)
-                self.stop()
-                if attempt == attempts or not bind_failed:
-                    raise
+        self._spawn_on_a_free_port(attempts, "Address already in use")
 
     def stop(self) -> None:
         """SIGTERM (redis shuts down at once: nothing to save), SIGKILL if it lingers."""

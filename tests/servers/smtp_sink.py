@@ -34,9 +34,7 @@ from pathlib import Path
 from ._process import (
     LOOPBACK,
     PrivateServer,
-    ServerStartError,
     find_binary,
-    free_port,
     is_listening,
     open_files,
     register,
@@ -106,17 +104,7 @@ class SmtpSink(PrivateServer):
             attempts = _START_ATTEMPTS
         else:
             attempts = 1  # a restart must keep its port
-        for attempt in range(1, attempts + 1):
-            if attempts > 1:
-                self.port = free_port()
-            try:
-                self._spawn()
-                return
-            except ServerStartError:
-                bind_failed = "in use" in self.log_tail(5)
-                self._kill()
-                if attempt == attempts or not bind_failed:
-                    raise
+        self._spawn_on_a_free_port(attempts, "in use")
 
     def stop(self) -> None:
         """Stop the sink (SIGTERM, then SIGKILL); `start()` brings it back on the same port."""
