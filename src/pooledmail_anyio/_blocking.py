@@ -385,7 +385,7 @@ class BlockingSMTPPool:
         waits until the first has finished. Refused (RuntimeError) from the pool's own loop
         thread, as every other call is: it would wait for itself.
         """
-        current = self._running
+        current = self._running or self._draining
         if current is not None and threading.get_ident() == current.calls.loop_thread:
             raise RuntimeError(
                 "BlockingSMTPPool.close() called from its own event loop thread (a log handler "
@@ -525,6 +525,10 @@ class BlockingSMTPPool:
         during a close's drain included; directly once nothing runs any more."""
         running = self._running or self._draining
         if running is not None:
+            if threading.get_ident() == running.calls.loop_thread:
+                # On the loop thread itself (a log handler): nothing changes the pool meanwhile,
+                # and waiting on the portal or the close from here would wait for itself.
+                return read(running.pool)
             try:
                 return running.portal.call(read, running.pool)
             except RuntimeError:

@@ -220,8 +220,6 @@ class SMTPPool:
     async def __aenter__(self) -> SMTPPool:
         if self._state != "new":
             raise RuntimeError("an SMTPPool can be entered only once")
-        # Claimed before the first await: a second task entering meanwhile is refused above.
-        self._state = "starting"
         if self._ssl_context is None and any(h.tls.value != "none" for h in self._config.hosts):
             self._ssl_context = ssl.create_default_context()
         if not self._custom_clock:
@@ -229,6 +227,8 @@ class SMTPPool:
         self._shutdown = anyio.Event()
         self._closing = anyio.Event()
         self._closed = anyio.Event()
+        # Claimed before the first await: a second task entering meanwhile is refused above.
+        self._state = "starting"
         task_group = anyio.create_task_group()
         try:
             await task_group.__aenter__()
