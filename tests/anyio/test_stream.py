@@ -344,6 +344,21 @@ async def test_a_past_deadline_passes_through_tls(
         await tls.receive()
 
 
+async def serve_starttls(server: anyio.abc.ByteStream, server_tls: ssl.SSLContext) -> TLSStream:
+    """The server's side of a setup with STARTTLS, up to the EHLO answered inside TLS."""
+    await server.send(b"220 fake ESMTP\r\n")
+    await server.receive()  # EHLO
+    await server.send(b"250-fake\r\n250 STARTTLS\r\n")
+    await server.receive()  # STARTTLS
+    await server.send(b"220 go ahead\r\n")
+    tls = await TLSStream.wrap(
+        server, server_side=True, ssl_context=server_tls, standard_compatible=False
+    )
+    await tls.receive()  # EHLO again
+    await tls.send(b"250 fake\r\n")
+    return tls
+
+
 async def test_a_timeout_beneath_tls_still_reads_as_a_timeout(
     pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -354,16 +369,7 @@ async def test_a_timeout_beneath_tls_still_reads_as_a_timeout(
     connection = Connection(client, session, Host("127.0.0.1", 25, tls=TLSMode.STARTTLS))
 
     async def serve() -> None:
-        await server.send(b"220 fake ESMTP\r\n")
-        await server.receive()  # EHLO
-        await server.send(b"250-fake\r\n250 STARTTLS\r\n")
-        await server.receive()  # STARTTLS
-        await server.send(b"220 go ahead\r\n")
-        tls = await TLSStream.wrap(
-            server, server_side=True, ssl_context=server_tls, standard_compatible=False
-        )
-        await tls.receive()  # EHLO again
-        await tls.send(b"250 fake\r\n")
+        tls = await serve_starttls(server, server_tls)
         await tls.receive()  # NOOP, never answered
         await anyio.sleep_forever()
 
@@ -579,16 +585,7 @@ async def test_part_of_an_unasked_tls_record_makes_the_connection_out_of_sync(
     ready = anyio.Event()
 
     async def serve() -> None:
-        await server.send(b"220 fake ESMTP\r\n")
-        await server.receive()  # EHLO
-        await server.send(b"250-fake\r\n250 STARTTLS\r\n")
-        await server.receive()  # STARTTLS
-        await server.send(b"220 go ahead\r\n")
-        tls = await TLSStream.wrap(
-            server, server_side=True, ssl_context=server_tls, standard_compatible=False
-        )
-        await tls.receive()  # EHLO again
-        await tls.send(b"250 fake\r\n")
+        tls = await serve_starttls(server, server_tls)
         await tls.receive()  # NOOP
         # The reply, and in the same segment the first 20 bytes of a record nobody asked for.
         tls._ssl_object.write(b"250 ok\r\n")
