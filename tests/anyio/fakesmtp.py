@@ -241,6 +241,9 @@ class FakeSMTPServer:
             ):
                 await session.run()
         finally:
+            if session.scope.cancel_called and not session.graceful:
+                with anyio.move_on_after(1, shield=True):
+                    await session.hang_up()
             record.ended = True
             with anyio.move_on_after(1, shield=True), contextlib.suppress(Exception):
                 if session.graceful:
@@ -392,6 +395,19 @@ class _Session:
                 await self._read()
                 continue
             return
+
+    async def hang_up(self) -> None:
+        """End a session the server dropped (`cut()`, or the server stopping): no more replies,
+        a FIN, and then go on receiving until the client leaves. Whatever the client handed to
+        its transport before it saw the FIN reaches the record, so the record says exactly what
+        reached the server (closing at once would have the kernel reset bytes already on their
+        way, and a client that wrote its terminator just then could not know either way)."""
+        transport = (
+            self.stream.transport_stream if isinstance(self.stream, TLSStream) else self.stream
+        )
+        with contextlib.suppress(Exception):
+            await transport.send_eof()  # type: ignore[attr-defined]
+            await self._read_on()
 
     async def _freeze(self) -> None:
         """Stop reading for good (flow control: the client's writes stop once buffers fill)."""
