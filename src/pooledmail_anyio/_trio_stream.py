@@ -6,8 +6,11 @@ and the driver then had to bound each exchange with an anyio cancel scope; repla
 the instructions per message sent to smtp-sink from 536k to 319k (bench/bench_driver.py under
 callgrind). This stream calls the non-blocking socket directly and waits
 with `trio.lowlevel.wait_readable` / `wait_writable` only when the kernel has nothing to give or
-no room to take; its time limit is a `deadline` attribute, enforced by one watchdog task per trio
-run, as the asyncio stream's is by one timer per stream.
+no room to take (except that the first `receive()` after a `send()` waits for readability before
+it reads: the reply to what was just written is almost never there yet, and a failed `recv` per
+read was two of the four `recvfrom` calls a message cost); its time limit is a `deadline`
+attribute, enforced by one watchdog task per trio run, as the asyncio stream's is by one timer
+per stream.
 
 The semantics are those of `AsyncioSocketStream` (see `_stream`), and `tests/anyio/test_stream.py`
 holds both to them:
@@ -158,6 +161,8 @@ class TrioSocketStream(DeadlineSocketStream):
         self._watchdog = _watchdog()
         self._watchdog.opened()
         self._poll: select.poll | None = None
+        # A send() completed since the last receive() began.
+        self._sent = False
 
     @property
     def _raw_socket(self) -> socket.socket:
@@ -210,6 +215,12 @@ class TrioSocketStream(DeadlineSocketStream):
         try:
             sock = self._sock
             waited = False
+            if self._sent:
+                # Just after a write the reply is almost never there yet: wait for it first
+                # rather than pay a failed recv() (and its exception) before every wait.
+                self._sent = False
+                await self._wait(_wait_readable)
+                waited = True
             while True:
                 try:
                     data = sock.recv(max_bytes)
@@ -248,6 +259,7 @@ class TrioSocketStream(DeadlineSocketStream):
                     raise self._broken(exc) from None
                 remaining -= sent
                 if not remaining:
+                    self._sent = True
                     return
                 if sent:
                     view = memoryview(view)[sent:]

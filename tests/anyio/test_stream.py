@@ -534,6 +534,38 @@ async def test_a_receive_that_finds_bytes_waiting_still_lets_other_tasks_run(pai
         tg.cancel_scope.cancel()
 
 
+async def test_a_receive_right_after_a_send_gets_a_reply_that_is_already_there(
+    pair: Pair,
+) -> None:
+    # The trio stream waits for readability first after a send (the reply is almost never
+    # there yet); a reply that is, or an end of stream, must not be missed or delayed for it.
+    client, server = pair
+    await client.send(b"NOOP\r\n")
+    assert await receive_exactly(server, 6) == b"NOOP\r\n"
+    await server.send(b"250 ok\r\n")
+    await anyio.sleep(0.05)  # the reply sits in the client's kernel buffer
+    with anyio.fail_after(5):
+        assert await client.receive() == b"250 ok\r\n"
+    await client.send(b"QUIT\r\n")
+    await server.send(b"221 bye\r\n")
+    await server.send_eof()
+    await anyio.sleep(0.05)
+    with anyio.fail_after(5):
+        assert await client.receive() == b"221 bye\r\n"
+        with pytest.raises(anyio.EndOfStream):
+            await client.receive()
+
+
+async def test_a_cancelled_receive_right_after_a_send_loses_nothing(pair: Pair) -> None:
+    client, server = pair
+    await client.send(b"NOOP\r\n")
+    with anyio.move_on_after(0.05) as scope:
+        await client.receive()
+    assert scope.cancelled_caught
+    await server.send(b"250 ok\r\n")
+    assert await receive_exactly(client, 8) == b"250 ok\r\n"
+
+
 # Found by review: full duplex on one stream, a read after close, and part of a TLS record
 # nobody asked for.
 
