@@ -88,6 +88,10 @@ _NOTED_FIELDS = {"bcc": _BLIND, "resent-bcc": _BLIND, "date": _DATE, "message-id
 _BARE_LINE_BREAK = re.compile(rb"\r\n(?![ \t])|\r(?!\n)|(?<!\r)\n")
 
 
+# The characters of body text converted and encoded at a time (see `_write_lines`).
+_LINES_SLICE = 1 << 20
+
+
 class _SMTPGenerator(BytesGenerator):
     """`BytesGenerator` that skips blind-copy fields and writes faster, with identical bytes.
 
@@ -144,7 +148,21 @@ class _SMTPGenerator(BytesGenerator):
     def _write_lines(self, lines: str) -> None:
         # The standard library writes body text line by line, two writes per line; the output
         # is the same text with every CR, LF or CRLF turned into CRLF (RFC 5321 §2.3.8), which
-        # one replacement and one write produce.
+        # one replacement and one write produce. A long text goes in slices that each end just
+        # after a line feed (so no CR is parted from its LF): the converted and encoded copies
+        # are then a slice each, not the whole body twice over next to the output being built.
+        size = len(lines)
+        if size <= _LINES_SLICE:
+            self._write_crlf(lines)
+            return
+        start = 0
+        while start < size:
+            cut = lines.find("\n", start + _LINES_SLICE)
+            end = size if cut < 0 else cut + 1
+            self._write_crlf(lines[start:end])
+            start = end
+
+    def _write_crlf(self, lines: str) -> None:
         if "\r" in lines:
             lines = lines.replace("\r\n", "\n").replace("\r", "\n")
         self.write(lines.replace("\n", "\r\n"))

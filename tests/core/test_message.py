@@ -281,6 +281,40 @@ def test_every_line_ends_in_crlf_even_when_the_body_has_bare_cr_and_lf() -> None
     assert prepared.data == stdlib_bytes(msg)
 
 
+@settings(max_examples=200)
+@given(
+    text=st.text(alphabet="ab\r\n", max_size=60),
+    slice_size=st.integers(min_value=1, max_value=9),
+)
+def test_body_text_written_in_slices_equals_the_standard_library(
+    text: str, slice_size: int
+) -> None:
+    # A long body is converted and written a slice at a time (about a MiB each, cut just after
+    # a line feed): with tiny slices, every kind of line break lands on every kind of cut.
+    from unittest import mock
+
+    import pooledmail_core._message as message_module
+
+    msg = EmailMessage()
+    msg["From"] = "a@example.com"
+    msg["To"] = "b@example.org"
+    # A payload set as it is (set_content would have turned every line break into "\n").
+    msg.set_payload(text + "end\n")
+    with mock.patch.object(message_module, "_LINES_SLICE", slice_size):
+        prepared = prepare_message(msg)
+    assert prepared.data == stdlib_bytes(msg)
+
+
+def test_a_body_over_a_mebibyte_is_written_whole() -> None:
+    msg = EmailMessage()
+    msg["From"] = "a@example.com"
+    msg["To"] = "b@example.org"
+    msg.set_payload(("x" * 997 + "\r\n" + "y" * 50 + "\r" + "z\n") * 3000)
+    prepared = prepare_message(msg)
+    assert len(prepared.data) > 3 << 20
+    assert prepared.data == stdlib_bytes(msg)
+
+
 def test_long_and_empty_headers_fold_exactly_as_the_standard_library() -> None:
     msg = make_message(
         From="a@example.com",
