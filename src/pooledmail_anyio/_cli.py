@@ -232,6 +232,7 @@ async def _probe(
         ssl_context=ssl_context,
         limits=Limits(),
         quit_grace=QUIT_GRACE,
+        keep_greeting=True,
     )
     found.seconds = clock() - started
     rows: list[tuple[str, str]] = [("server", host.key)]

@@ -149,7 +149,8 @@ class Connection:
             self._tls_read_bio = getattr(stream, "_read_bio", None)
         # The server ended the stream (FIN) while this side was reading: what broke an exchange.
         self.server_closed = False
-        # What setup learned, for diagnostics (`check()`, `pooledmail probe`).
+        # What setup learned, for diagnostics (`check()`, `pooledmail probe`); the greeting
+        # only when `open_connection` was asked to keep it.
         self.greeting: Reply | None = None
         self.auth_mechanism: str | None = None
         # Cancel scope deadlines are in the event loop's time; a connection never changes loops.
@@ -394,6 +395,7 @@ async def open_connection(
     ssl_context: ssl.SSLContext | None,
     limits: Limits,
     quit_grace: float,
+    keep_greeting: bool = False,
 ) -> Connection | ConnectFailure:
     """Connect, read the greeting, EHLO, STARTTLS and AUTH as the host asks.
 
@@ -404,6 +406,10 @@ async def open_connection(
     If the server then refuses that token (an expired one, typically), the provider is asked once
     more, told which token was refused, and a fresh token gets one more connection; the same token
     again ends it with AUTH_FAILED.
+
+    `keep_greeting` keeps the server's greeting on the connection (`pooledmail probe` shows it);
+    a pool's connections do without it: a server's greeting may be up to `max_reply_lines` lines
+    of `max_line_length` each, and nothing else needs it once the session is ready.
     """
     deadline = backend_clock()() + connect_timeout
 
@@ -417,6 +423,7 @@ async def open_connection(
             ssl_context=ssl_context,
             limits=limits,
             quit_grace=quit_grace,
+            keep_greeting=keep_greeting,
         )
 
     provider = host.oauth2_token_provider
@@ -502,6 +509,7 @@ async def _open_once(
     ssl_context: ssl.SSLContext | None,
     limits: Limits,
     quit_grace: float,
+    keep_greeting: bool,
 ) -> Connection | ConnectFailure:
     implicit = host.tls is TLSMode.IMPLICIT
     stage = Stage.CONNECT
@@ -554,7 +562,8 @@ async def _open_once(
         await connection.abort(quit_grace)
         raise
     result = setup.result
-    connection.greeting = setup.greeting
+    if keep_greeting:
+        connection.greeting = setup.greeting
     connection.auth_mechanism = setup.auth_mechanism
     if not result.ok:
         await connection.quit(quit_grace)
