@@ -415,6 +415,20 @@ def test_options_come_from_a_file_then_the_environment_then_the_flags(
     assert "hosts[0].prot: unknown host option" in err
 
 
+def test_a_number_too_large_for_a_float_in_a_file_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JSON and TOML integers have no bound; a float() of one too large raised OverflowError,
+    # which left the command with a traceback instead of naming the option.
+    config = tmp_path / "pool.json"
+    config.write_text(
+        '{"hosts": [{"hostname": "127.0.0.1"}], "acquire_timeout": 1' + "0" * 400 + "}"
+    )
+    code, _, err = run(capsys, "check", "--config", str(config))
+    assert code == 2
+    assert "acquire_timeout: must be finite" in err
+
+
 def test_a_toml_file_works_too(
     sink: LocalSMTPServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pooledmail_core._config import Host, PoolConfig, TLSMode
+from pooledmail_core._config import Host, PoolConfig, SharedBudget, TLSMode
 from pooledmail_core._errors import ConfigError
 
 SECRET = "s3cr3t-Pa55"
@@ -430,3 +430,35 @@ def test_a_password_that_cannot_be_sent_is_refused_at_construction() -> None:
         Host("mx.example", 25, username="alice", password="hunter\udce9-secret-tail")
     assert refused.value.option == "password"
     assert "hunter" not in str(refused.value)
+
+
+# An int too large for a float (a JSON or TOML file may hold one: `acquire_timeout = 1e400`
+# written out as digits) is a wrong value like infinity, refused by name, not an OverflowError.
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    ("build", "option"),
+    [
+        (lambda: PoolConfig([host()], acquire_timeout=HUGE), "acquire_timeout"),
+        (lambda: PoolConfig([host()], idle_timeout=HUGE), "idle_timeout"),
+        (lambda: PoolConfig([host()], refill_delay=HUGE), "refill_delay"),
+        (lambda: PoolConfig([host()], cooldown_jitter=HUGE), "cooldown_jitter"),
+        (lambda: host(max_messages_per_second=HUGE), "max_messages_per_second"),
+        (lambda: SharedBudget("b", redis_url="redis://r", lease_ttl=HUGE), "lease_ttl"),
+        (
+            lambda: SharedBudget(
+                "b", redis_url="redis://r", on_store_failure="local", local_share=HUGE
+            ),
+            "local_share",
+        ),
+        (
+            lambda: PoolConfig.from_mapping({"hosts": [{"hostname": "a"}], "send_timeout": HUGE}),
+            "send_timeout",
+        ),
+    ],
+)
+def test_an_int_too_large_for_a_float_is_refused_naming_the_option(build: Any, option: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build()
+    assert refused.value.option == option
