@@ -53,10 +53,19 @@ def _check_int(option: str, value: object, *, minimum: int | None = None) -> int
     return value
 
 
+def _as_float(value: int | float) -> float:
+    # An int beyond the float range (a JSON or TOML file may hold one) is infinite for our needs;
+    # float() would raise OverflowError, which names no option.
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _check_seconds(option: str, value: object, *, allow_zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(option, "must be a number of seconds")
-    seconds = float(value)
+    seconds = _as_float(value)
     if not math.isfinite(seconds):
         raise ConfigError(option, "must be finite")
     if allow_zero and seconds < 0:
@@ -69,7 +78,7 @@ def _check_seconds(option: str, value: object, *, allow_zero: bool) -> float:
 def _check_fraction(option: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(option, "must be a number between 0 and 1")
-    fraction = float(value)
+    fraction = _as_float(value)
     # `not (0 <= x <= 1)` also refuses NaN, which every comparison fails.
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(option, "must be between 0 and 1")
@@ -79,7 +88,7 @@ def _check_fraction(option: str, value: object) -> float:
 def _check_rate(option: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(option, "must be a number of messages per second")
-    rate = float(value)
+    rate = _as_float(value)
     if not math.isfinite(rate) or rate <= 0:
         raise ConfigError(option, "must be a finite number greater than 0")
     return rate
