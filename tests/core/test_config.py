@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pooledmail_core._config import Host, PoolConfig, SharedBudget, TLSMode
 from pooledmail_core._errors import ConfigError
+from pooledmail_core._limits import Limits
 
 SECRET = "s3cr3t-Pa55"
 TOKEN = "ya29.t0ken-value"
@@ -461,4 +462,17 @@ HUGE = 10**400
 def test_an_int_too_large_for_a_float_is_refused_naming_the_option(build: Any, option: str) -> None:
     with pytest.raises(ConfigError) as refused:
         build()
+    assert refused.value.option == option
+
+
+@pytest.mark.parametrize(
+    "option", ["max_line_length", "max_reply_lines", "max_buffered_bytes", "bdat_chunk_size"]
+)
+@pytest.mark.parametrize("flag", [True, False])
+def test_limits_refuse_a_bool_naming_the_option(option: str, flag: bool) -> None:
+    # `bdat_chunk_size=True` is a bug, not chunks of 1 byte (docs/guide/options.md: True/False
+    # are refused where a number is expected).
+    kwargs: dict[str, Any] = {option: flag}
+    with pytest.raises(ConfigError) as refused:
+        Limits(**kwargs)
     assert refused.value.option == option
