@@ -28,6 +28,15 @@ class Limits:
     bdat_chunk_size: int = 1 << 20
 
     def __post_init__(self) -> None:
+        # bool is an int subclass; `bdat_chunk_size=True` is a mistake, not 1.
+        for option in (
+            "max_line_length",
+            "max_reply_lines",
+            "max_buffered_bytes",
+            "bdat_chunk_size",
+        ):
+            if isinstance(getattr(self, option), bool):
+                raise ConfigError(option, "must be an int, not True or False")
         if not isinstance(self.max_line_length, int) or self.max_line_length < 8:
             raise ConfigError("max_line_length", "must be an int of at least 8")
         if not isinstance(self.max_reply_lines, int) or self.max_reply_lines < 1:
