@@ -414,6 +414,9 @@ async def test_bad_addresses_are_refused_naming_the_argument_before_any_connecti
         ({"name": ""}, "name"),
         ({"metrics": "yes"}, "metrics"),
         ({"log_recipients": 1}, "log_recipients"),
+        ({"meter_provider": 5}, "meter_provider"),
+        ({"meter_provider": "otel"}, "meter_provider"),
+        ({"meter_provider": object()}, "meter_provider"),
     ],
 )
 def test_a_wrong_pool_option_fails_at_construction_with_its_name(
