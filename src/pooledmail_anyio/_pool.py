@@ -151,6 +151,8 @@ class SMTPPool:
             raise ConfigError("random", "must have a random() method, as random.Random has")
         if clock is not None and not callable(clock):
             raise ConfigError("clock", "must be a callable returning the time in seconds")
+        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+            raise ConfigError("meter_provider", "must be an OpenTelemetry MeterProvider")
         self._config = config
         self._ssl_context = ssl_context
         # Resolved on entry (the event loop's own clock, read without anyio's per-call backend
