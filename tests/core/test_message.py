@@ -376,6 +376,20 @@ def test_header_that_would_inject_a_line_is_refused() -> None:
         prepare_message(msg)
 
 
+def test_compat32_header_that_would_inject_a_field_is_refused_without_quoting_it() -> None:
+    # compat32 accepts any text as a header; the standard library's folding raises its own
+    # HeaderParseError, quoting the value, when the text after a line break looks like a field.
+    msg = Message()
+    msg["From"] = "a@example.com"
+    msg["To"] = "b@example.org"
+    msg["Subject"] = "private words\r\nBcc: injected@example.org"
+    msg.set_payload("body\n")
+    with pytest.raises(InvalidArgument, match="Subject") as refused:
+        prepare_message(msg)  # type: ignore[arg-type]
+    assert "private" not in str(refused.value)
+    assert "injected" not in str(refused.value)
+
+
 def test_prepared_message_repr_hides_the_body() -> None:
     msg = make_message(From="a@example.com", To="b@example.org")
     assert "this is the body" not in repr(prepare_message(msg))
