@@ -129,7 +129,14 @@ class _SMTPGenerator(BytesGenerator):
                     self.message_id = loggable(str(value))
             folded = _one_line_header(value, maxlen, linesep, encoding)
             if folded is None:
-                folded = policy.fold_binary(name, value)
+                try:
+                    folded = policy.fold_binary(name, value)
+                except errors.HeaderParseError:
+                    # compat32's folding refuses a value with a field after a line break
+                    # itself, in a message that quotes the value (which may be private).
+                    raise InvalidArgument(
+                        f"header {name!r} would break the header section"
+                    ) from None
                 end = len(folded) - 2
                 if not folded.endswith(b"\r\n") or _BARE_LINE_BREAK.search(folded, 0, end):
                     raise InvalidArgument(f"header {name!r} would break the header section")
