@@ -24,7 +24,13 @@ def test_a_password_in_the_query_is_not_in_any_repr(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://:hunter2@127.0.0.1:notaport/0", "redis://:hunter2@127.0.0.1:99999/0"]
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:notaport/0",
+        "redis://:hunter2@127.0.0.1:99999/0",
+        # Port 0 is no port a Redis server listens on; the rule says 1 to 65535.
+        "redis://:hunter2@127.0.0.1:0/0",
+    ],
 )
 def test_a_redis_url_the_client_cannot_read_fails_at_construction(url: str) -> None:
     from pooledmail_core import ConfigError
