@@ -573,11 +573,11 @@ class SharedBudget:
             raise ConfigError("redis_url", "must not contain whitespace, CR, LF or NUL")
         try:
             # What the Redis client reads when the pool starts; the value is never quoted.
-            _ = urllib.parse.urlsplit(redis_url).port
+            redis_port = urllib.parse.urlsplit(redis_url).port
         except ValueError:
-            raise ConfigError(
-                "redis_url", "has a port that is not a number from 1 to 65535"
-            ) from None
+            redis_port = -1
+        if redis_port is not None and not 1 <= redis_port <= 65535:
+            raise ConfigError("redis_url", "has a port that is not a number from 1 to 65535")
         if max_connections is not None:
             max_connections = _check_int("max_connections", max_connections, minimum=1)
         rate = None
