@@ -140,6 +140,10 @@ class SMTPPool:
         # A wrong option fails here, naming it, as a wrong PoolConfig value does.
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ConfigError("name", "must be a non-empty string")
+        if name is not None and not name.isprintable():
+            # It goes into every log line and metric attribute of the pool: a line break would
+            # forge a log line, and a lone surrogate cannot be written out at all.
+            raise ConfigError("name", "must be printable (no line breaks or control characters)")
         for option, value in (("metrics", metrics), ("log_recipients", log_recipients)):
             if not isinstance(value, bool):
                 raise ConfigError(option, "must be True or False")

@@ -224,6 +224,9 @@ class Host:
                 raise ConfigError("password", "requires a username")
         if oauth2_token is not None:
             _check_line_safe("oauth2_token", oauth2_token, allow_space=False)
+            if not oauth2_token.isascii():
+                # RFC 6750 §2.1: a bearer token is ASCII (b64token), as the provider's must be.
+                raise ConfigError("oauth2_token", "must be ASCII, as a bearer token is")
             if username is None:
                 raise ConfigError("oauth2_token", "requires a username")
             if password is not None:

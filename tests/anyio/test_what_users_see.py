@@ -412,6 +412,8 @@ async def test_bad_addresses_are_refused_naming_the_argument_before_any_connecti
         ({"random": object()}, "random"),
         ({"clock": 12.0}, "clock"),
         ({"name": ""}, "name"),
+        ({"name": "web\nWARNING forged line"}, "name"),
+        ({"name": "pool\udcff"}, "name"),
         ({"metrics": "yes"}, "metrics"),
         ({"log_recipients": 1}, "log_recipients"),
         ({"meter_provider": 5}, "meter_provider"),

@@ -97,6 +97,7 @@ def test_a_host_takes_a_token_provider_instead_of_a_token_and_hides_it() -> None
         ({"username": "u", "password": "a\x00b"}, "password"),
         ({"oauth2_token": "t"}, "oauth2_token"),
         ({"username": "u", "oauth2_token": "t\r\n"}, "oauth2_token"),
+        ({"username": "u", "oauth2_token": "tökén"}, "oauth2_token"),
         ({"username": "u", "password": "p", "oauth2_token": "t"}, "oauth2_token"),
         ({"username": "u"}, "username"),
         ({"username": "u", "oauth2_token_provider": "token"}, "oauth2_token_provider"),
