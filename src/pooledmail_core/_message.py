@@ -275,7 +275,15 @@ def prepare_message(
         generator._new_message_id = new_message_id
         generator._sender = envelope.sender
         generator._utf8 = needs_utf8
-    generator.flatten(msg)
+    try:
+        generator.flatten(msg)
+    except UnicodeEncodeError:
+        # A compat32 part holding non-ASCII text with no charset to encode it: the standard
+        # library's own error would quote the text, which may be the body.
+        raise InvalidArgument(
+            "the message holds non-ASCII text that it gives no charset for (give the part a "
+            "charset, or build it with EmailMessage.set_content())"
+        ) from None
     return PreparedMessage(envelope, buffer.getvalue(), generator.message_id)
 
 

@@ -814,3 +814,17 @@ def test_added_fields_leave_every_other_byte_as_the_standard_library_writes_it(
     assert prepared.data == with_added(expected, *added)
     assert prepared.message_id == ("<1.2.3@example.com>" if add_id else None)
     assert message_id_of(prepared.data) == prepared.message_id
+
+
+def test_compat32_text_without_a_charset_is_refused_without_quoting_it() -> None:
+    msg = Message()
+    msg["From"] = "a@example.com"
+    msg["To"] = "b@example.org"
+    msg.set_payload("h\u00e9llo, the secret body")
+    with pytest.raises(InvalidArgument) as caught:
+        prepare_message(msg)
+    assert "charset" in str(caught.value)
+    assert "\u00e9" not in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
