@@ -343,6 +343,62 @@ SETUP_CASES: dict[str, tuple[dict[str, Any], list[Entry], SetupResult | None, Se
         SetupResult(False, Stage.AUTH, Reply(535, ("bad credentials",), (5, 7, 8)), ""),
         SessionState.READY,
     ),
+    # Servers quote what they were sent; the reply is shown to people, so the credentials and
+    # every SASL line the client sent are replaced by "***" in it.
+    "auth_plain_refusal_quoting_the_credentials_hides_them": (
+        {"tls": TLSMode.IMPLICIT, "tls_active": True, "username": "u", "password": "pw-secret"},
+        [
+            ("S", GREETING),
+            ("C", EHLO),
+            ("S", b"250-mx\r\n250 AUTH PLAIN\r\n"),
+            ("C", b"AUTH PLAIN " + base64.b64encode(b"\0u\0pw-secret") + b"\r\n"),
+            (
+                "S",
+                b"535-5.7.8 bad: " + base64.b64encode(b"\0u\0pw-secret") + b"\r\n"
+                b"535 5.7.8 (pw-secret for u)\r\n",
+            ),
+        ],
+        SetupResult(False, Stage.AUTH, Reply(535, ("bad: ***", "(*** for u)"), (5, 7, 8)), ""),
+        SessionState.READY,
+    ),
+    "auth_login_refusal_quoting_the_answers_hides_them": (
+        {
+            "tls": TLSMode.NONE,
+            "allow_plaintext_auth": True,
+            "username": "user",
+            "password": "pw-secret",
+        },
+        [
+            ("S", GREETING),
+            ("C", EHLO),
+            ("S", b"250-mx\r\n250 AUTH LOGIN\r\n"),
+            ("C", b"AUTH LOGIN\r\n"),
+            ("S", b"334 VXNlcm5hbWU6\r\n"),
+            ("C", base64.b64encode(b"user") + b"\r\n"),
+            ("S", b"334 UGFzc3dvcmQ6\r\n"),
+            ("C", base64.b64encode(b"pw-secret") + b"\r\n"),
+            ("S", b"501 cannot decode " + base64.b64encode(b"pw-secret") + b"\r\n"),
+        ],
+        SetupResult(False, Stage.AUTH, Reply(501, ("cannot decode ***",)), ""),
+        SessionState.READY,
+    ),
+    "auth_xoauth2_success_quoting_the_token_hides_it": (
+        {"tls": TLSMode.IMPLICIT, "tls_active": True, "username": "u", "oauth2_token": "tok-1"},
+        [
+            ("S", GREETING),
+            ("C", EHLO),
+            ("S", b"250-mx\r\n250 AUTH XOAUTH2\r\n"),
+            (
+                "C",
+                b"AUTH XOAUTH2 "
+                + base64.b64encode(b"user=u\x01auth=Bearer tok-1\x01\x01")
+                + b"\r\n",
+            ),
+            ("S", b"235 2.7.0 welcome, tok-1\r\n"),
+        ],
+        SetupResult(True, Stage.AUTH, Reply(235, ("welcome, ***",), (2, 7, 0)), "ready"),
+        SessionState.READY,
+    ),
     "auth_plain_unexpected_challenge_cancelled": (
         {"tls": TLSMode.IMPLICIT, "tls_active": True, "username": "u", "password": "p"},
         [
