@@ -18,12 +18,15 @@ import hmac
 from collections.abc import Sequence
 
 from ._errors import InvalidArgument, RemoteProtocolError
+from ._reply import Reply
 
 __all__ = ["DEFAULT_PREFERENCE", "Credentials", "SaslMechanism", "choose_mechanism"]
 
 DEFAULT_PREFERENCE = ("XOAUTH2", "CRAM-MD5", "PLAIN", "LOGIN")
 # RFC 4954 §4: a client answers a challenge it cannot handle with "*" to cancel the exchange.
 _CANCEL = b"*\r\n"
+# What replaces a secret a server quoted back in a reply.
+_HIDDEN = "***"
 
 
 def _b64(data: bytes) -> bytes:
@@ -58,13 +61,15 @@ class Credentials:
 class SaslMechanism:
     """One SASL exchange: `command()` first, then `respond()` to each 334 challenge."""
 
-    __slots__ = ("_cancelled", "_credentials", "_step")
+    __slots__ = ("_cancelled", "_credentials", "_sent", "_step")
     name = ""
 
     def __init__(self, credentials: Credentials) -> None:
         self._credentials = credentials
         self._step = 0
         self._cancelled = False
+        # What this exchange put on the wire that a reply must never show (see `redact`).
+        self._sent: list[str] = []
 
     def __repr__(self) -> str:
         return f"<SASL {self.name}>"
@@ -82,7 +87,28 @@ class SaslMechanism:
         self._step += 1
         answer = self._answer(challenge, self._step)
         self._cancelled = answer == _CANCEL
+        self._sent.append(answer[:-2].decode("ascii"))
         return answer
+
+    def redact(self, reply: Reply) -> Reply:
+        """`reply` with every secret of this exchange replaced by "***".
+
+        Servers quote what they were sent in their refusals ("535 5.7.8 Authentication failed:
+        <the base64 line>"), and some decode it first; the reply is then shown to people (errors,
+        logs, `pooledmail probe`). The client knows exactly what it sent: the password or token,
+        the initial response and every answer (base64), and for CRAM-MD5 the digest.
+        """
+        creds = self._credentials
+        initial = self.command()[len(b"AUTH ") + len(self.name) : -2].strip().decode("ascii")
+        found = {creds.password, creds.oauth2_token, initial, *self._sent}
+        # "*" and "" are the cancel and empty answers of RFC 4954 §4, not secrets.
+        secrets = sorted((s for s in found if s and s != "*"), key=len, reverse=True)
+        lines = []
+        for line in reply.lines:
+            for secret in secrets:
+                line = line.replace(secret, _HIDDEN)
+            lines.append(line)
+        return Reply(reply.code, tuple(lines), reply.enhanced)
 
     def _answer(self, challenge: str, step: int) -> bytes:
         return _CANCEL
@@ -128,6 +154,7 @@ class _CramMD5(SaslMechanism):
             raise RemoteProtocolError("CRAM-MD5 challenge is not valid base64") from None
         creds = self._credentials
         digest = hmac.new(str(creds.password).encode(), decoded, hashlib.md5).hexdigest()
+        self._sent.append(digest)
         return _b64(f"{creds.username} {digest}".encode()) + b"\r\n"
 
 

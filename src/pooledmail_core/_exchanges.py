@@ -367,6 +367,8 @@ class SetupExchange(Exchange):
                 challenge = reply.lines[0] if reply.lines else ""
                 yield Write(session._emit(_AUTH_RESPONSE, mechanism.respond(challenge)))
                 reply = yield from self._reply()
+            # A refusal may quote the credentials back; it is shown to people from here on.
+            reply = mechanism.redact(reply)
             if not reply.is_positive:
                 return self._end(False, Stage.AUTH, reply, "authentication failed")
             stage = Stage.AUTH
