@@ -670,7 +670,10 @@ def _redacted_url(url: str) -> str:
         fields = []
         for field in query.split("&"):
             name, equals, _ = field.partition("=")
-            fields.append(f"{name}=***" if equals and name.lower() == "password" else field)
+            # The client decodes the names as it reads them (urllib.parse.parse_qs):
+            # "pass%77ord" is "password" to it.
+            password = urllib.parse.unquote_plus(name).lower() == "password"
+            fields.append(f"{name}=***" if equals and password else field)
         query = "&".join(fields)
     scheme, sep, rest = url.partition("://")
     userinfo, at, location = rest.rpartition("@")
