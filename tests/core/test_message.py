@@ -816,13 +816,17 @@ def test_added_fields_leave_every_other_byte_as_the_standard_library_writes_it(
     assert message_id_of(prepared.data) == prepared.message_id
 
 
-def test_compat32_text_without_a_charset_is_refused_without_quoting_it() -> None:
+@pytest.mark.parametrize("lines", [1, 30_000], ids=["short", "over-a-mebibyte"])
+def test_compat32_text_without_a_charset_is_refused_without_quoting_it(lines: int) -> None:
+    import pickle
+
     msg = Message()
     msg["From"] = "a@example.com"
     msg["To"] = "b@example.org"
-    msg.set_payload("h\u00e9llo, the secret body")
+    msg.set_payload("h\u00e9llo, the secret body\n" * lines)
     with pytest.raises(InvalidArgument) as caught:
         prepare_message(msg)
+    assert b"secret" not in pickle.dumps(caught.value)
     assert "charset" in str(caught.value)
     assert "\u00e9" not in str(caught.value)
     assert "secret" not in str(caught.value)
