@@ -36,3 +36,36 @@ def test_a_recipient_after_an_unreadable_separator_is_not_silently_dropped(value
     msg.set_content("hi\n")
     with pytest.raises(EnvelopeError, match="To"):
         prepare_message(msg)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("To", "Bob Smith bob@example.com"),
+        ("Cc", "Bob Smith bob@example.com"),
+        ("From", "Shop shop@example.com"),
+    ],
+)
+def test_a_display_name_without_angle_brackets_is_refused_not_sent_as_a_made_up_address(
+    field: str, value: str
+) -> None:
+    # The header parser reads "Bob Smith bob@example.com" as the local part "Bob Smith bob",
+    # which is not RFC 5322 §3.4.1 syntax, and quotes it into an address nobody wrote
+    # ('"Bob Smith bob"@example.com'): refuse it as a field that does not parse.
+    msg = EmailMessage()
+    msg["From"] = "f@example.com"
+    msg["To"] = "t@example.com"
+    del msg[field]
+    msg[field] = value
+    msg.set_content("hi\n")
+    with pytest.raises(EnvelopeError, match=field):
+        prepare_message(msg)
+
+
+def test_an_obsolete_but_valid_local_part_is_still_read_as_the_parser_reads_it() -> None:
+    # RFC 5322 §4.4 obs-local-part: words joined by dots with white space around them.
+    msg = EmailMessage()
+    msg["From"] = "f@example.com"
+    msg["To"] = "Bob <bob . smith@example.com>"
+    msg.set_content("hi\n")
+    assert prepare_message(msg).envelope.recipients == ("bob.smith@example.com",)
