@@ -301,14 +301,26 @@ def _resent_prefix(msg: Message[Any, Any]) -> str:
     )
 
 
+# The standard library's words (email._header_value_parser) for the two ways it reads an address
+# field other than as written.
+_UNREADABLE_ADDRESS_DEFECTS = frozenset(
+    {
+        "invalid address in address-list",
+        "local-part is not dot-atom, quoted-string, or obs-local-part",
+    }
+)
+
+
 def _addresses(msg: Message[Any, Any], field: str) -> list[str]:
     found: list[str] = []
     for value in msg.get_all(field, ()):
         # The parser stops an address list at the first thing it cannot read ("a@x; b@y",
-        # "a@x b@y"): the rest would stay in the header for all to see and get no RCPT.
+        # "a@x b@y"): the rest would stay in the header for all to see and get no RCPT. A local
+        # part that is not RFC 5322 §3.4.1 syntax ("Bob Smith bob@x", a display name without
+        # its angle brackets) it quotes into an address nobody wrote ('"Bob Smith bob"@x').
         if any(
             isinstance(defect, errors.InvalidHeaderDefect)
-            and str(defect) == "invalid address in address-list"
+            and str(defect) in _UNREADABLE_ADDRESS_DEFECTS
             for defect in getattr(value, "defects", ())
         ):
             instead = "sender" if field.endswith(("From", "Sender")) else "recipients"
