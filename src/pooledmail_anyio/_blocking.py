@@ -569,7 +569,7 @@ def _closed_failure() -> SendFailed:
         FailureKind.POOL_CLOSED,
         classification.stage,
         host=None,
-        attempts=1,
+        attempts=0,
         reply=None,
         definitely_not_accepted=classification.definitely_not_accepted,
         reason="the pool is closed",
