@@ -371,6 +371,18 @@ def test_a_pooledmail_dict_with_hosts_is_the_whole_configuration() -> None:
     assert backend.pool.backend == "trio"
 
 
+def test_email_timeout_still_applies_beside_pooledmail_hosts() -> None:
+    hosts = [{"hostname": "mx1.example.com"}]
+    config = backend_with(EMAIL_TIMEOUT=7, POOLEDMAIL={"hosts": hosts}).pool.config
+    assert (config.connect_timeout, config.command_timeout) == (7.0, 7.0)
+    with override_settings(EMAIL_TIMEOUT=7, POOLEDMAIL={"hosts": hosts}):
+        config = get_connection(timeout=3).pool.config
+    assert (config.connect_timeout, config.command_timeout) == (3.0, 3.0)
+    pooled = {"hosts": hosts, "connect_timeout": 4}
+    config = backend_with(EMAIL_TIMEOUT=7, POOLEDMAIL=pooled).pool.config
+    assert (config.connect_timeout, config.command_timeout) == (4.0, 7.0)
+
+
 @pytest.mark.parametrize(
     ("settings", "arguments", "named"),
     [

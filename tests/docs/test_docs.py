@@ -101,6 +101,23 @@ def test_every_relative_link_in_the_docs_resolves() -> None:
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links {target}"
 
 
+def headings(page: Path) -> set[str]:
+    """The anchors a markdown renderer gives the page's headings (lower case, punctuation but
+    `-` and `_` dropped, spaces as `-`); headings inside code blocks are not headings."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.DOTALL | re.MULTILINE)
+    titles = re.findall(r"^#+ (.*)$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-") for title in titles}
+
+
+def test_every_link_to_a_heading_names_a_heading_that_exists() -> None:
+    for page in pages():
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page.read_text()):
+            if "://" in target:
+                continue
+            linked = (page.parent / target).resolve() if target else page
+            assert anchor in headings(linked), f"{page.relative_to(ROOT)} links {target}#{anchor}"
+
+
 def _diagrams() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "state_diagrams", ROOT / "scripts" / "state_diagrams.py"
@@ -140,6 +157,18 @@ def test_the_metrics_table_is_the_instruments_of_the_code() -> None:
     }
 
 
+def test_the_metrics_table_gives_each_instrument_the_attributes_it_records() -> None:
+    text = (ROOT / "docs" / "guide" / "operations.md").read_text()
+    rows = re.findall(r"^\| `(pooledmail\.[\w.]+)` \| \w+ \| `[^`]+` \| ([^|]+) \|", text, re.M)
+    # The table writes the two attributes every instrument has as "pool" and "host".
+    short = {"pool": "pooledmail.pool.name", "host": "pooledmail.host"}
+    documented = {
+        name: tuple(short.get(a, a.strip("`")) for a in attributes.strip().split(", "))
+        for name, attributes in rows
+    }
+    assert documented == {name: attributes for name, (_, _, attributes) in INSTRUMENTS.items()}
+
+
 def test_the_exit_status_table_is_the_code_s() -> None:
     text = (ROOT / "docs" / "guide" / "operations.md").read_text()
     table = text.split("<!-- exit-codes -->", 1)[1].split("\n\n", 1)[0]
@@ -150,6 +179,104 @@ def test_the_exit_status_table_is_the_code_s() -> None:
 
 
 # -- README.md --------------------------------------------------------------------------------
+
+
+SHELL_BLOCK = re.compile(r"^```sh\n(.*?)\n```", re.DOTALL | re.MULTILINE)
+# docs/benchmarks.md's commands are the benchmark itself, which runs only in bench/, never in a
+# test; every other page's shell commands are checked here.
+SHELL_PAGES_LEFT_OUT = {ROOT / "docs" / "benchmarks.md"}
+# The environment a page asks for first; the tests run in one that has it already.
+SETUP = {"python -m venv .venv", ". .venv/bin/activate"}
+
+
+def shell_commands() -> list[str]:
+    commands = []
+    for page in pages():
+        if page in SHELL_PAGES_LEFT_OUT:
+            continue
+        for block in SHELL_BLOCK.findall(page.read_text()):
+            for line in block.splitlines():
+                line = line.split("  #", 1)[0].strip()
+                commands += [command.strip() for command in line.split("&&") if command.strip()]
+    return commands
+
+
+def extras() -> dict[str, str]:
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r"^(\w+) = (\[.*?\])$", section, re.M | re.DOTALL))
+
+
+def test_every_shell_command_of_the_docs_is_known_here() -> None:
+    known = re.compile(
+        r'python -m pip install (-e )?"\.\[[\w,]+\]"'
+        r"|pooledmail demo"
+        r"|python -m coverage run -m pytest -q|python scripts/coverage_gate\.py"
+        r"|python bench/harness\.py --quick"
+    )
+    for command in shell_commands():
+        assert command in SETUP or known.fullmatch(command), f"no test runs `{command}`"
+
+
+def test_the_extras_the_docs_install_exist_and_bring_what_they_promise() -> None:
+    declared = extras()
+    for command in shell_commands():
+        for names in re.findall(r'"\.\[([\w,]+)\]"', command):
+            for name in names.split(","):
+                assert name in declared, f"`{command}`: no extra {name!r} in pyproject.toml"
+    # "the `demo` extra brings the local test server the examples use, and trio"
+    assert "aiosmtpd" in declared["demo"]
+    assert "trio" in declared["demo"]
+
+
+def test_pooledmail_demo_runs_as_the_readme_gives_it(tmp_path: Path) -> None:
+    assert "pooledmail demo" in shell_commands()
+    # The `pooledmail` script is `python -m pooledmail_anyio`: both call the command's main().
+    scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]", 1)[1]
+    assert re.search(r'^pooledmail = "pooledmail_anyio\._cli:main"$', scripts, re.M)
+    # (`demo --backend trio` runs in tests/anyio/test_cli.py, with fewer messages.)
+    done = subprocess.run(
+        [sys.executable, "-m", "pooledmail_anyio", "demo"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    # "1,000 messages through a pool to an SMTP server embedded on 127.0.0.1"
+    assert re.search(r"^server received +1000$", done.stdout, re.M), done.stdout
+    assert re.search(r"^backend +asyncio$", done.stdout, re.M)
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    # .ci/run takes the line after "Install and run the tests" from README.md and runs it.
+    ci = (ROOT / ".ci" / "run").read_text()
+    awk = re.search(r"test_command=\$\(awk '([^']+)' README\.md\)", ci)
+    assert awk is not None
+    assert 'eval "$test_command"' in ci
+    done = subprocess.run(
+        ["awk", awk.group(1), "README.md"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    taken = done.stdout.strip()
+    assert taken == (
+        'python -m pip install -e ".[test]" && python -m coverage run -m pytest -q'
+        " && python scripts/coverage_gate.py"
+    )
+    assert (ROOT / "scripts" / "coverage_gate.py").is_file()
+
+
+def test_the_benchmark_command_of_the_readme_names_flags_the_harness_has() -> None:
+    assert "python bench/harness.py --quick" in shell_commands()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "harness.py"), "--help"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout
 
 
 @pytest.mark.parametrize("name", ["readme-asyncio", "readme-trio"])

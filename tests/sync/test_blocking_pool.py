@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import anyio
 from pooledmail_anyio import (
     BlockingSMTPPool,
     ConfigError,
@@ -25,8 +26,10 @@ from pooledmail_anyio import (
     InvalidArgument,
     PoolConfig,
     SendFailed,
+    SMTPPool,
     Stage,
 )
+from pooledmail_anyio._ports import free_port
 from tests.anyio.fakesmtp import DISCONNECT, STALL, Script
 
 from .servers import Recorder, eventually, fault_server, smtpd
@@ -272,6 +275,34 @@ def test_close_drains_a_send_in_flight_and_refuses_new_ones(backend: str) -> Non
         controller.stop()
     assert in_flight[0].accepted == ("bob@example.com",)
     assert len(recorder.deliveries) == 1
+
+
+def test_a_send_on_a_closed_pool_fails_as_on_the_async_pool(backend: str) -> None:
+    # sync.md: what the async pool raises is what the thread gets. No attempt was made.
+    async def async_failure() -> SendFailed:
+        async with SMTPPool(config(free_port())) as pool:
+            pass
+        with pytest.raises(SendFailed) as caught:
+            await pool.send(message())
+        return caught.value
+
+    expected = anyio.run(async_failure, backend=backend)
+    assert expected.attempts == 0
+    never_started = BlockingSMTPPool(config(free_port()), backend=backend)
+    started = BlockingSMTPPool(config(free_port()), backend=backend)
+    started.start()
+    for pool in (never_started, started):
+        pool.close()
+        with pytest.raises(SendFailed) as caught:
+            pool.send(message())
+        failure = caught.value
+        assert (failure.kind, failure.stage, failure.attempts, failure.host) == (
+            expected.kind,
+            expected.stage,
+            expected.attempts,
+            expected.host,
+        )
+        assert str(failure) == str(expected)
 
 
 def test_close_quits_and_the_pool_stays_closed(backend: str) -> None:
