@@ -61,7 +61,7 @@ def add_host_options(parser: argparse.ArgumentParser, *, positional: bool) -> No
             "--host",
             action="append",
             metavar="HOST[:PORT]",
-            help="a server; repeat for several (POOLEDMAIL_HOST, comma-separated)",
+            help="a server; repeat or separate with commas for several (POOLEDMAIL_HOST)",
         )
     group.add_argument("--port", help="default port (POOLEDMAIL_PORT; 587)")
     group.add_argument(
@@ -166,6 +166,9 @@ def build_config(
             sources[option] = _variable(option)
     host_mapping, host_sources = _host_fields(args, environ, prompt=prompt)
     names: list[str] | None = hosts if hosts is not None else getattr(args, "host", None)
+    if names:
+        # `--host a,b` as POOLEDMAIL_HOST takes it, and as `--help` reads.
+        names = [name for value in names for name in value.split(",") if name.strip()]
     names_source = "--host"
     if not names and _variable("host") in environ:
         names = [name for name in environ[_variable("host")].split(",") if name.strip()]
@@ -192,8 +195,23 @@ def build_config(
     except ConfigError as exc:
         option = exc.option.rsplit(".", 1)[-1]
         origin = host_sources.get(option) or sources.get(option) or sources.get(exc.option)
-        where = f" ({origin})" if origin else ""
+        if origin:
+            where = f" ({origin})"
+        elif option in _HOST_FLAGS:
+            # Not given, yet wrong: say which flag would set it.
+            where = f" (set with {_HOST_FLAGS[option]})"
+        else:
+            where = ""
         raise CommandLineError(f"{exc}{where}") from None
+
+
+# The flags that set a host's options, for an error about one that was not given.
+_HOST_FLAGS = {
+    "port": "--port",
+    "tls": "--tls",
+    "username": "--user",
+    "allow_plaintext_auth": "--allow-plaintext-auth",
+}
 
 
 def _host_fields(

@@ -367,6 +367,11 @@ def test_demo(capsys: pytest.CaptureFixture[str], backend: str) -> None:
             {},
             "password: --user needs POOLEDMAIL_PASSWORD or POOLEDMAIL_OAUTH2_TOKEN",
         ),
+        (
+            ["--tls", "none", "--user", "alice"],
+            {"POOLEDMAIL_PASSWORD": "pw"},
+            "need allow_plaintext_auth=True (set with --allow-plaintext-auth)",
+        ),
     ],
 )
 def test_a_wrong_option_exits_2_naming_the_option_and_its_source(
@@ -550,3 +555,17 @@ def test_what_a_server_says_reaches_the_terminal_without_control_codes_or_markup
     assert "\x1b]0;" not in out
     assert "\x07" not in out
     assert "\\x1b]0;owned\\x07 [/bold] ready" in out
+
+
+def test_host_takes_several_servers_separated_by_commas(
+    sink: LocalSMTPServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As POOLEDMAIL_HOST does, and as `--help` says.
+    dead = free_port()
+    hosts = f"127.0.0.1:{sink.port},127.0.0.1:{dead}"
+    code, out, _ = run(capsys, "check", "--host", hosts, "--tls", "none")
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    lines = out.splitlines()
+    assert lines[1].startswith(f"127.0.0.1:{sink.port}")
+    assert " ok " in lines[1]
+    assert lines[2].startswith(f"127.0.0.1:{dead}")
