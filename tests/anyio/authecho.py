@@ -10,68 +10,37 @@ lines and the password or token it decoded from them. Every other command gets 2
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import anyio.abc
-
-import anyio
+from .lineserver import Lines, LineServer
 
 CHALLENGE = base64.b64encode(b"<1896.697170952@echo.test>").decode()
 
 
-class AuthEchoServer:
+class AuthEchoServer(LineServer):
     def __init__(self, mechanism: str, *, code: int = 535) -> None:
         self.mechanism = mechanism
         self.code = code
-        self.port = 0
         # Every line the client sent during AUTH, the AUTH command line included.
         self.sasl_lines: list[str] = []
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[AuthEchoServer]:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, self._serve)
-                try:
-                    yield self
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
-
-    async def _serve(self, stream: anyio.abc.ByteStream) -> None:
-        buffer = b""
-
-        async def line() -> str:
-            nonlocal buffer
-            while b"\r\n" not in buffer:
-                buffer += await stream.receive()
-            text, _, buffer = buffer.partition(b"\r\n")
-            return text.decode()
-
-        async def say(text: str) -> None:
-            await stream.send(text.encode() + b"\r\n")
-
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            await say("220 echo.test ESMTP")
-            while True:
-                command = await line()
-                verb = command.split(" ", 1)[0].upper()
-                if verb == "EHLO":
-                    await say(f"250-echo.test\r\n250-PIPELINING\r\n250 AUTH {self.mechanism}")
-                elif verb == "AUTH":
-                    await self._refuse_auth(command, line, say)
-                elif verb == "DATA":
-                    await say("354 go")
-                elif verb == "QUIT":
-                    await say("221 bye")
-                    return
-                else:
-                    await say("250 ok")
+    async def session(self, lines: Lines) -> None:
+        say = lines.say
+        await say("220 echo.test ESMTP")
+        while True:
+            command = await lines.line()
+            verb = command.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                await say(f"250-echo.test\r\n250-PIPELINING\r\n250 AUTH {self.mechanism}")
+            elif verb == "AUTH":
+                await self._refuse_auth(command, lines.line, say)
+            elif verb == "DATA":
+                await say("354 go")
+            elif verb == "QUIT":
+                await say("221 bye")
+                return
+            else:
+                await say("250 ok")
 
     async def _refuse_auth(
         self,

@@ -9,87 +9,52 @@ authenticated sessions.
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import AsyncIterator
 
-import anyio.abc
-
-import anyio
+from .lineserver import Lines, LineServer
 
 _ERROR = base64.b64encode(b'{"status":"401","schemes":"bearer","scope":"https://mail"}').decode()
 
 
-class TokenServer:
+class TokenServer(LineServer):
     def __init__(self, valid: set[str]) -> None:
         self.valid = valid
-        self.port = 0
         self.tokens_seen: list[str] = []
         self.connections = 0
         self.messages: list[bytes] = []
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[TokenServer]:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, self._serve)
-                try:
-                    yield self
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
-
-    async def _serve(self, stream: anyio.abc.ByteStream) -> None:
+    async def session(self, lines: Lines) -> None:
         self.connections += 1
-        buffer = b""
-
-        async def line() -> str:
-            nonlocal buffer
-            while b"\r\n" not in buffer:
-                buffer += await stream.receive()
-            text, _, buffer = buffer.partition(b"\r\n")
-            return text.decode()
-
-        async def say(text: str) -> None:
-            await stream.send(text.encode() + b"\r\n")
-
+        say = lines.say
         authenticated = False
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            await say("220 tokens.test ESMTP")
-            while True:
-                command = await line()
-                verb = command.split(" ", 1)[0].upper()
-                if verb == "EHLO":
-                    await say("250-tokens.test\r\n250-PIPELINING\r\n250 AUTH XOAUTH2")
-                elif verb == "AUTH":
-                    _, mechanism, initial = command.split(" ", 2)
-                    assert mechanism == "XOAUTH2"
-                    fields = base64.b64decode(initial).decode().split("\x01")
-                    token = fields[1].removeprefix("auth=Bearer ")
-                    self.tokens_seen.append(token)
-                    if token in self.valid:
-                        authenticated = True
-                        await say("235 2.7.0 Accepted")
-                    else:
-                        await say(f"334 {_ERROR}")
-                        await line()  # the client's empty answer
-                        await say("535 5.7.8 Username and Password not accepted")
-                elif verb == "MAIL":
-                    await say("250 ok" if authenticated else "530 5.7.0 Authentication required")
-                elif verb == "RCPT":
-                    await say("250 ok")
-                elif verb == "DATA":
-                    await say("354 go")
-                    while b"\r\n.\r\n" not in buffer:
-                        buffer += await stream.receive()
-                    body, _, buffer = buffer.partition(b"\r\n.\r\n")
-                    self.messages.append(body)
-                    await say("250 2.0.0 queued")
-                elif verb == "QUIT":
-                    await say("221 bye")
-                    return
+        await say("220 tokens.test ESMTP")
+        while True:
+            command = await lines.line()
+            verb = command.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                await say("250-tokens.test\r\n250-PIPELINING\r\n250 AUTH XOAUTH2")
+            elif verb == "AUTH":
+                _, mechanism, initial = command.split(" ", 2)
+                assert mechanism == "XOAUTH2"
+                fields = base64.b64decode(initial).decode().split("\x01")
+                token = fields[1].removeprefix("auth=Bearer ")
+                self.tokens_seen.append(token)
+                if token in self.valid:
+                    authenticated = True
+                    await say("235 2.7.0 Accepted")
                 else:
-                    await say("250 ok")
+                    await say(f"334 {_ERROR}")
+                    await lines.line()  # the client's empty answer
+                    await say("535 5.7.8 Username and Password not accepted")
+            elif verb == "MAIL":
+                await say("250 ok" if authenticated else "530 5.7.0 Authentication required")
+            elif verb == "RCPT":
+                await say("250 ok")
+            elif verb == "DATA":
+                await say("354 go")
+                self.messages.append(await lines.until(b"\r\n.\r\n"))
+                await say("250 2.0.0 queued")
+            elif verb == "QUIT":
+                await say("221 bye")
+                return
+            else:
+                await say("250 ok")
