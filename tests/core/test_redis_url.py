@@ -15,22 +15,13 @@ from pooledmail_core import Host, PoolConfig, SharedBudget
         "redis://127.0.0.1:6379/0?password=hunter2",
         "rediss://redis.internal:6380/0?db=1&password=hunter2",
         "unix:///run/redis.sock?password=hunter2",
+        # The client reads the query with urllib.parse.parse_qs, which decodes the names too.
+        "redis://127.0.0.1:6379/0?pass%77ord=hunter2",
+        "redis://127.0.0.1/0?db=1&%70assword=hunter2",
     ],
 )
 def test_a_password_in_the_query_is_not_in_any_repr(url: str) -> None:
     # coredis takes `?password=` from the query as it takes the URL's userinfo.
-    budget = SharedBudget("b", redis_url=url, max_connections=2)
-    config = PoolConfig([Host("smtp.example.com", 587, budget=budget)])
-    for text in (repr(budget), str(budget), repr(config), str(config)):
-        assert "hunter2" not in text
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["redis://127.0.0.1:6379/0?pass%77ord=hunter2", "redis://127.0.0.1/0?db=1&%70assword=hunter2"],
-)
-def test_a_password_under_a_percent_encoded_name_is_not_in_any_repr(url: str) -> None:
-    # The client reads the query with urllib.parse.parse_qs, which decodes the names too.
     assert urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["password"] == ["hunter2"]
     budget = SharedBudget("b", redis_url=url, max_connections=2)
     config = PoolConfig([Host("smtp.example.com", 587, budget=budget)])
