@@ -177,7 +177,7 @@ class ClientSession:
         if state is _ERROR or state is _CLOSED:
             return
         if state is _TLS_HANDSHAKE and data:
-            # RFC 3207 §5 / CVE-2011-0411: plaintext after the 220 must not reach the TLS layer.
+            # RFC 3207 §4.2 / CVE-2011-0411: plaintext after the 220 must not reach the TLS layer.
             self._fail("bytes received before the TLS handshake")
             return
         parser = self._parser
@@ -255,7 +255,7 @@ class ClientSession:
             return
         self._capabilities = _NO_CAPABILITIES
         if verb is Verb.STARTTLS and self._parser.buffered:
-            # RFC 3207 §5, the response-injection class (CVE-2011-0411): nothing the server sent
+            # RFC 3207 §4.2, the response-injection class (CVE-2011-0411): nothing the server sent
             # in plaintext after its 220 may be taken as said inside TLS.
             raise self._fail("bytes received after the STARTTLS 220 reply")
 

@@ -162,7 +162,7 @@ REPLY_TRANSITIONS: Final[dict[tuple[Verb, ReplyKind], SessionState | _Keep]] = {
 }
 
 # RFC 2920 §3.1 (EHLO, DATA, NOOP, QUIT), plus the verbs whose reply changes what may follow:
-# STARTTLS (RFC 3207 §4.2 forbids pipelining past it), AUTH and its responses, the end of data
+# STARTTLS (RFC 3207 §4 forbids pipelining past it), AUTH and its responses, the end of data
 # and the last BDAT chunk. The greeting must arrive before the client says anything (§4.3.1).
 LAST_IN_GROUP: Final = frozenset(
     {
