@@ -367,8 +367,12 @@ class SetupExchange(Exchange):
                 challenge = reply.lines[0] if reply.lines else ""
                 yield Write(session._emit(_AUTH_RESPONSE, mechanism.respond(challenge)))
                 reply = yield from self._reply()
-            # A refusal may quote the credentials back; it is shown to people from here on.
-            reply = mechanism.redact(reply)
+            # A refusal may quote the credentials back; it is shown to people from here on,
+            # and so is the session's record of a 421 that closed it.
+            redacted = mechanism.redact(reply)
+            if session._closed_by_server is reply:
+                session._closed_by_server = redacted
+            reply = redacted
             if not reply.is_positive:
                 return self._end(False, Stage.AUTH, reply, "authentication failed")
             stage = Stage.AUTH

@@ -1513,3 +1513,23 @@ def test_any_server_replies_end_setup_cleanly_or_with_remote_error(
             assert session.tls_active
     else:
         assert result.reason
+
+
+def test_a_421_to_auth_that_quotes_the_credentials_is_hidden_in_the_session_too() -> None:
+    # The session keeps the reply that closed it (`closed_by_server`), which a sans-I/O user may
+    # show: the secrets the client sent must be hidden there as in the setup's result.
+    session = ClientSession("client.test")
+    setup = session.setup(tls=TLSMode.IMPLICIT, tls_active=True, username="u", password="pw-secret")
+    sent_line = base64.b64encode(b"\0u\0pw-secret")
+    replies = [
+        GREETING,
+        b"250-mx\r\n250 AUTH PLAIN\r\n",
+        b"421 4.7.0 closing: " + sent_line + b" pw-secret\r\n",
+    ]
+    step = setup.next_step()
+    while step is not DONE:
+        step = setup.data_received(replies.pop(0)) if step is NEED_DATA else setup.next_step()
+    assert setup.result.reply == Reply(421, ("closing: *** ***",), (4, 7, 0))
+    assert session.closed_by_server == setup.result.reply
+    assert "pw-secret" not in repr(session.closed_by_server)
+    assert sent_line.decode() not in repr(session.closed_by_server)
