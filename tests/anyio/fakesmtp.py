@@ -195,15 +195,18 @@ class FakeSMTPServer:
         return [m for c in self.connections for m in c.messages]
 
     def cut(self) -> None:
-        """Drop every session at once, as a server that goes down does (the listener stays; set
-        `accepting` False to have new connections closed as soon as they are accepted)."""
+        """Drop every session at once, as a server that goes down does: no more replies, a FIN,
+        and the bytes the client still sends are recorded until it leaves (`_Session.hang_up`).
+        The listener stays; set `accepting` False to have new connections closed as soon as
+        they are accepted."""
         for session in self.sessions:
             session.scope.cancel()
 
     @contextlib.asynccontextmanager
     async def running(self, port: int = 0) -> AsyncIterator[FakeSMTPServer]:
-        """Listen on 127.0.0.1 until the block ends; then every session is cut off, as a server
-        that stops (a later `running(port=server.port)` is the same server restarted)."""
+        """Listen on 127.0.0.1 until the block ends; then every session is cut off as `cut()`
+        does, as a server that stops (a later `running(port=server.port)` is the same server
+        restarted)."""
         listener = await anyio.create_tcp_listener(
             local_host="127.0.0.1", local_port=port, reuse_port=False
         )
