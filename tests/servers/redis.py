@@ -3,6 +3,7 @@
     with RedisServer() as redis:
         ... connect to redis.url ...
         redis.stop(); redis.start()          # an outage, then the same server on the same port
+        redis.pause(); redis.resume()        # up but silent (SIGSTOP), then answering again
 
 Nothing is saved (`--save ""`, no append-only file), so a restart comes back empty, as after a
 crash of a cache. The server is a child of this process; `close()` ends it whatever happened.
@@ -11,7 +12,10 @@ crash of a cache. The server is a child of this process; `close()` ends it whate
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -68,8 +72,24 @@ class RedisServer(PrivateServer):
             attempts = 1  # a restart must keep its port
         self._spawn_on_a_free_port(attempts, "Address already in use")
 
+    def pause(self) -> None:
+        """SIGSTOP: the port and every connection stay open, and nothing is answered.
+
+        `stop()` and `close()` resume it first, so a paused server never outlives its owner."""
+        if self._process is None:
+            raise RuntimeError("the server is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused server answers again, the commands it was sent meanwhile first."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM (redis shuts down at once: nothing to save), SIGKILL if it lingers."""
+        # A paused server would hold SIGTERM pending until the SIGKILL below.
+        self.resume()
         process, self._process = self._process, None
         register(self, running=False)
         if process is None:
