@@ -11,7 +11,16 @@ import sys
 import pytest
 
 import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
+from pooledmail_anyio import (
+    FailureKind,
+    Host,
+    PoolConfig,
+    SendFailed,
+    SharedBudget,
+    SMTPPool,
+    Stage,
+)
+from pooledmail_anyio._limit_reasons import describe_limit
 
 from .fakesmtp import FakeSMTPServer, Script
 
@@ -61,3 +70,17 @@ async def test_a_send_whose_token_cannot_come_in_time_fails_rate_limited_at_once
 def test_importing_the_driver_imports_no_redis_client() -> None:
     code = "import pooledmail_anyio, sys; assert 'coredis' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_rate_limited_send_under_a_refusing_budget_is_described_without_local_share() -> None:
+    # RATE_LIMITED because of the rated host, while the other host's budget refuses (its store
+    # is away, and "refuse" has no local_share to name).
+    shared = SharedBudget(
+        "provider-x", redis_url="redis://127.0.0.1:6379/0", max_messages_per_second=10
+    )
+    config = PoolConfig(
+        [Host("a.example", 25, budget=shared), Host("b.example", 25, max_messages_per_second=1)]
+    )
+    reason = describe_limit(FailureKind.RATE_LIMITED, config, {"provider-x": {"mode": "refuse"}})
+    assert "'provider-x'" in reason
+    assert "on_store_failure='refuse'" in reason

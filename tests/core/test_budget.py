@@ -350,3 +350,20 @@ def test_failing_lease_renewals_do_not_put_off_the_next_try_of_the_store() -> No
     # The store is tried again STORE_RETRY after the first failure, with the next request.
     _, actions = m.acquire(STORE_RETRY, 10.0)
     assert only(actions, RequestLease)
+
+
+def test_refuse_policy_fails_a_waiter_whose_token_cannot_come_in_time_with_budget_unavailable() -> (
+    None
+):
+    # The renewal failed while a token request was still out: the store is away, the budget
+    # refuses, and a send whose deadline comes before the store is asked again cannot get a
+    # token. The store held it back, not the rate (docs/guide/failures.md).
+    shared = budget(max_connections=3, max_messages_per_second=10)
+    m = machine([Host("a.example", 25, budget=shared)])
+    _first, (lease,) = m.acquire(0.0, 10.0)
+    (open_,) = m.lease_granted(lease.request, 0.0, "lease-1")
+    (tokens,) = m.connected(open_.slot, 0.1)
+    assert isinstance(tokens, RequestTokens)
+    assert m.store_failed("provider-x", 1.0) == []
+    late, actions = m.acquire(1.1, 1.0 + STORE_RETRY - 0.1)
+    assert actions == [FailWaiter(late, FailureKind.BUDGET_UNAVAILABLE)]
