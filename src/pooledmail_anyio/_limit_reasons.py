@@ -28,7 +28,12 @@ def describe_limit(
         budget = host.budget
         if budget is not None and budget.max_messages_per_second is not None:
             mode = budgets.get(budget.name, {}).get("mode", "fleet")
-            where = "fleet-wide" if mode == "fleet" else f"local share {budget.local_share:g}"
+            if mode == "fleet":
+                where = "fleet-wide"
+            elif mode == "local":
+                where = f"local share {budget.local_share:g}"
+            else:  # "refuse": the store does not answer, and local_share is None
+                where = "its store not answering, on_store_failure='refuse'"
             parts.append(
                 f"budget {budget.name!r}: {budget.max_messages_per_second:g} msg/s {where}"
             )

@@ -345,6 +345,11 @@ class Admission:
             return not ledger.has_token(now)
         return ledger.cap is not None and not live
 
+    def refusing(self, host: int) -> bool:
+        """Whether the budget of `host` refuses: its store does not answer, under "refuse"."""
+        ledger = self._ledger_of[host]
+        return ledger is not None and ledger.mode is _REFUSE
+
     def budget_live(self, host: int) -> bool:
         """Whether some slot is open under the budget of `host`."""
         ledger = self._ledger_of[host]

@@ -55,8 +55,10 @@ needs a lease from the store, and the pool asks the store for both through actio
 (`RequestLease`, `RequestTokens`) whose answers are inputs (`lease_granted`, `lease_refused`,
 `tokens_granted`, `request_failed`, `lease_lost`, `store_failed`). Step 4 also fails at once the
 waiters only a refusing store could serve (BUDGET_UNAVAILABLE) and, when every host is rate
-limited, those whose token cannot come before their deadline (RATE_LIMITED); slots without a valid
-lease retire as soon as they are idle. Without rates and budgets none of this runs.
+limited, those whose token cannot come before their deadline (RATE_LIMITED, or BUDGET_UNAVAILABLE
+when every host's store is away under "refuse": the store holds the token back, not the rate);
+slots without a valid lease retire as soon as they are idle. Without rates and budgets none of
+this runs.
 
 Time only moves forward: an input whose `now` is older than one already seen (two driver tasks
 read the clock in one order and call in the other) is treated as happening at the newest `now`.
@@ -1109,17 +1111,27 @@ class PoolMachine:
             return
         # FIFO: a waiter's token comes after those of every waiter ahead of it.
         ahead = 0
+        hopeless = self._rate_failure()
         for waiter, deadline in list(self._waiters.items()):
             bound = admission.tokens_before(now, deadline)
             if bound is not None and bound <= ahead:
-                self._fail(waiter, FailureKind.RATE_LIMITED, None, actions)
+                self._fail(waiter, hopeless, None, actions)
             else:
                 ahead += 1
+
+    def _rate_failure(self) -> FailureKind:
+        # A token that cannot come in time because every host's store is away under "refuse"
+        # is held back by the store, not by the rate (docs/guide/failures.md).
+        admission = self._admission
+        assert admission is not None
+        if all(admission.refusing(i) for i in range(len(self._hosts))):
+            return FailureKind.BUDGET_UNAVAILABLE
+        return FailureKind.RATE_LIMITED
 
     def _expire_waiters(self, now: float, actions: list[Action]) -> None:
         exhausted = FailureKind.POOL_EXHAUSTED
         if self._admission is not None and self._held_back_by_rate(now):
-            exhausted = FailureKind.RATE_LIMITED
+            exhausted = self._rate_failure()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, waiter = heapq.heappop(self._deadlines)
             if waiter not in self._waiters:
