@@ -189,6 +189,8 @@ class FakeSMTPServer:
         # Messages whose terminator arrived, stored or not, numbered across connections.
         self.received = 0
         self.sessions: list[_Session] = []
+        # Set while `running()` stops: a session that starts then is cut at once.
+        self._stopping = False
 
     @property
     def messages(self) -> list[bytes]:
@@ -215,13 +217,31 @@ class FakeSMTPServer:
                 raw = sock_listener.extra(anyio.abc.SocketAttribute.raw_socket)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        self._stopping = False
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, self._serve)
+                accepting = anyio.CancelScope()
+                stopped_accepting = anyio.Event()
+
+                async def serve() -> None:
+                    try:
+                        with accepting:
+                            await listener.serve(self._serve, task_group=tg)
+                    finally:
+                        stopped_accepting.set()
+
+                tg.start_soon(serve)
                 try:
                     yield self
                 finally:
-                    tg.cancel_scope.cancel()
+                    # Stop as a server does: the port first (a connection attempt from now on
+                    # is refused), then every session is cut, and each hangs up (`cut()`).
+                    accepting.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await stopped_accepting.wait()
+                        await listener.aclose()
+                    self._stopping = True
+                    self.cut()
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
@@ -237,6 +257,8 @@ class FakeSMTPServer:
         script = self._script_for(len(self.connections) - 1)
         session = _Session(stream, script, record, self)
         self.sessions.append(session)
+        if self._stopping:
+            session.scope.cancel()  # accepted just before the server stopped: cut it too
         try:
             with (
                 session.scope,
