@@ -205,13 +205,15 @@ def build_config(
         raise CommandLineError(f"{exc}{where}") from None
 
 
-# The flags that set a host's options, for an error about one that was not given.
-_HOST_FLAGS = {
-    "port": "--port",
-    "tls": "--tls",
-    "username": "--user",
-    "allow_plaintext_auth": "--allow-plaintext-auth",
-}
+# A host's options that flags set: (option, the flag's name, the variable's name).
+_HOST_OPTIONS = (
+    ("port", "port", "port"),
+    ("tls", "tls", "tls"),
+    ("username", "user", "username"),
+    ("allow_plaintext_auth", "allow_plaintext_auth", "allow_plaintext_auth"),
+)
+# The flag that sets each, for an error about one that was not given.
+_HOST_FLAGS = {option: _flag(flag) for option, flag, _ in _HOST_OPTIONS}
 
 
 def _host_fields(
@@ -219,12 +221,7 @@ def _host_fields(
 ) -> tuple[dict[str, object], dict[str, str]]:
     fields: dict[str, object] = {}
     sources: dict[str, str] = {}
-    for option, flag, variable in (
-        ("port", "port", "port"),
-        ("tls", "tls", "tls"),
-        ("username", "user", "username"),
-        ("allow_plaintext_auth", "allow_plaintext_auth", "allow_plaintext_auth"),
-    ):
+    for option, flag, variable in _HOST_OPTIONS:
         value = getattr(args, flag, None)
         if value is not None:
             fields[option] = value
