@@ -187,22 +187,26 @@ class Connection:
             return "out_of_sync"
         ssl_object = self._ssl_object
         if ssl_object is not None:
-            # Part of a record nobody asked for may wait in the TLS layer's input, not yet
-            # decrypted: looked at first, because the read below moves it out of sight.
             read_bio = self._tls_read_bio
-            if read_bio is not None and read_bio.pending:
-                return "out_of_sync"
-            # A complete TLS record may sit decrypted or undecrypted in the TLS layer. Reading
-            # from the TLS object itself (no I/O: it only looks at what it holds) finds it; post-
-            # handshake messages such as session tickets are consumed and are not data.
-            try:
-                if ssl_object.read(1):
+            if read_bio is not None:
+                # The TLS layer's input in sight: a record (or part of one) nobody asked for
+                # waits there undecrypted, or its decrypted bytes wait unread in the TLS object.
+                # The TLS object reads records only when asked, so nothing else can hide there;
+                # both are plain counters, where a read attempt costs an exception every time.
+                if read_bio.pending or ssl_object.pending():
                     return "out_of_sync"
-                return "stale"  # close_notify
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLError, ValueError):
-                return "stale"
+            else:
+                # A TLS stream whose input cannot be seen: reading from the TLS object itself
+                # (no I/O: it only looks at what it holds) finds a complete record; post-
+                # handshake messages such as session tickets are consumed and are not data.
+                try:
+                    if ssl_object.read(1):
+                        return "out_of_sync"
+                    return "stale"  # close_notify
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLError, ValueError):
+                    return "stale"
         bounded = self._deadline_stream
         if bounded is not None:
             return bounded.unusable()

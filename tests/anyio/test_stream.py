@@ -605,12 +605,13 @@ async def test_receive_after_aclose_is_refused_even_with_bytes_buffered(pair: Pa
         await client.receive()
 
 
-async def test_part_of_an_unasked_tls_record_makes_the_connection_out_of_sync(
-    pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+@pytest.mark.parametrize("stray_bytes", [20, None], ids=["part of a record", "a whole record"])
+async def test_an_unasked_tls_record_makes_the_connection_out_of_sync(
+    pair: Pair, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, stray_bytes: int | None
 ) -> None:
-    """The plaintext twin ("250 ok\\r\\n25") is caught by the session's has_unread; under TLS the
-    first bytes of a record nobody asked for wait in the TLS layer's read BIO, where unusable()
-    does not look."""
+    """The plaintext twin ("250 ok\\r\\n25") is caught by the session's has_unread; under TLS
+    a record nobody asked for, whole or the first bytes of it, arrives in the same segment as the
+    reply and waits in the TLS layer's read BIO, undecrypted: unusable() must look there."""
     client, server = pair
     session = ClientSession("client.test")
     connection = Connection(client, session, Host("127.0.0.1", 25, tls=TLSMode.STARTTLS))
@@ -619,12 +620,12 @@ async def test_part_of_an_unasked_tls_record_makes_the_connection_out_of_sync(
     async def serve() -> None:
         tls = await serve_starttls(server, server_tls)
         await tls.receive()  # NOOP
-        # The reply, and in the same segment the first 20 bytes of a record nobody asked for.
+        # The reply, and in the same segment a record nobody asked for (or its first 20 bytes).
         tls._ssl_object.write(b"250 ok\r\n")
         reply = tls._write_bio.read()
         tls._ssl_object.write(b"250 2.0.0 nobody asked\r\n")
         stray = tls._write_bio.read()
-        await server.send(reply + stray[:20])
+        await server.send(reply + stray[:stray_bytes])
         ready.set()
         await anyio.sleep_forever()
 
