@@ -118,7 +118,7 @@ async def run(messages: int, concurrency: int, api: str = "send_raw") -> tuple[f
 
         pause = trio.lowlevel.cancel_shielded_checkpoint
 
-    async def connect(host: str, port: int) -> DeadlineSocketStream:
+    async def connect(host: str, port: int, *, read_limit: int) -> DeadlineSocketStream:
         return InstantServer(pause)
 
     connection_module.connect_tcp = connect  # type: ignore[assignment]

@@ -520,7 +520,12 @@ async def _open_once(
     stream: anyio.abc.ByteStream | None = None
     try:
         with anyio.CancelScope(deadline=deadline) as scope:
-            stream = await connect_tcp(host.hostname, host.port)
+            # On asyncio the stream reads ahead, so it is held to the same bound as the core:
+            # whatever a server pushes, this process holds at most `max_buffered_bytes` of it
+            # unread (the rest waits in the kernel).
+            stream = await connect_tcp(
+                host.hostname, host.port, read_limit=limits.max_buffered_bytes
+            )
             if implicit:
                 stage = Stage.TLS
                 stream = await TLSStream.wrap(

@@ -8,6 +8,13 @@ the driver pays per message. This stream is an `asyncio.BufferedProtocol` that k
 to a bound), hands back everything buffered in one `receive()`, and yields in `send()` only while
 the kernel has not taken every byte.
 
+The bound is the connection's `Limits.max_buffered_bytes` (`connect_tcp(read_limit=...)`), and it
+is exact: the bytes received and not yet returned by `receive()` never exceed it. While a whole
+read fits under it, reads go into the whole shared buffer; once less room is left, a read is
+given only the room (the smaller view is made then, not on every read), and when none is left
+reading pauses until `receive()` takes some. What the server sends meanwhile stays in the kernel,
+as it does on trio.
+
 It reads into one buffer shared by every connection of the thread: asyncio's plain `Protocol`
 reads into a fresh 256 KiB `bytes` on every read, which the allocator maps, shrinks and unmaps
 (three system calls per read, six per message). A buffer per connection would avoid those too, but
@@ -46,10 +53,12 @@ import threading
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 import anyio.abc
 
 import anyio
+from pooledmail_core import Limits
 
 __all__ = [
     "AsyncioSocketStream",
@@ -59,9 +68,9 @@ __all__ = [
     "connect_tcp",
 ]
 
-# Reading pauses when this much is buffered and not yet received, so that a server cannot grow
-# our memory faster than the core consumes it (the core bounds what it buffers itself).
-_READ_HIGH_WATER = 1 << 20
+# What a stream may hold received and not yet returned by `receive()` when its opener names no
+# bound: the default `Limits.max_buffered_bytes`. The driver passes the connection's own.
+_DEFAULT_READ_LIMIT = Limits().max_buffered_bytes
 # Happy eyeballs (RFC 8305) delay, the same as anyio.connect_tcp's default.
 _HAPPY_EYEBALLS_DELAY = 0.25
 # The shared read buffer: as much as asyncio's own transports read at once.
@@ -110,7 +119,8 @@ class DeadlineSocketStream(anyio.abc.SocketStream):
 
 
 class _Protocol(asyncio.BufferedProtocol):
-    """Buffers what the transport delivers and wakes the one waiting reader or writer."""
+    """Buffers what the transport delivers, never more than `read_limit` bytes not yet taken by
+    `receive()`, and wakes the one waiting reader or writer."""
 
     __slots__ = (
         "buffered",
@@ -118,17 +128,32 @@ class _Protocol(asyncio.BufferedProtocol):
         "eof",
         "exception",
         "lost",
+        "narrowed",
         "read_buffer",
+        "read_limit",
         "read_waiter",
         "reading_paused",
         "transport",
+        "whole_reads_up_to",
+        "whole_view",
         "write_waiter",
         "writing_paused",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, read_limit: int = _DEFAULT_READ_LIMIT) -> None:
         # Built by the event loop's thread, the only one that calls get_buffer().
-        self.read_buffer = _read_buffer.view
+        shared = _read_buffer.view
+        # A limit under the shared buffer's size bounds every read: the view is cut once, here.
+        self.whole_view = shared if read_limit >= len(shared) else shared[:read_limit]
+        # What get_buffer() hands out: `whole_view`, or a view of the room left under
+        # `read_limit` when that is less (see `fit_reads`).
+        self.read_buffer = self.whole_view
+        self.read_limit = read_limit
+        # While no more than this is buffered, a read into `whole_view` cannot pass the limit: the
+        # one comparison the hot path pays for the bound.
+        self.whole_reads_up_to = read_limit - len(self.whole_view)
+        # `read_buffer` is cut short or reading is paused: `receive()` must give the room back.
+        self.narrowed = False
         self.transport: asyncio.Transport | None = None
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -161,12 +186,37 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         data = bytes(self.read_buffer[:nbytes])
         self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered >= _READ_HIGH_WATER and not self.reading_paused:
-            assert self.transport is not None
-            self.reading_paused = True
-            self.transport.pause_reading()
+        buffered = self.buffered = self.buffered + nbytes
+        if buffered > self.whole_reads_up_to:
+            self.fit_reads()
         self._wake_reader()
+
+    def fit_reads(self) -> None:
+        """Size the next read to the room left under `read_limit`: the whole view while it fits,
+        else a view of the room alone; no room, no read (reading pauses, and what the peer sends
+        meanwhile waits in the kernel). Called when a read left less room than a whole view, and
+        by `receive()` after it took bytes while `narrowed`."""
+        transport = self.transport
+        assert transport is not None
+        room = self.read_limit - self.buffered
+        if room >= len(self.whole_view):
+            self.read_buffer = self.whole_view
+            self.narrowed = False
+        else:
+            self.narrowed = True
+            if room > 0:
+                # Never empty: asyncio refuses an empty buffer from get_buffer().
+                self.read_buffer = self.whole_view[:room]
+        if room <= 0:
+            if not self.reading_paused:
+                self.reading_paused = True
+                transport.pause_reading()
+        elif self.reading_paused:
+            self.reading_paused = False
+            # A transport already lost has nothing left to read (and asyncio ignores a resume
+            # of a closing one); what was buffered is still returned before the error.
+            if not self.lost:
+                transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -290,10 +340,8 @@ class AsyncioSocketStream(DeadlineSocketStream):
             chunks.append(data[max_bytes:])
             data = data[:max_bytes]
         protocol.buffered -= len(data)
-        if protocol.reading_paused and protocol.buffered < _READ_HIGH_WATER:
-            protocol.reading_paused = False
-            if not protocol.lost:
-                self._transport.resume_reading()
+        if protocol.narrowed:
+            protocol.fit_reads()  # room was freed under the read limit
         return data
 
     async def send(self, item: bytes) -> None:
@@ -338,8 +386,9 @@ class AsyncioSocketStream(DeadlineSocketStream):
     def unusable(self) -> str | None:
         """Whether anything arrived unasked or the connection ended, judged from what the
         transport already delivered (the protocol keeps reading while idle, so this needs no
-        system call): "out_of_sync" for unread bytes, "stale" for an end of stream, a reset or
-        a close, None when it looks usable."""
+        system call; when a flood paused it at its read limit, the bytes it holds already say
+        "out_of_sync"): "out_of_sync" for unread bytes, "stale" for an end of stream, a reset
+        or a close, None when it looks usable."""
         protocol = self._protocol
         if protocol.chunks:
             return "out_of_sync"
@@ -361,17 +410,25 @@ class AsyncioSocketStream(DeadlineSocketStream):
         await anyio.lowlevel.checkpoint()
 
 
-async def connect_tcp(host: str, port: int) -> DeadlineSocketStream:
+async def connect_tcp(
+    host: str, port: int, *, read_limit: int = _DEFAULT_READ_LIMIT
+) -> DeadlineSocketStream:
     """A plain TCP stream to `host:port` (TCP_NODELAY set), with happy eyeballs.
 
-    On asyncio this is an `AsyncioSocketStream`; on trio (anyio's only other backend) a
-    `TrioSocketStream`. Failures raise `OSError`, as `anyio.connect_tcp` does.
+    On asyncio this is an `AsyncioSocketStream`, which holds at most `read_limit` bytes received
+    and not yet returned by `receive()` (the driver passes `Limits.max_buffered_bytes`); on trio
+    (anyio's only other backend) a `TrioSocketStream`, which reads only when asked, so what is
+    not yet received stays in the kernel and `read_limit` has nothing to bound. Failures raise
+    `OSError`, as `anyio.connect_tcp` does.
     """
+    if read_limit < 1:
+        raise ValueError("read_limit must be a positive integer")
     if not _on_asyncio():
         from ._trio_stream import connect_tcp_trio
 
         return await connect_tcp_trio(host, port)
     loop = asyncio.get_running_loop()
+    protocol_factory = partial(_Protocol, read_limit)
     try:
         # An address literal needs no resolver, nor the executor thread asyncio's would start.
         addresses = socket.getaddrinfo(
@@ -393,10 +450,10 @@ async def connect_tcp(host: str, port: int) -> DeadlineSocketStream:
             sock.close()
             raise
         # From here the transport owns the socket (and closes it if this is cancelled).
-        transport, protocol = await loop.create_connection(_Protocol, sock=sock)
+        transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
     else:
         transport, protocol = await loop.create_connection(
-            _Protocol, host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY
+            protocol_factory, host, port, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY
         )
     assert isinstance(transport, asyncio.Transport)
     return AsyncioSocketStream(transport, protocol)
