@@ -9,11 +9,11 @@ to a bound), hands back everything buffered in one `receive()`, and yields in `s
 the kernel has not taken every byte.
 
 The bound is the connection's `Limits.max_buffered_bytes` (`connect_tcp(read_limit=...)`), and it
-is exact: the bytes received and not yet returned by `receive()` never exceed it. While a whole
-read fits under it, reads go into the whole shared buffer; once less room is left, a read is
-given only the room (the smaller view is made then, not on every read), and when none is left
-reading pauses until `receive()` takes some. What the server sends meanwhile stays in the kernel,
-as it does on trio.
+is exact: the bytes received and not yet returned by `receive()` never exceed it. A read goes
+into the shared buffer, or into the first half-limit of it when the limit is under twice its size
+(cut once per connection); once less room is left than that, a read is given only the room (the
+smaller view is made then, not on every read), and when none is left reading pauses until
+`receive()` takes some. What the server sends meanwhile stays in the kernel, as it does on trio.
 
 It reads into one buffer shared by every connection of the thread: asyncio's plain `Protocol`
 reads into a fresh 256 KiB `bytes` on every read, which the allocator maps, shrinks and unmaps
@@ -143,8 +143,11 @@ class _Protocol(asyncio.BufferedProtocol):
     def __init__(self, read_limit: int = _DEFAULT_READ_LIMIT) -> None:
         # Built by the event loop's thread, the only one that calls get_buffer().
         shared = _read_buffer.view
-        # A limit under the shared buffer's size bounds every read: the view is cut once, here.
-        self.whole_view = shared if read_limit >= len(shared) else shared[:read_limit]
+        # A read takes at most half the limit. Replies are far smaller than that, so a small limit
+        # still leaves room for a whole read after each one, and the view is cut once, here,
+        # rather than on every read (a limit as small as a reply costs the cut per read).
+        whole = max(1, min(len(shared), read_limit // 2))
+        self.whole_view = shared if whole == len(shared) else shared[:whole]
         # What get_buffer() hands out: `whole_view`, or a view of the room left under
         # `read_limit` when that is less (see `fit_reads`).
         self.read_buffer = self.whole_view

@@ -36,8 +36,8 @@ from .fakesmtp import FakeSMTPServer, Script
 
 pytestmark = pytest.mark.anyio
 
-# Well under the shared read buffer (256 KiB): every read is a cut view, so the exact bound and
-# the pause are both exercised.
+# Well under the shared read buffer (256 KiB): reads are cut to half of it, then to the room left,
+# so both cuts and the pause are exercised.
 LIMIT = 64 * 1024
 # What a flooding server tries to push: far more than LIMIT, and more than the old fixed 1 MiB
 # threshold plus one read.
@@ -130,9 +130,9 @@ async def receive_into(stream: DeadlineSocketStream, received: bytearray) -> Non
 @pytest.mark.parametrize(
     ("read_limit", "flood"),
     [
-        (100, 64 * 1024),  # under one read, the smallest a Limits allows is 8
+        (100, 64 * 1024),  # far under one read (the smallest a Limits allows is 8)
         (LIMIT, 2 << 20),
-        ((300 << 10) + 7, 4 << 20),  # over one read, and no multiple of it
+        ((300 << 10) + 7, 4 << 20),  # over the shared buffer, under twice it, and odd
         (None, 4 << 20),  # no limit given: the default Limits().max_buffered_bytes
     ],
     ids=["100B", "64KiB", "300KiB+7", "default"],
