@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +28,10 @@ from pooledmail_anyio._stream import (
     AsyncioSocketStream,
     DeadlineSocketStream,
     _Protocol,
-    connect_tcp,
 )
 
 from .fakesmtp import FakeSMTPServer, Script
+from .streampair import stream_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -88,26 +87,6 @@ def pattern(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-@contextlib.asynccontextmanager
-async def flooded_pair(read_limit: int | None) -> AsyncIterator[tuple[Any, anyio.abc.SocketStream]]:
-    """(client stream from `connect_tcp`, the server's accepted anyio stream) on 127.0.0.1."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    async with listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        if read_limit is None:
-            client = await connect_tcp("127.0.0.1", port)
-        else:
-            client = await connect_tcp("127.0.0.1", port, read_limit=read_limit)
-        socket_listener = listener.listeners[0]
-        assert isinstance(socket_listener, anyio.abc.SocketListener)
-        server = await socket_listener.accept()
-        try:
-            yield client, server
-        finally:
-            await client.aclose()
-            await server.aclose()
-
-
 async def until_paused(stream: object) -> _Protocol:
     """The asyncio stream's protocol, once a flood has made it pause reading (bounded wait)."""
     assert isinstance(stream, AsyncioSocketStream)
@@ -148,7 +127,7 @@ async def test_a_flood_is_held_to_the_read_limit_and_delivered_whole_after_it(
     watch = watch_reads(limit)
     payload = pattern(flood)
     received = bytearray()
-    async with flooded_pair(read_limit) as (client, server), anyio.create_task_group() as tg:
+    async with stream_pair(read_limit) as (client, server), anyio.create_task_group() as tg:
 
         async def flood_then_close() -> None:
             await server.send(payload)
@@ -175,7 +154,7 @@ async def test_a_flood_is_held_to_the_read_limit_and_delivered_whole_after_it(
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_closing_a_stream_paused_at_its_limit_ends_it(watch_reads: Any) -> None:
     watch = watch_reads(LIMIT)
-    async with flooded_pair(LIMIT) as (client, server), anyio.create_task_group() as tg:
+    async with stream_pair(LIMIT) as (client, server), anyio.create_task_group() as tg:
 
         async def flood() -> None:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -202,7 +181,7 @@ async def test_a_reset_while_paused_keeps_what_was_held_then_reports_it(watch_re
     # lost transport.
     watch = watch_reads(LIMIT)
     payload = pattern(FLOOD)
-    async with flooded_pair(LIMIT) as (client, server):
+    async with stream_pair(LIMIT) as (client, server):
 
         async def flood() -> None:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):

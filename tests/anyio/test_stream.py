@@ -30,6 +30,8 @@ from pooledmail_anyio._stream import (
 from pooledmail_core._config import Host, TLSMode
 from pooledmail_core._session import ClientSession
 
+from .streampair import stream_pair
+
 pytestmark = pytest.mark.anyio
 
 Pair = tuple[DeadlineSocketStream, anyio.abc.SocketStream]
@@ -38,18 +40,8 @@ Pair = tuple[DeadlineSocketStream, anyio.abc.SocketStream]
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
     """(client stream from `connect_tcp`, the server's accepted anyio stream)."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    async with listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        client = await connect_tcp("127.0.0.1", port)
-        socket_listener = listener.listeners[0]
-        assert isinstance(socket_listener, anyio.abc.SocketListener)
-        server = await socket_listener.accept()
-        try:
-            yield client, server
-        finally:
-            await client.aclose()
-            await server.aclose()
+    async with stream_pair() as streams:
+        yield streams
 
 
 async def receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
