@@ -15,16 +15,23 @@ The server keeps two records apart, because verdicts are judged against the seco
   It is stored *before* the reply goes out, so a server that then disconnects, resets, stalls or
   answers garbage has the message although the client never heard so (the case that makes a
   resend a duplicate).
+
+A fault that drops the connection never leaves the first record short of a byte a verdict depends
+on, whatever the timing: the client's `UNKNOWN_AFTER_DATA` is judged true only if its terminator is
+in `Connection.reads`, so every byte it handed to its kernel before it could see the drop must be
+read, or provably not include the terminator (see FAULTS and `_Session._body_fault`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio.abc
 from anyio.streams.tls import TLSStream
@@ -41,13 +48,25 @@ STALL = "<stall>"
 # reply to the terminator (the "." line, or BDAT ... LAST).
 POINTS = ("greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "body", "data_end")
 # What a fault does instead of the normal reply.
-# disconnect: close (FIN), no reply. rst: close with SO_LINGER 0 (RST), no reply. 421: say
-# "421" and close (each of these three first receives what the client already sent, so that the
-# record says what reached the server). 4xx / 5xx: refuse (see REFUSALS) and carry on as a server
-# that refused. stall: never answer again, still receiving; during the body, stop reading too.
-# malformed: a line that is no SMTP reply instead of the reply. extra: the reply and then one more
-# nobody asked for, in the same write. missing: no reply at all, carrying on as if it had been
-# given.
+# disconnect: no reply, a FIN, and then receive (and record) until the client leaves. 421: say
+# "421", then the same. rst: receive the rest of the client's flight (what it sends before it
+# must wait for a reply, `_Session._rest_of_flight`), then close with SO_LINGER 0 (RST), no reply.
+# During the body these three drop the connection mid-transfer (`_Session._body_fault`). 4xx /
+# 5xx: refuse (see REFUSALS) and carry on as a server that refused. stall: never answer again,
+# still receiving; during the body, stop reading too. malformed: a line that is no SMTP reply
+# instead of the reply. extra: the reply and then one more nobody asked for, in the same write.
+# missing: no reply at all, carrying on as if it had been given.
+#
+# Why disconnect and 421 keep receiving after their FIN (a lingering close), and rst reads the
+# flight first: a client that pipelines may still be handing bytes to its kernel when the fault
+# strikes, its terminator among them (MAIL, RCPT and every BDAT chunk go in one flight). Such a
+# client honestly reports UNKNOWN_AFTER_DATA, and the record must then show the terminator. An
+# earlier version received until 5 ms passed with nothing read and then closed: a client stalled
+# longer than that (a busy CI machine, coverage) handed over bytes the kernel then reset, and an
+# honest verdict was judged false. A FIN makes no byte of the client's fail and a reset discards
+# what is unread, so the record is exact only if the server reads on until the client leaves
+# (disconnect, 421), or until the client has nothing more to send before it waits (rst: the
+# client then meets the reset while it waits for the reply, as before).
 FAULTS = ("disconnect", "rst", "421", "4xx", "5xx", "stall", "malformed", "extra", "missing")
 # Only for `Script.acts` (generated hostile servers): drip: the reply one byte at a time,
 # `delay` apart. overlong: a reply line of `len(data)` bytes (4096 if no data). endless: a reply
@@ -78,6 +97,33 @@ EXTRA = b"250 2.0.0 a reply nobody asked for\r\n"
 # How much of an "endless" line the server writes before it gives up (it is cut off long before
 # by a client that keeps its limits).
 ENDLESS_CAP = 16 << 20
+# Beyond the two socket buffers, bytes a client may have handed over that the server has not read
+# (`unread_bound`): a send may overshoot the send buffer by a segment's worth, and the server's TLS
+# layer holds up to one read's worth of records it has not decrypted yet.
+_BUFFER_SLACK = 1 << 18
+_SIZE_PARAMETER = re.compile(r"\sSIZE=(\d+)", re.IGNORECASE)
+
+
+def unread_bound(receive_buffer: int | None) -> int | None:
+    """At most how many bytes a client on this machine can have handed to its kernel that a
+    server whose accepted sockets have SO_RCVBUF `receive_buffer` (None: autotuned) has not read
+    yet: the client's send buffer, which grows up to net.ipv4.tcp_wmem's maximum when the client
+    does not set SO_SNDBUF (pooledmail does not), and the server's receive buffer (twice
+    SO_RCVBUF, the kernel's allowance for its overhead; autotuned, up to tcp_rmem's maximum).
+    None where /proc does not say (not Linux)."""
+    send = _sysctl_max("net/ipv4/tcp_wmem")
+    receive = _sysctl_max("net/ipv4/tcp_rmem") if receive_buffer is None else 2 * receive_buffer
+    if send is None or receive is None:
+        return None
+    return send + receive + _BUFFER_SLACK
+
+
+def _sysctl_max(name: str) -> int | None:
+    """The last (the maximum) of the numbers in /proc/sys/`name`, or None."""
+    try:
+        return int((Path("/proc/sys") / name).read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -137,7 +183,8 @@ class Script:
     # A fault for each reply of the connection in order (the greeting is reply 0); replies past
     # the end are normal.
     acts: Sequence[Fault] = ()
-    # A "body" fault strikes once this many bytes of message data have been read.
+    # A "body" fault strikes once this many bytes of message data have been read (a disconnect,
+    # rst or 421 only if it can strike before the terminator: see `_Session._body_fault`).
     body_fault_after: int = 1 << 16
     # Seconds (or a function giving them) to wait before each reply: a server with latency.
     reply_delay: float | Callable[[], float] = 0.0
@@ -178,7 +225,7 @@ class FakeSMTPServer:
         self._script_for = script_for if callable(script_for) else (lambda _n: script_for)
         # SO_RCVBUF for accepted connections (None: the kernel's autotuning). A small one makes a
         # server that stops reading stop the client's writes sooner.
-        self._receive_buffer = receive_buffer
+        self.receive_buffer = receive_buffer
         self.connections: list[Connection] = []
         self.port = 0
         self.accepting = True
@@ -212,10 +259,10 @@ class FakeSMTPServer:
         listener = await anyio.create_tcp_listener(
             local_host="127.0.0.1", local_port=port, reuse_port=False
         )
-        if self._receive_buffer is not None:
+        if self.receive_buffer is not None:
             for sock_listener in listener.listeners:
                 raw = sock_listener.extra(anyio.abc.SocketAttribute.raw_socket)
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         self._stopping = False
         try:
@@ -300,7 +347,15 @@ class _Session:
         self.graceful = False
         self._replies = 0  # replies given (or due) so far: the index into `script.acts`
         self._fault_left = script.fault
+        # A "body" fault that could not strike before the terminator: it strikes at the reply
+        # due next instead, the one that answers the data (`_body_fault`).
+        self._deferred: Fault | None = None
         self._message_bytes = 0  # message data read in the transaction under way
+        self._declared_size = 0  # SIZE= of the transaction's MAIL (RFC 1870), 0 if none
+        extensions = [e.upper() for e in script.extensions] + (script.ehlo or "").upper().split()
+        self._pipelining = any(e.split(" ", 1)[0] == "PIPELINING" for e in extensions)
+        # Whether the client may send more before it waits for a reply (`_command`).
+        self._more_coming = False
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -308,6 +363,9 @@ class _Session:
         """The fault for the reply due now at `point`, if any (each reply due calls this once)."""
         index = self._replies
         self._replies += 1
+        if self._deferred is not None:
+            fault, self._deferred = self._deferred, None
+            return fault
         fault = self._fault_left
         if fault is not None and fault.point and fault.point == point:
             self._fault_left = None
@@ -348,15 +406,19 @@ class _Session:
         if kind in DESYNC:
             self.record.desynced = True
         if kind == "disconnect":
-            await self._drain()
+            await self.hang_up()
             raise _Stop
         if kind == "rst":
-            await self._drain()
+            await self._rest_of_flight()
+            if self.record.desynced:
+                # The client may have run ahead on a reply meant for something else, past what
+                # its flight says: receive what still arrives too (judged leniently, see DESYNC).
+                await self._drain()
             self._arm_reset()
             raise _Stop
         if kind == "421":
             await self._answer(meant)
-            await self._drain()
+            await self.hang_up()
             raise _Stop
         if kind in ("4xx", "5xx", "normal"):
             await self._answer(meant, extra)
@@ -413,25 +475,41 @@ class _Session:
             await self._read()
 
     async def _drain(self, idle: float = 0.005) -> None:
-        """Receive what the client already sent, before the server drops the connection: so that
-        the record says what reached the server, not how fast it hung up."""
+        """Receive until `idle` seconds pass with nothing read. Best effort only: a client stalled
+        longer than that still has bytes on their way (`_rest_of_flight` is what is exact)."""
         while True:
             with anyio.move_on_after(idle):
                 await self._read()
                 continue
             return
 
+    async def _rest_of_flight(self) -> None:
+        """Receive (and record) what the client still sends before it must wait for a reply: the
+        rest of a pipelined group of commands, BDAT chunks included. Then nothing the client
+        handed over is left unread when the server resets, and the client meets the reset while
+        it waits. Bounded by the client: it sends no more than its flight, and leaves when no
+        reply comes in its time."""
+        while self._more_coming:
+            line = await self._line()
+            if self._command(line) == "BDAT":
+                size = int(line.split()[1])
+                while len(self.buffer) < size:
+                    await self._read()
+                del self.buffer[:size]
+
     async def hang_up(self) -> None:
-        """End a session the server dropped (`cut()`, or the server stopping): no more replies,
-        a FIN, and then go on receiving until the client leaves. Whatever the client handed to
-        its transport before it saw the FIN reaches the record, so the record says exactly what
-        reached the server (closing at once would have the kernel reset bytes already on their
-        way, and a client that wrote its terminator just then could not know either way)."""
+        """End a session the server drops (a disconnect or 421 fault, `cut()`, the server
+        stopping): no more replies, a FIN, and then go on receiving until the client leaves.
+        Whatever the client handed to its transport before it saw the FIN reaches the record, so
+        the record says exactly what reached the server (closing at once would have the kernel
+        reset bytes already on their way, and a client that wrote its terminator just then could
+        not know either way)."""
         transport = (
             self.stream.transport_stream if isinstance(self.stream, TLSStream) else self.stream
         )
         with contextlib.suppress(Exception):
             await transport.send_eof()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
             await self._read_on()
 
     async def _freeze(self) -> None:
@@ -457,8 +535,11 @@ class _Session:
         del self.buffer[: end + 2]
         return line.decode("utf-8", "replace")
 
-    async def _message_data(self, end: Callable[[bytearray, int], int]) -> tuple[bytes, bool]:
-        """Read message data until `end(buffer, searched)` finds where it ends (an index, or -1).
+    async def _message_data(
+        self, end: Callable[[bytearray, int], int], chunk_size: int = 0
+    ) -> tuple[bytes, bool]:
+        """Read message data until `end(buffer, searched)` finds where it ends (an index, or -1);
+        `chunk_size`: the size of the BDAT chunk being read (0 on DATA).
 
         A "body" fault strikes once `body_fault_after` bytes of the message were read. Returns
         the data and whether a "body" refusal already answered the message (then it is read to
@@ -476,27 +557,38 @@ class _Session:
             ):
                 self._fault_left = None
                 self.record.faults.append((fault.kind, "body"))
-                refused = await self._body_fault(fault)
+                refused = await self._body_fault(fault, max(0, chunk_size - len(self.buffer)))
             await self._read()
         data = bytes(self.buffer[:stop])
         del self.buffer[:stop]
         self._message_bytes += len(data)
         return data, refused
 
-    async def _body_fault(self, fault: Fault) -> bool:
-        """Strike during the body; True if the message stands refused by an early reply."""
+    async def _body_fault(self, fault: Fault, chunk_rest: int) -> bool:
+        """Strike during the body; True if the message stands refused by an early reply.
+        `chunk_rest`: bytes of the BDAT chunk being read that have not arrived yet."""
         kind = fault.kind
         if kind in DESYNC:
             self.record.desynced = True
         if kind == "stall":
             await self._freeze()
-        if kind == "disconnect":
-            raise _Stop
-        if kind == "rst":
-            self._arm_reset()
-            raise _Stop
-        if kind == "421":
-            await self._answer(CLOSING)
+        if kind in ("disconnect", "rst", "421"):
+            # The connection lost mid-transfer: the server stops reading and closes at once,
+            # which with bytes unread is a reset on the wire whatever the kind (RFC 1122
+            # §4.2.2.13), so the client's next write fails. The reset discards what the client
+            # handed to its kernel and the server had not read; the record cannot hold those
+            # bytes, so the fault strikes only when none of them can be the terminator: when
+            # what is still to come before the terminator's last byte is more than both
+            # kernels can hold. Otherwise it strikes at the reply that answers the data, once
+            # the server has read it all (the client has then handed its terminator over, and
+            # meets the fault while it waits, as after "data_end"); the message is not stored.
+            if not self._terminator_unsent(chunk_rest):
+                self._deferred = fault
+                return False
+            if kind == "rst":
+                self._arm_reset()
+            elif kind == "421":
+                await self._answer(CLOSING)
             raise _Stop
         if kind in ("4xx", "5xx"):
             # Refused while the data still comes: the reply answers the message (or the chunk)
@@ -511,11 +603,40 @@ class _Session:
         # "missing": there is no reply due during the body; nothing to leave out.
         return False
 
+    def _terminator_unsent(self, chunk_rest: int) -> bool:
+        """Whether the client cannot have handed the last byte of its terminator to its kernel
+        yet: more of it is still to come than the kernels can hold unread (`unread_bound`).
+        What is to come is at least the rest of the chunk being read, and at least the size the
+        client declared (RFC 1870: SIZE=, the message after CRLF normalisation, which dot
+        stuffing and the terminator only lengthen on the wire) less the data received so far."""
+        bound = unread_bound(self.server.receive_buffer)
+        if bound is None:
+            return False
+        received = self._message_bytes + len(self.buffer)
+        return max(chunk_rest, self._declared_size - received) > bound
+
+    def _command(self, line: str) -> str:
+        """Record a command line and return its verb; note whether the client may send more
+        before it waits for a reply (`_rest_of_flight`): with PIPELINING, MAIL and RCPT may be
+        followed by more of the same group, and anything else ends it (RFC 2920 §3.1; RSET may
+        also start a group, but the client under test always waits after RSET), and BDAT chunks
+        follow one another up to the LAST (RFC 3030 §4.2)."""
+        verb = line.split(" ", 1)[0].upper()
+        self.record.commands.append("AUTH" if verb == "AUTH" else line)
+        if verb == "MAIL":
+            size = _SIZE_PARAMETER.search(line)
+            self._declared_size = int(size.group(1)) if size else 0
+        last = verb == "BDAT" and line.upper().split()[2:3] == ["LAST"]
+        self._more_coming = self._pipelining and (
+            verb in ("MAIL", "RCPT") or (verb == "BDAT" and not last)
+        )
+        return verb
+
     # -- replies -------------------------------------------------------------------------------
 
     async def _answer(self, reply: str, extra: bytes = b"") -> None:
         if reply == DISCONNECT:
-            await self._drain()
+            await self.hang_up()
             raise _Stop
         if reply == STALL:
             await self._read_on()
@@ -533,7 +654,9 @@ class _Session:
         normal = data_end(number) if callable(data_end) else data_end
         fault = self._take("data_end")
         meant = self._meant(fault, "data_end", normal)
-        if not meant.startswith(("4", "5")):
+        # A "body" fault deferred to this reply gave the message up (`_body_fault`).
+        given_up = fault is not None and fault.point == "body"
+        if not given_up and not meant.startswith(("4", "5")):
             self.record.messages.append(message)
         extra = self.script.extra_after(number) if self.script.extra_after else b""
         await self._perform(fault, meant, extra)
@@ -574,8 +697,7 @@ class _Session:
         chunk_refusal: str | None = None
         while True:
             line = await self._line()
-            verb = line.split(" ", 1)[0].upper()
-            self.record.commands.append("AUTH" if verb == "AUTH" else line)
+            verb = self._command(line)
             if verb == "EHLO":
                 if script.ehlo is not None:
                     await self._respond("ehlo", script.ehlo)
@@ -632,7 +754,8 @@ class _Session:
                 size = int(parts[1])
                 last = len(parts) > 2 and parts[2].upper() == "LAST"
                 chunk, refused = await self._message_data(
-                    lambda buffer, _searched, size=size: size if len(buffer) >= size else -1
+                    lambda buffer, _searched, size=size: size if len(buffer) >= size else -1,
+                    size,
                 )
                 if refused:
                     chunk_refusal = chunk_refusal or "early"

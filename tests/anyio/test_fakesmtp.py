@@ -8,7 +8,7 @@ import pytest
 
 import anyio
 
-from .fakesmtp import FakeSMTPServer, Script
+from .fakesmtp import Connection, FakeSMTPServer, Fault, Script, unread_bound
 
 pytestmark = pytest.mark.anyio
 
@@ -75,3 +75,158 @@ async def test_a_stopped_server_refuses_new_connections() -> None:
     await client.aclose()
     with pytest.raises(OSError, match=r"(?i)refused|connection attempts failed"):
         await anyio.connect_tcp("127.0.0.1", port)
+
+
+# -- faults that drop the connection -----------------------------------------------------------
+
+# Well past the 5 ms an earlier version of the server waited for more before it closed.
+STALL = 0.1
+
+
+class RawClient:
+    """A client on a plain socket that writes what the test says, when the test says, and keeps
+    what it received."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.received = b""
+
+    @classmethod
+    async def connect(cls, port: int, extension: bytes) -> RawClient:
+        """Connected, greeted, and EHLO answered (`extension` is the reply's last line); what
+        it received from then on is in `received`."""
+        client = cls(await _greeted(port))
+        await client.stream.send(b"EHLO client.test\r\n")
+        await client.until(b"250 " + extension + b"\r\n")
+        client.received = b""
+        return client
+
+    async def until(self, ending: bytes) -> None:
+        with anyio.fail_after(5):
+            while not self.received.endswith(ending):
+                self.received += await self.stream.receive()
+
+    async def how_it_ends(self) -> str:
+        """Read until the server is gone: "eof" or "reset"."""
+        with anyio.fail_after(5):
+            try:
+                while True:
+                    self.received += await self.stream.receive()
+            except anyio.EndOfStream:
+                return "eof"
+            except anyio.BrokenResourceError:
+                return "reset"
+
+
+async def _ended(server: FakeSMTPServer) -> Connection:
+    with anyio.fail_after(5):
+        while not server.connections[0].ended:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    return server.connections[0]
+
+
+def _replies(client: RawClient) -> list[bytes]:
+    return [line[:3] for line in client.received.split(b"\r\n") if line]
+
+
+# What the client meets, for each way of dropping it.
+ENDS = {"disconnect": "eof", "rst": "reset", "421": "eof"}
+
+
+@pytest.mark.parametrize("point", ["mail", "data"])
+@pytest.mark.parametrize("kind", ["disconnect", "rst", "421"])
+async def test_a_dropping_fault_records_a_pipelined_flight_the_client_finishes_late(
+    kind: str, point: str
+) -> None:
+    # The client pipelines MAIL, RCPT and two BDAT chunks (RFC 2920, RFC 3030 §4.2), and is
+    # held up before the last one, the terminator. It handed that over before it could see the
+    # server go, so its verdict is UNKNOWN_AFTER_DATA, which the record must bear out.
+    server = FakeSMTPServer(Script(extensions=("PIPELINING", "CHUNKING"), fault=Fault(kind, point)))
+    terminator = b"BDAT 5 LAST\r\nefghi"
+    async with server.running():
+        client = await RawClient.connect(server.port, b"CHUNKING")
+        await client.stream.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+        await client.stream.send(b"BDAT 4\r\nabcd")
+        await anyio.sleep(STALL)
+        await client.stream.send(terminator)
+        ended = await client.how_it_ends()
+        await client.stream.aclose()
+        record = await _ended(server)
+    assert terminator in record.received_bytes
+    assert record.faults == [(kind, point)]
+    assert server.messages == []
+    assert ended == ENDS[kind]
+    expected = {"mail": [], "data": [b"250", b"250"]}[point] + ([b"421"] if kind == "421" else [])
+    assert _replies(client) == expected
+
+
+@pytest.mark.parametrize("path", ["data", "bdat-pipelining"])
+@pytest.mark.parametrize("kind", ["disconnect", "rst", "421"])
+async def test_a_body_fault_on_data_the_kernels_could_hold_strikes_after_it_all_arrived(
+    kind: str, path: str
+) -> None:
+    # A drop in the middle of the body would discard what the client handed to its kernel and
+    # the server had not read, and a message this small may be all there, terminator included:
+    # the fault strikes once the data was read instead, and the record holds the terminator the
+    # client handed over after a stall. The message is not stored.
+    bdat = path.startswith("bdat")
+    extensions = ("PIPELINING", "CHUNKING") if bdat else ("8BITMIME",)
+    server = FakeSMTPServer(
+        Script(extensions=extensions, fault=Fault(kind, "body"), body_fault_after=16)
+    )
+    body = b"Subject: small\r\n\r\n" + b"x" * 200 + b"\r\n"
+    async with server.running():
+        client = await RawClient.connect(server.port, extensions[-1].encode())
+        await client.stream.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+        if bdat:
+            # The fault strikes in the first chunk, whose rest comes with the last one.
+            await client.stream.send(b"BDAT %d\r\n%s" % (len(body) - 50, body[:100]))
+            terminator = body[100:-50] + b"BDAT 50 LAST\r\n" + body[-50:]
+        else:
+            await client.until(b"250 2.1.5 ok\r\n")
+            await client.stream.send(b"DATA\r\n")
+            await client.until(b"354 go ahead\r\n")
+            await client.stream.send(body[:-50])
+            terminator = body[-50:] + b".\r\n"
+        await anyio.sleep(STALL)
+        await client.stream.send(terminator)
+        ended = await client.how_it_ends()
+        await client.stream.aclose()
+        record = await _ended(server)
+    assert terminator in record.received_bytes
+    assert record.faults == [(kind, "body")]
+    assert server.messages == []
+    assert ended == ENDS[kind]
+    given = [b"250", b"250"] if bdat else [b"250", b"250", b"354"]
+    assert _replies(client) == given + ([b"421"] if kind == "421" else [])
+
+
+@pytest.mark.skipif(unread_bound(1 << 16) is None, reason="needs Linux's /proc/sys/net")
+@pytest.mark.parametrize("kind", ["disconnect", "rst", "421"])
+async def test_a_body_fault_strikes_mid_transfer_when_the_terminator_cannot_have_left(
+    kind: str,
+) -> None:
+    # The client declares (SIZE=, RFC 1870) more data than both kernels can hold unread: the
+    # server drops it mid-transfer, and the client's write fails before its terminator left.
+    bound = unread_bound(1 << 16)
+    assert bound is not None
+    body = b"y" * 78 + b"\r\n"
+    data = body * ((bound + (1 << 20)) // len(body))
+    server = FakeSMTPServer(
+        Script(extensions=("SIZE 100000000",), fault=Fault(kind, "body")), receive_buffer=1 << 16
+    )
+    async with server.running():
+        client = await RawClient.connect(server.port, b"SIZE 100000000")
+        mail = b"MAIL FROM:<a@example.com> SIZE=%d\r\n" % len(data)
+        await client.stream.send(mail + b"RCPT TO:<b@example.com>\r\n")
+        await client.until(b"250 2.1.5 ok\r\n")
+        await client.stream.send(b"DATA\r\n")
+        await client.until(b"354 go ahead\r\n")
+        with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
+            await client.stream.send(data + b".\r\n")
+        await client.stream.aclose()
+        record = await _ended(server)
+    assert record.faults == [(kind, "body")]
+    assert b"y\r\n.\r\n" not in record.received_bytes
+    assert server.received == 0
+    assert server.messages == []

@@ -22,6 +22,14 @@ the body does not exist (no reply is due while the data is read), so that cell i
 2 x 4 x 9 + 4 x (5 x 9 - 1) = 248 cells, 496 tests. A cell the driver does not yet pass is in
 KNOWN_GAPS, as a strict xfail with the reason.
 
+A disconnect, reset or 421 during the body drops the connection while the client still writes, so
+its message is larger than both kernels can hold unread (BIG): the server can then prove that its
+terminator was not handed over, and the client must say "definitely not accepted". On a message
+the kernels could hold, the fake server cannot make that drop exact (a reset discards what it has
+not read, the terminator perhaps among it), so it strikes once the whole data was read; the
+client has then handed its terminator over, and `test_a_body_fault_after_the_terminator_left`
+holds it to UNKNOWN_AFTER_DATA (or to the 421's verdict) on every path.
+
 The session always goes through STARTTLS and AUTH PLAIN, so that every stage exists. A setup
 failure cools the host down (`reconnect_cooldown` 60 s here, longer than the acquire deadline, so
 the send fails at once with the failure's own kind rather than waiting for a trial); the pool's
@@ -50,7 +58,7 @@ from pooledmail_anyio import (
     Stage,
 )
 
-from .fakesmtp import FAULTS, FakeSMTPServer, Fault, Script
+from .fakesmtp import FAULTS, FakeSMTPServer, Fault, Script, unread_bound
 from .verdicts import Sent, judge, message, settled
 
 pytestmark = pytest.mark.anyio
@@ -63,9 +71,14 @@ PATHS: dict[str, tuple[str, ...]] = {
 }
 SETUP_POINTS = ("greeting", "ehlo", "starttls", "auth")
 TRANSACTION_POINTS = ("mail", "rcpt", "data", "body", "data_end")
-# Large enough that the body cannot all sit in socket buffers (the server's receive buffer is
-# kept small), so a fault during the body strikes while the client is still writing it.
-BIG = 6 << 20
+# The server's SO_RCVBUF: small, so that a server that stops reading stops the client soon.
+RECEIVE_BUFFER = 1 << 16
+# Large enough that the body cannot all sit in socket buffers, so a fault during the body strikes
+# while the client is still writing it (see the module docstring; fakesmtp checks it, and strikes
+# only after the data on a machine whose buffers could hold it all).
+BIG = max(6 << 20, (unread_bound(RECEIVE_BUFFER) or 0) + (1 << 20))
+# A body a "body" fault strikes in (after fakesmtp's 64 KiB), small enough for the kernels to hold.
+HELD = 96 << 10
 # On the BDAT path the "data" point is the reply to a chunk that is not the last: those cells
 # send their message in two chunks.
 SMALL_CHUNK = 96
@@ -264,17 +277,26 @@ def docs_row(expect: Expected) -> Row:
 
 
 async def run_cell(
-    path: str, point: str, fault: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    path: str,
+    point: str,
+    fault: str,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    *,
+    body_size: int = BIG,
+    expect: Expected | None = None,
 ) -> None:
+    """Run one cell; `body_size`: the first message's size when the fault is in the body,
+    `expect`: what it must end in, if not `expected()`."""
     extensions = ("STARTTLS", "AUTH PLAIN LOGIN", "8BITMIME", "SIZE 100000000", *PATHS[path])
     healthy = Script(extensions=extensions, tls_context=server_tls)
     faulty = Script(extensions=extensions, tls_context=server_tls, fault=Fault(fault, point))
-    server = FakeSMTPServer(lambda n: faulty if n == 0 else healthy, receive_buffer=1 << 16)
+    server = FakeSMTPServer(lambda n: faulty if n == 0 else healthy, receive_buffer=RECEIVE_BUFFER)
     bdat = "CHUNKING" in PATHS[path]
     chunk_size = SMALL_CHUNK if bdat and point == "data" else Limits().bdat_chunk_size
     name = f"{path}-{point}-{fault}"
-    sends = [Sent(f"{name}-0", message(f"{name}-0", BIG if point == "body" else 0), None)]
-    expect = expected(path, point, fault)
+    sends = [Sent(f"{name}-0", message(f"{name}-0", body_size if point == "body" else 0), None)]
+    expect = expect or expected(path, point, fault)
     clock = JumpingClock()
     async with server.running():
         key = f"127.0.0.1:{server.port}"
@@ -306,6 +328,8 @@ async def run_cell(
             after = pool.statistics()
         closed = pool.statistics()
         assert await settled(server)
+    # The fault was committed, where the cell says (nothing passes by missing it).
+    assert server.connections[0].faults[:1] == [(fault, point)]
     outcome = sends[0].outcome
     desynced = {i for i, c in enumerate(server.connections) if c.desynced}
     # The faulty send itself is judged in full: this server does what it means (it stores what
@@ -369,6 +393,20 @@ async def test_fault(
     path: str, point: str, fault: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     await run_cell(path, point, fault, server_tls, client_tls)
+
+
+@pytest.mark.parametrize("fault", ["disconnect", "rst", "421"])
+@pytest.mark.parametrize("path", list(PATHS))
+async def test_a_body_fault_after_the_terminator_left(
+    path: str, fault: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # A message the kernels can hold: the fake server lets the data arrive whole before it
+    # drops the connection (a drop in the middle could not be judged, see the module
+    # docstring), so the client handed its terminator over and cannot know; a 421 in place of
+    # the final reply is a verdict (RFC 5321 §3.8), and this server stored nothing.
+    after = Expected(U, Stage.DATA_END, "after")
+    expect = Expected(T, Stage.DATA_END, "^421") if fault == "421" else after
+    await run_cell(path, "body", fault, server_tls, client_tls, body_size=HELD, expect=expect)
 
 
 def test_the_matrix_has_every_cell_once() -> None:
