@@ -363,9 +363,10 @@ class _Session:
         """The fault for the reply due now at `point`, if any (each reply due calls this once)."""
         index = self._replies
         self._replies += 1
-        if self._deferred is not None:
-            fault, self._deferred = self._deferred, None
-            return fault
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            return deferred
         fault = self._fault_left
         if fault is not None and fault.point and fault.point == point:
             self._fault_left = None
@@ -605,10 +606,11 @@ class _Session:
 
     def _terminator_unsent(self, chunk_rest: int) -> bool:
         """Whether the client cannot have handed the last byte of its terminator to its kernel
-        yet: more of it is still to come than the kernels can hold unread (`unread_bound`).
+        yet: more is still to come before it than the kernels can hold unread (`unread_bound`).
         What is to come is at least the rest of the chunk being read, and at least the size the
         client declared (RFC 1870: SIZE=, the message after CRLF normalisation, which dot
-        stuffing and the terminator only lengthen on the wire) less the data received so far."""
+        stuffing and the terminator only lengthen on the wire; pooledmail declares it exactly)
+        less the data received so far."""
         bound = unread_bound(self.server.receive_buffer)
         if bound is None:
             return False
