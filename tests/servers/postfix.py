@@ -496,7 +496,11 @@ class PostfixServer(PrivateServer):
             # Nothing ever leaves: everything is held, and a message that escaped would wait.
             "smtpd_recipient_restrictions": "check_recipient_access static:HOLD",
             "smtpd_relay_restrictions": (
-                "permit_sasl_authenticated, reject" if self.require_auth else "permit"
+                # Postfix refuses to start on a list that could relay for anyone (it wants a
+                # reject at the end): without required AUTH, loopback is the network it permits.
+                "permit_sasl_authenticated, reject"
+                if self.require_auth
+                else "permit_mynetworks, permit_sasl_authenticated, reject"
             ),
             "defer_transports": "smtp, relay, local, virtual",
             "smtpd_sasl_auth_enable": "yes",

@@ -7,9 +7,10 @@ import socket
 from collections.abc import Callable
 
 import pytest
+import trustme
 
 from tests.servers import RedisServer, SmtpSink
-from tests.servers.fixtures import REQUIRE_SERVERS, unavailable
+from tests.servers.fixtures import REQUIRE_SERVERS, postfix_instance, unavailable
 
 
 def redis_ping(server: RedisServer) -> bytes:
@@ -58,6 +59,19 @@ def test_smtp_sink_fault_flags_reach_the_sink(smtp_sink: Callable[..., SmtpSink]
         code, _ = client.rcpt("bob@example.com")
     assert code == 421
     assert sink.received() == []
+
+
+def test_postfix_without_required_auth_takes_mail_from_loopback() -> None:
+    # require_auth=False once wrote a relay restriction Postfix refuses to start smtpd with.
+    with postfix_instance(trustme.CA(), require_tls=False, require_auth=False) as server:
+        with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+            client.sendmail(
+                "alice@example.com",
+                ["bob@example.com"],
+                b"Message-ID: <open@postfix.test>\r\nSubject: x\r\n\r\nhi\r\n",
+            )
+        stored = server.stored()
+    assert [str(message.message_id) for message in stored] == ["<open@postfix.test>"]
 
 
 def test_a_missing_server_skips_unless_servers_are_required(
