@@ -49,6 +49,7 @@ from pooledmail_core import (
 )
 
 from ._stream import DeadlineExceeded, DeadlineSocketStream, backend_clock, connect_tcp
+from ._tls import LeanTLSStream
 
 __all__ = [
     "TRANSPORT_ERRORS",
@@ -349,7 +350,7 @@ class Connection:
     async def _start_tls(
         self, exchange: Exchange, ssl_context: ssl.SSLContext | None
     ) -> anyio.abc.ByteStream:
-        stream = self.stream = await TLSStream.wrap(
+        stream = self.stream = await LeanTLSStream.wrap(
             self.stream,
             hostname=self.host.hostname,
             ssl_context=ssl_context,
@@ -528,7 +529,7 @@ async def _open_once(
             )
             if implicit:
                 stage = Stage.TLS
-                stream = await TLSStream.wrap(
+                stream = await LeanTLSStream.wrap(
                     stream,
                     hostname=host.hostname,
                     ssl_context=ssl_context,

@@ -1,0 +1,169 @@
+"""The driver's TLS stream, `LeanTLSStream`: anyio's `TLSStream` whose `receive()` reads the
+stream below first when the TLS layer holds nothing, instead of a read of the TLS object that
+fails first. It must give the same bytes and end the same way as anyio's own, in every case."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.abc
+import pytest
+from anyio.streams.tls import TLSStream
+
+import anyio
+from pooledmail_anyio._tls import LeanTLSStream
+
+from .streampair import stream_pair
+
+pytestmark = pytest.mark.anyio
+
+Serve = Callable[[TLSStream, anyio.abc.SocketStream], Awaitable[None]]
+
+
+class CountingSSLObject:
+    """The client's TLS object, with its `read()` calls counted."""
+
+    def __init__(self, inner: ssl.SSLObject) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def read(self, *args: Any) -> Any:
+        self.reads += 1
+        return self.inner.read(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@asynccontextmanager
+async def tls_pair(
+    kind: type[TLSStream], server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> AsyncIterator[tuple[TLSStream, TLSStream, anyio.abc.SocketStream]]:
+    """(client TLS stream of `kind`, server TLS stream, the server's plain stream below it)."""
+    async with stream_pair() as (client, server):
+        wrapped: list[TLSStream] = []
+
+        async def serve() -> None:
+            wrapped.append(
+                await TLSStream.wrap(
+                    server, server_side=True, ssl_context=server_tls, standard_compatible=False
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            tls = await kind.wrap(
+                client, hostname="127.0.0.1", ssl_context=client_tls, standard_compatible=False
+            )
+        assert type(tls) is kind
+        yield tls, wrapped[0], server
+
+
+def records(tls: TLSStream, *plaintexts: bytes) -> list[bytes]:
+    """Each plaintext as the bytes of its own TLS record(s), from the server's TLS object."""
+    out = []
+    for plaintext in plaintexts:
+        tls._ssl_object.write(plaintext)
+        out.append(tls._write_bio.read())
+    return out
+
+
+async def whole_records_then_close_notify(tls: TLSStream, plain: anyio.abc.SocketStream) -> None:
+    await tls.send(b"250 one\r\n")
+    await tls.send(b"250 two\r\n")
+    await tls.aclose()
+
+
+async def a_record_split_across_segments(tls: TLSStream, plain: anyio.abc.SocketStream) -> None:
+    (reply,) = records(tls, b"250 split in two\r\n")
+    await plain.send(reply[:7])
+    await anyio.sleep(0.05)
+    await plain.send(reply[7:])
+    await plain.send_eof()
+
+
+async def two_records_in_one_segment(tls: TLSStream, plain: anyio.abc.SocketStream) -> None:
+    first, second = records(tls, b"250 first\r\n", b"250 second\r\n")
+    await plain.send(first + second)
+    await plain.send_eof()
+
+
+async def fin_without_close_notify(tls: TLSStream, plain: anyio.abc.SocketStream) -> None:
+    await tls.send(b"250 then a bare FIN\r\n")
+    await plain.send_eof()
+
+
+async def reset(tls: TLSStream, plain: anyio.abc.SocketStream) -> None:
+    await tls.send(b"250 then a reset\r\n")
+    raw = plain.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await plain.aclose()
+
+
+async def garbage_record(tls: TLSStream, plain: anyio.abc.SocketStream) -> None:
+    await tls.send(b"250 then garbage\r\n")
+    await plain.send(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # application data nobody can decrypt
+
+
+SCENARIOS = [
+    whole_records_then_close_notify,
+    a_record_split_across_segments,
+    two_records_in_one_segment,
+    fin_without_close_notify,
+    reset,
+    garbage_record,
+]
+
+
+async def outcome(
+    kind: type[TLSStream], serve: Serve, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> list[object]:
+    """What the client's receive() returns, call after call, up to the exception that ends it."""
+    seen: list[object] = []
+    async with tls_pair(kind, server_tls, client_tls) as (client, server, plain):
+        await serve(server, plain)
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    seen.append(await client.receive())
+                except Exception as exc:  # the ending is part of what is compared
+                    seen.append(type(exc))
+                    return seen
+
+
+@pytest.mark.parametrize("serve", SCENARIOS, ids=[scenario.__name__ for scenario in SCENARIOS])
+async def test_the_lean_tls_stream_receives_and_ends_as_anyios_does(
+    serve: Serve, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    expected = await outcome(TLSStream, serve, server_tls, client_tls)
+    assert await outcome(LeanTLSStream, serve, server_tls, client_tls) == expected
+    assert isinstance(expected[-1], type)
+    assert issubclass(expected[-1], Exception)
+    assert len(expected) >= 2  # at least one reply arrived before the end
+
+
+async def test_a_reply_costs_one_read_of_the_tls_object(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    """anyio's receive reads the TLS object twice a reply: once to fail (SSLWantReadError), once
+    after reading the stream below. Between exchanges the TLS layer holds nothing, so the driver's
+    stream reads below first and the TLS object once."""
+    async with tls_pair(LeanTLSStream, server_tls, client_tls) as (client, server, _):
+        counting = CountingSSLObject(client._ssl_object)
+        client._ssl_object = counting  # type: ignore[assignment]
+        for number in range(4):
+            if number == 1:
+                # The first reply may come after TLS 1.3's session tickets, which wait in the TLS
+                # layer's input: that one is read as anyio reads. Count from the second.
+                counting.reads = 0
+            await client.send(b"NOOP\r\n")
+            assert await server.receive() == b"NOOP\r\n"
+            await server.send(b"250 %d\r\n" % number)
+            with anyio.fail_after(10):
+                assert await client.receive() == b"250 %d\r\n" % number
+        assert counting.reads == 3
