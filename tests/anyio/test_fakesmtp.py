@@ -136,6 +136,23 @@ def _replies(client: RawClient) -> list[bytes]:
 ENDS = {"disconnect": "eof", "rst": "reset", "421": "eof"}
 
 
+async def _terminator_handed_over_late(
+    client: RawClient, server: FakeSMTPServer, terminator: bytes, fault: tuple[str, str]
+) -> str:
+    """The client is held up, then hands over its terminator and reads how the session ends
+    (returned). The record must hold the terminator, the fault must have struck, and nothing may
+    be stored."""
+    await anyio.sleep(HELD_UP)
+    await client.stream.send(terminator)
+    ended = await client.how_it_ends()
+    await client.stream.aclose()
+    record = await _ended(server)
+    assert terminator in record.received_bytes
+    assert record.faults == [fault]
+    assert server.messages == []
+    return ended
+
+
 @pytest.mark.parametrize("point", ["mail", "data"])
 @pytest.mark.parametrize("kind", ["disconnect", "rst", "421"])
 async def test_a_dropping_fault_records_a_pipelined_flight_the_client_finishes_late(
@@ -152,14 +169,7 @@ async def test_a_dropping_fault_records_a_pipelined_flight_the_client_finishes_l
         client = await RawClient.connect(server.port, b"CHUNKING")
         await client.stream.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
         await client.stream.send(b"BDAT 4\r\nabcd")
-        await anyio.sleep(HELD_UP)
-        await client.stream.send(terminator)
-        ended = await client.how_it_ends()
-        await client.stream.aclose()
-        record = await _ended(server)
-    assert terminator in record.received_bytes
-    assert record.faults == [(kind, point)]
-    assert server.messages == []
+        ended = await _terminator_handed_over_late(client, server, terminator, (kind, point))
     assert ended == ENDS[kind]
     expected = {"mail": [], "data": [b"250", b"250"]}[point] + ([b"421"] if kind == "421" else [])
     assert _replies(client) == expected
@@ -193,14 +203,7 @@ async def test_a_body_fault_on_data_the_kernels_could_hold_strikes_after_it_all_
             await client.until(b"354 go ahead\r\n")
             await client.stream.send(body[:-50])
             terminator = body[-50:] + b".\r\n"
-        await anyio.sleep(HELD_UP)
-        await client.stream.send(terminator)
-        ended = await client.how_it_ends()
-        await client.stream.aclose()
-        record = await _ended(server)
-    assert terminator in record.received_bytes
-    assert record.faults == [(kind, "body")]
-    assert server.messages == []
+        ended = await _terminator_handed_over_late(client, server, terminator, (kind, "body"))
     assert ended == ENDS[kind]
     given = [b"250", b"250"] if bdat else [b"250", b"250", b"354"]
     assert _replies(client) == given + ([b"421"] if kind == "421" else [])
