@@ -9,6 +9,18 @@ stream below first whenever the TLS layer provably has nothing to give (no undec
 input, no decrypted bytes waiting, nothing of its own to send first), then lets anyio's receive
 decrypt: the same bytes, errors and end-of-stream handling, one exception fewer per reply.
 
+The TLS layer can also have something to give with nothing held: once it has read the peer's
+close_notify or a fatal alert, or its input has ended, its read answers at once (end of stream or
+the error) without reading from below, where a read from below could wait forever on a peer that
+keeps the connection open (or take bytes that follow the TLS session, after `unwrap()`). So the
+shortcut is taken only while every earlier `receive()` returned bytes and the TLS layer's input has
+not been ended (by an error on either side or by `unwrap()`); otherwise every receive is anyio's.
+
+One difference remains, out of the driver's reach (it never sends while it receives): when a send
+running beside a receive breaks the stream (its write to the stream below failed or was
+cancelled) while that receive waits here, the receive raises `BrokenResourceError` once bytes
+arrive, where anyio's, having checked before it waited, would go on to decrypt them.
+
 It relies on three attributes of anyio's `TLSStream` that are not public API (`_read_bio`,
 `_write_bio`, `_broken`); where any is missing, it is anyio's own receive unchanged.
 """
@@ -25,14 +37,20 @@ __all__ = ["LeanTLSStream"]
 class LeanTLSStream(TLSStream):
     """`TLSStream` (made by `LeanTLSStream.wrap`) whose `receive()` skips the doomed first read."""
 
+    # Set when a `receive()` raised: from then on the TLS layer may answer without input (see
+    # the module's docstring), and every receive is anyio's own.
+    _ended = False
+
     async def receive(self, max_bytes: int = 65536) -> bytes:
         read_bio = getattr(self, "_read_bio", None)
         write_bio = getattr(self, "_write_bio", None)
         if (
             max_bytes >= 1
+            and not self._ended
             and read_bio is not None
             and write_bio is not None
             and not read_bio.pending
+            and not read_bio.eof
             and not write_bio.pending
             and not self._ssl_object.pending()
             and not getattr(self, "_broken", True)
@@ -43,9 +61,17 @@ class LeanTLSStream(TLSStream):
             except anyio.EndOfStream:
                 read_bio.write_eof()
             except OSError as exc:
+                self._ended = True
                 read_bio.write_eof()
                 write_bio.write_eof()
                 raise anyio.BrokenResourceError from exc
+            except Exception:
+                self._ended = True
+                raise
             else:
                 read_bio.write(data)
-        return await super().receive(max_bytes)
+        try:
+            return await super().receive(max_bytes)
+        except Exception:
+            self._ended = True
+            raise
