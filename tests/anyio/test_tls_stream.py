@@ -269,3 +269,37 @@ async def test_after_unwrap_the_lean_tls_stream_leaves_the_stream_below_alone(
     assert expected[0] is ssl.SSLZeroReturnError  # anyio's: the TLS session is over
     assert expected[1] == b"plaintext after the TLS session\r\n"
     assert await after_unwrap(LeanTLSStream, server_tls, client_tls) == expected
+
+
+async def cancelled_waits_then_small_reads(
+    kind: type[TLSStream], server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> list[bytes]:
+    """Receives cancelled while they wait (with nothing held, then with part of a record held
+    inside the TLS object), then reads smaller than a record: what comes out, read by read."""
+    async with tls_pair(kind, server_tls, client_tls) as (client, server, plain):
+        await plain.send(b"".join(records(server, b"220 first\r\n")))
+        got = [await client.receive()]  # the session tickets come before it, on TLS 1.3
+        wire = b"".join(records(server, b"250 one\r\n", b"250 two\r\n"))
+        for piece in (b"", wire[:3], wire[3:20]):
+            if piece:
+                await plain.send(piece)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.receive)
+                await anyio.wait_all_tasks_blocked()
+                tg.cancel_scope.cancel()
+        await plain.send(wire[20:])
+        with anyio.fail_after(10):
+            got += [await client.receive(4), await client.receive(4), await client.receive()]
+            got.append(await client.receive(100))
+            # A record alone, read in parts: the rest waits decrypted inside the TLS object.
+            await plain.send(b"".join(records(server, b"250 three\r\n")))
+            got += [await client.receive(4), await client.receive(4), await client.receive(4)]
+    return got
+
+
+async def test_cancelled_receives_lose_nothing_as_with_anyios(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    expected = await cancelled_waits_then_small_reads(TLSStream, server_tls, client_tls)
+    assert b"".join(expected) == b"220 first\r\n250 one\r\n250 two\r\n250 three\r\n"
+    assert await cancelled_waits_then_small_reads(LeanTLSStream, server_tls, client_tls) == expected
