@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
+import trustme
 
 import anyio
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
 from tests.servers import PostfixServer, SessionSummary, StoredMessage
+from tests.servers.fixtures import postfix_instance
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +218,43 @@ async def test_credentials_without_tls_are_refused_locally_before_any_auth(
     assert "starttls" not in session.attempted
     assert "mail" not in session.attempted
     assert copies_by_message_id(postfix.stored())[message["Message-ID"]] == 0
+
+
+@pytest.fixture(scope="module")
+def implicit_tls_postfix(ca: trustme.CA) -> Iterator[PostfixServer]:
+    """A second private Postfix whose port speaks TLS from the first byte (RFC 8314)."""
+    with postfix_instance(ca, main_cf={"smtpd_tls_wrappermode": "yes"}) as server:
+        yield server
+
+
+async def test_messages_through_implicit_tls_are_stored_once_each(
+    implicit_tls_postfix: PostfixServer, client_tls: ssl.SSLContext
+) -> None:
+    postfix = implicit_tls_postfix
+    log_position = postfix.log_position()
+    messages = [make_message(body=f"Message {number}.\n") for number in range(20)]
+    outcomes: dict[str, Outcome] = {}
+    queue = list(reversed(messages))
+
+    async def sender() -> None:
+        while queue:
+            message = queue.pop()
+            outcomes[message["Message-ID"]] = await send_capturing(pool, message)
+
+    config = PoolConfig([starttls_host(postfix, tls="implicit")], max_size=3)
+    async with SMTPPool(config, ssl_context=client_tls) as pool, anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(sender)
+
+    assert len(outcomes) == 20
+    assert all(isinstance(outcome, SendResult) for outcome in outcomes.values()), outcomes
+    assert_verdicts_match_the_record(outcomes, postfix)
+    sessions = postfix.wait_for_sessions(
+        lambda found: sum(session.succeeded.get("mail", 0) for session in found) >= 20,
+        since=log_position,
+    )
+    carrying_mail = [session for session in sessions if session.attempted.get("mail")]
+    assert carrying_mail
+    # TLS from the first byte: no STARTTLS in any session, AUTH once in each.
+    assert all("starttls" not in session.attempted for session in sessions)
+    assert all(session.succeeded.get("auth") == 1 for session in carrying_mail)
