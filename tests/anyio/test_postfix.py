@@ -56,6 +56,24 @@ async def send_capturing(pool: SMTPPool, message: EmailMessage) -> Outcome:
         return failure
 
 
+async def send_all(
+    pool: SMTPPool, messages: list[EmailMessage], senders: int
+) -> dict[str, Outcome]:
+    """Every message, sent by `senders` concurrent tasks; each outcome by Message-ID."""
+    outcomes: dict[str, Outcome] = {}
+    queue = list(reversed(messages))
+
+    async def sender() -> None:
+        while queue:
+            message = queue.pop()
+            outcomes[message["Message-ID"]] = await send_capturing(pool, message)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(senders):
+            tg.start_soon(sender)
+    return outcomes
+
+
 def copies_by_message_id(stored: Iterable[StoredMessage]) -> Counter[str | None]:
     return Counter(record.message_id for record in stored)
 
@@ -80,18 +98,9 @@ async def test_100_messages_from_concurrent_senders_are_stored_once_each_through
         make_message(to=f"rcpt{number}@example.net", body=f"Message {number}.\n.leading dot\n")
         for number in range(100)
     ]
-    outcomes: dict[str, Outcome] = {}
-    queue = list(reversed(messages))
-
-    async def sender() -> None:
-        while queue:
-            message = queue.pop()
-            outcomes[message["Message-ID"]] = await send_capturing(pool, message)
-
     config = PoolConfig([starttls_host(postfix)], max_size=4)
-    async with SMTPPool(config, ssl_context=client_tls) as pool, anyio.create_task_group() as tg:
-        for _ in range(6):
-            tg.start_soon(sender)
+    async with SMTPPool(config, ssl_context=client_tls) as pool:
+        outcomes = await send_all(pool, messages, senders=6)
 
     assert len(outcomes) == 100
     assert_verdicts_match_the_record(outcomes, postfix)
@@ -233,18 +242,9 @@ async def test_messages_through_implicit_tls_are_stored_once_each(
     postfix = implicit_tls_postfix
     log_position = postfix.log_position()
     messages = [make_message(body=f"Message {number}.\n") for number in range(20)]
-    outcomes: dict[str, Outcome] = {}
-    queue = list(reversed(messages))
-
-    async def sender() -> None:
-        while queue:
-            message = queue.pop()
-            outcomes[message["Message-ID"]] = await send_capturing(pool, message)
-
     config = PoolConfig([starttls_host(postfix, tls="implicit")], max_size=3)
-    async with SMTPPool(config, ssl_context=client_tls) as pool, anyio.create_task_group() as tg:
-        for _ in range(4):
-            tg.start_soon(sender)
+    async with SMTPPool(config, ssl_context=client_tls) as pool:
+        outcomes = await send_all(pool, messages, senders=4)
 
     assert len(outcomes) == 20
     assert all(isinstance(outcome, SendResult) for outcome in outcomes.values()), outcomes
