@@ -80,6 +80,18 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
+def run_python(*args: str, cwd: Path | None = None, timeout: float = 120) -> Any:
+    """`python ARGS` in a child with this checkout's code on its path; its output as text."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # -- the pages as a whole ---------------------------------------------------------------------
 
 
@@ -235,14 +247,7 @@ def test_pooledmail_demo_runs_as_the_readme_gives_it(tmp_path: Path) -> None:
     scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]", 1)[1]
     assert re.search(r'^pooledmail = "pooledmail_anyio\._cli:main"$', scripts, re.M)
     # (`demo --backend trio` runs in tests/anyio/test_cli.py, with fewer messages.)
-    done = subprocess.run(
-        [sys.executable, "-m", "pooledmail_anyio", "demo"],
-        cwd=tmp_path,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python("-m", "pooledmail_anyio", "demo", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     # "1,000 messages through a pool to an SMTP server embedded on 127.0.0.1"
     assert re.search(r"^server received +1000$", done.stdout, re.M), done.stdout
@@ -268,13 +273,7 @@ def test_the_readme_test_command_is_the_one_ci_runs() -> None:
 
 def test_the_benchmark_command_of_the_readme_names_flags_the_harness_has() -> None:
     assert "python bench/harness.py --quick" in shell_commands()
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "harness.py"), "--help"],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python(str(ROOT / "bench" / "harness.py"), "--help", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--quick" in done.stdout
 
@@ -283,14 +282,7 @@ def test_the_benchmark_command_of_the_readme_names_flags_the_harness_has() -> No
 def test_the_quick_starts_run_as_pasted(name: str, tmp_path: Path) -> None:
     program = tmp_path / "quickstart.py"
     program.write_text(snippet(name))
-    done = subprocess.run(
-        [sys.executable, str(program)],
-        cwd=tmp_path,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(str(program), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     if name == "readme-asyncio":
