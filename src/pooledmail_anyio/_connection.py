@@ -175,7 +175,7 @@ class Connection:
         version: str | None = self.stream.extra(TLSAttribute.tls_version, None)
         return version
 
-    def unusable(self) -> str | None:
+    def unusable(self, *, ask_kernel: bool = True) -> str | None:
         """Why this connection must not carry another exchange, or None; never a round trip.
 
         Between exchanges a session in step with its server has nothing to read (RFC 5321 §4.2,
@@ -183,6 +183,10 @@ class Connection:
         connection was idle, means the next reply would be matched to the wrong command; the end
         of the stream or a reset means the server is gone. Either way the connection is closed,
         never lent.
+
+        `ask_kernel=False` looks only at what this process already holds and skips a stream
+        whose check is a system call (trio's): the pool asks so right after an exchange, since
+        the check before the connection's next use asks the kernel anyway, and later.
         """
         if self.session.has_unread:
             return "out_of_sync"
@@ -210,9 +214,11 @@ class Connection:
                     return "stale"
         bounded = self._deadline_stream
         if bounded is not None:
+            if not ask_kernel and bounded.unusable_asks_kernel:
+                return None
             return bounded.unusable()
         sock = self._peek_socket
-        if sock is None:
+        if sock is None or not ask_kernel:
             return None
         try:
             peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)

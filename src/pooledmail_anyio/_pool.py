@@ -943,7 +943,8 @@ class SMTPPool:
                 raise
             result = transaction.result
             if result.in_sync:
-                leftover = connection.unusable()
+                # What is already in hand; the kernel is asked before the connection's next use.
+                leftover = connection.unusable(ask_kernel=False)
                 healthy = leftover is None
                 if leftover is not None:
                     reason = leftover

@@ -136,6 +136,43 @@ async def _push_from_server(server: FakeSMTPServer, data: bytes) -> None:
     await server.sessions[0].stream.send(data)
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_the_kernel_is_asked_once_a_message_right_before_the_connection_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On trio asking the kernel is a system call: the pool asks it when it lends the connection,
+    # the latest moment, and not also right after the previous message (only what the process
+    # already holds is looked at then). A reply too many in the same read as the final reply is
+    # still seen at once, and one arriving later before the next use.
+    from pooledmail_anyio._trio_stream import TrioSocketStream
+
+    asked = 0
+    unusable = TrioSocketStream.unusable
+
+    def counting(self: TrioSocketStream) -> str | None:
+        nonlocal asked
+        asked += 1
+        return unusable(self)
+
+    monkeypatch.setattr(TrioSocketStream, "unusable", counting)
+    server = FakeSMTPServer(
+        Script(
+            extensions=CHUNKING,
+            extra_after=lambda n: b"250 2.0.0 one too many\r\n" if n == 5 else b"",
+        )
+    )
+    async with server.running(), SMTPPool(config(server, max_size=1)) as pool:
+        for n in range(5):
+            await send(pool, n)
+        assert asked == 5
+        await send(pool, 5)
+        await send(pool, 6)
+        stats = pool.statistics()
+    assert stored_subjects(server) == list(range(7))
+    assert stats.closed_total.get("out_of_sync", 0) == 1
+    assert len(server.connections) == 2
+
+
 # -- 2. a connection the server closed while idle --------------------------------------------
 
 

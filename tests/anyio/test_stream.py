@@ -529,8 +529,9 @@ async def test_a_receive_that_finds_bytes_waiting_still_lets_other_tasks_run(pai
 async def test_a_receive_right_after_a_send_gets_a_reply_that_is_already_there(
     pair: Pair,
 ) -> None:
-    # The trio stream waits for readability first after a send (the reply is almost never
-    # there yet); a reply that is, or an end of stream, must not be missed or delayed for it.
+    # The trio stream yields once after a send before it reads (the reply usually arrives
+    # meanwhile); a reply that is already there, or an end of stream, must not be missed or
+    # delayed for it.
     client, server = pair
     await client.send(b"NOOP\r\n")
     assert await receive_exactly(server, 6) == b"NOOP\r\n"
@@ -546,6 +547,45 @@ async def test_a_receive_right_after_a_send_gets_a_reply_that_is_already_there(
         assert await client.receive() == b"221 bye\r\n"
         with pytest.raises(anyio.EndOfStream):
             await client.receive()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_reply_there_after_one_turn_is_read_without_a_wait(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait costs trio an epoll_ctl (and the failed recv before it): after a send the stream
+    # yields once and reads, and waits only when the reply is still not there.
+    from pooledmail_anyio import _trio_stream
+
+    waits = 0
+    wait_readable = _trio_stream._wait_readable
+
+    async def counting(sock: socket.socket) -> None:
+        nonlocal waits
+        waits += 1
+        await wait_readable(sock)
+
+    monkeypatch.setattr(_trio_stream, "_wait_readable", counting)
+    client, server = pair
+
+    async def answer(delay: float) -> None:
+        assert await receive_exactly(server, 6) == b"NOOP\r\n"
+        await anyio.sleep(delay)
+        await server.send(b"250 ok\r\n")
+
+    with anyio.fail_after(5):
+        # The reply arrives before the client's receive begins.
+        await client.send(b"NOOP\r\n")
+        await answer(0)
+        await anyio.sleep(0.05)
+        assert await client.receive() == b"250 ok\r\n"
+        assert waits == 0
+        # It is not there after the client's turn: the stream waits for it.
+        async with anyio.create_task_group() as tg:
+            await client.send(b"NOOP\r\n")
+            tg.start_soon(answer, 0.2)
+            assert await client.receive() == b"250 ok\r\n"
+        assert waits == 1
 
 
 async def test_a_cancelled_receive_right_after_a_send_loses_nothing(pair: Pair) -> None:
