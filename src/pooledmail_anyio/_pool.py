@@ -26,7 +26,7 @@ import random as _random
 import secrets
 import ssl
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from types import MappingProxyType, TracebackType
@@ -73,7 +73,7 @@ from ._health import HealthReport, HostCheck, check_host
 from ._limit_reasons import describe_limit
 from ._observe import Observer
 from ._results import SendFailed, SendResult, SendStatistics, accepted_result
-from ._stream import backend_clock
+from ._stream import backend_cancel_point, backend_clock
 
 __all__ = ["SMTPPool"]
 
@@ -163,6 +163,8 @@ class SMTPPool:
         # look-up) unless one is given.
         self._clock: Callable[[], float] = clock or anyio.current_time
         self._custom_clock = clock is not None
+        # The backend's `checkpoint_if_cancelled`, resolved on entry as the clock is.
+        self._cancel_point: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint_if_cancelled
         self._rng: RandomSource = random if random is not None else _random.Random()
         self._limits = limits or Limits()
         self._local_hostname = config.local_hostname or "localhost"
@@ -230,6 +232,7 @@ class SMTPPool:
             self._ssl_context = ssl.create_default_context()
         if not self._custom_clock:
             self._clock = backend_clock()
+        self._cancel_point = backend_cancel_point()
         self._shutdown = anyio.Event()
         self._closing = anyio.Event()
         self._closed = anyio.Event()
@@ -765,6 +768,10 @@ class SMTPPool:
         while True:
             attempts += 1
             try:
+                # A caller already cancelled is refused before a connection is taken: a warm
+                # pool lends one and writes the first flight without waiting for anything, and
+                # a cancellation met only at the replies would cost that connection.
+                await self._cancel_point()
                 acquire_deadline = min(deadline, now + config.acquire_timeout)
                 slot, connection = await self._lease(acquire_deadline, now)
             except _AcquireFailed as failed:

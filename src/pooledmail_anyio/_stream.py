@@ -52,10 +52,11 @@ import socket
 import threading
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import anyio.abc
+import anyio.lowlevel
 
 import anyio
 from pooledmail_core import Limits
@@ -64,6 +65,7 @@ __all__ = [
     "AsyncioSocketStream",
     "DeadlineExceeded",
     "DeadlineSocketStream",
+    "backend_cancel_point",
     "backend_clock",
     "connect_tcp",
 ]
@@ -476,6 +478,17 @@ def backend_clock() -> Callable[[], float]:
     import trio
 
     return trio.lowlevel.current_clock().current_time
+
+
+def backend_cancel_point() -> Callable[[], Awaitable[None]]:
+    """The running backend's `checkpoint_if_cancelled`: raises the backend's cancellation when
+    the calling task is cancelled, and returns at once (without yielding) when it is not. On
+    trio, trio's own function, without anyio's backend look-up on every call."""
+    if _on_asyncio():
+        return anyio.lowlevel.checkpoint_if_cancelled
+    import trio
+
+    return trio.lowlevel.checkpoint_if_cancelled
 
 
 def _on_asyncio() -> bool:

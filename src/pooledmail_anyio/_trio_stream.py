@@ -66,6 +66,7 @@ _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _notify_closing = trio.lowlevel.notify_closing
 _yield = trio.lowlevel.cancel_shielded_checkpoint
+_checkpoint = trio.lowlevel.checkpoint
 
 
 class _Watchdog:
@@ -223,8 +224,11 @@ class TrioSocketStream(DeadlineSocketStream):
                 # scheduler (the other tasks' work, and a look at the kernel's events) it
                 # usually is. Yielding first saves the failed recv() before a wait, and the
                 # wait itself: trio re-arms its epoll registration (one epoll_ctl) per wait.
+                # It is a cancellation point, as the wait was (nothing is read yet, so nothing
+                # is lost): without it a send on a warm pool, whose reply is there by then,
+                # would never notice a cancellation.
                 self._sent = False
-                await _yield()
+                await _checkpoint()
                 waited = True
             while True:
                 try:

@@ -345,6 +345,31 @@ async def test_a_send_cancelled_before_the_terminator_is_not_reported() -> None:
     assert stats.cancelled_after_terminator == 0
 
 
+@pytest.mark.parametrize("extensions", [CHUNKING, ("PIPELINING",)], ids=["bdat", "data"])
+async def test_a_send_already_cancelled_writes_nothing_and_keeps_the_connection(
+    extensions: tuple[str, ...],
+) -> None:
+    # Found by review: a warm pool lends a connection and writes the first flight without
+    # waiting for anything, so a send whose caller was already cancelled met the cancellation
+    # only at the replies: its MAIL went out, and the connection, out of step, was closed.
+    server = FakeSMTPServer(Script(extensions=extensions))
+    async with server.running(), SMTPPool(config(server, max_size=1)) as pool:
+        await send(pool, 0)
+        for n in (1, 2):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await send(pool, n)
+            assert scope.cancelled_caught
+        await send(pool, 3)
+        stats = pool.statistics()
+    assert stored_subjects(server) == [0, 3]
+    # Nothing of messages 1 and 2 reached the server.
+    assert [c.split()[0] for c in server.connections[0].commands].count("MAIL") == 2
+    assert len(server.connections) == 1
+    assert stats.created_total == 1
+    assert dict(stats.closed_total) == {}
+
+
 async def test_never_opened_pool_can_be_closed_and_not_reopened() -> None:
     pool = SMTPPool(PoolConfig([Host("127.0.0.1", free_port(), tls="none")]))
     await pool.aclose()

@@ -588,6 +588,27 @@ async def test_a_reply_there_after_one_turn_is_read_without_a_wait(
         assert waits == 1
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_a_receive_right_after_a_send_is_a_cancellation_point(pair: Pair) -> None:
+    # Found by review: the yield before that read ignored cancellation, so a send on a warm
+    # pool (no wait for a connection, a send the kernel took at once, a reply there after one
+    # turn) had no cancellation point: an already-cancelled send could deliver its message.
+    # (On asyncio the reply reaches the stream only while the loop runs, so the receive after a
+    # send always waits.)
+    client, server = pair
+    await client.send(b"NOOP\r\n")
+    assert await receive_exactly(server, 6) == b"NOOP\r\n"
+    await server.send(b"250 ok\r\n")
+    await anyio.sleep(0.05)  # the reply is in the client's kernel buffer
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await client.receive()
+    assert scope.cancelled_caught
+    # Nothing was lost: the reply is still there for the next read.
+    with anyio.fail_after(5):
+        assert await client.receive() == b"250 ok\r\n"
+
+
 async def test_a_cancelled_receive_right_after_a_send_loses_nothing(pair: Pair) -> None:
     client, server = pair
     await client.send(b"NOOP\r\n")
