@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio.abc
+from allocator import steady_allocator  # a sibling module: bench/ is not a package
 
 import anyio
 from pooledmail_anyio import Host, PoolConfig, SMTPPool
@@ -304,6 +305,7 @@ def main() -> None:
         help="comma-separated contenders to run alone (for profiling), e.g. 'pooledmail trio'",
     )
     args = parser.parse_args()
+    print(steady_allocator())
     n, c = args.messages, args.concurrency
     names = ["bare asyncio", "bare trio", "bare anyio trio", "pooledmail asyncio"]
     names.append("pooledmail trio")

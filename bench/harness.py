@@ -56,6 +56,7 @@ from typing import Any, Protocol
 BENCH = Path(__file__).resolve().parent
 REPO_ROOT = BENCH.parent
 
+from allocator import steady_allocator  # noqa: E402  (a sibling module, as below)
 from harness_senders import (  # noqa: E402  (a sibling module: bench/ is not a package)
     RAW_MESSAGE,
     RECIPIENTS,
@@ -825,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing_modules.append(module)
             chosen = [c for c in chosen if not c.startswith(ids)]
     _preload_libraries()
+    # Before any sender is forked: each inherits it.
+    allocator = steady_allocator()
+    print(allocator, flush=True)
     skipped = [f"{name} is not installed: pip install -e '.[bench]'" for name in missing_modules]
     started = datetime.datetime.now().astimezone()
     report: dict[str, Any] = {
@@ -833,6 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": _versions(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "allocator": allocator,
         "message_bytes": len(RAW_MESSAGE),
         "load_average_start": os.getloadavg(),
         "sections": [],
