@@ -251,7 +251,9 @@ async def _probe(
         noop = connection.session.noop()
         before = clock()
         try:
-            await connection.run(noop, step_timeout=connect_timeout)
+            # One deadline for the connection and its NOOP, as for `check()`.
+            deadline = started + connect_timeout
+            await connection.run(noop, step_timeout=connect_timeout, deadline=deadline)
         except TRANSPORT_ERRORS as exc:
             why = describe_transport_failure(
                 exc,

@@ -506,6 +506,42 @@ def test_probe_of_a_server_that_drops_the_noop_exits_with_a_status(
     assert "NOOP failed" in out
 
 
+def test_probe_gives_the_noop_what_is_left_of_the_connect_timeout(
+    capsys: pytest.CaptureFixture[str], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One deadline for the whole probe of a connection: a server that never answers NOOP holds
+    # it no longer than `--connect-timeout` from the start, not that long again after setup.
+    from pooledmail_anyio import _cli
+    from pooledmail_anyio._connection import Connection
+
+    deadlines: list[float] = []
+    run_exchange = Connection.run
+
+    async def recording(self: Connection, exchange: Any, **options: Any) -> None:
+        deadlines.append(options.get("deadline", float("inf")))
+        await run_exchange(self, exchange, **options)
+
+    started: list[float] = []
+    open_connection = _cli.open_connection
+
+    async def timed_open(*args: Any, **options: Any) -> Any:
+        started.append(_cli.anyio.current_time())
+        return await open_connection(*args, **options)
+
+    monkeypatch.setattr(Connection, "run", recording)
+    monkeypatch.setattr(_cli, "open_connection", timed_open)
+    script = Script(acts=(Fault("normal"), Fault("normal"), Fault("stall")))
+    with fault_server(script) as server:
+        argv = ["--backend", backend, "probe", f"127.0.0.1:{server.port}", "--tls", "none"]
+        code = main([*argv, "--connect-timeout", "0.5"], environ={})
+    out, _ = capsys.readouterr()
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    assert "NOOP failed" in out
+    assert deadlines
+    assert started
+    assert deadlines[-1] <= started[0] + 0.5
+
+
 @pytest.mark.parametrize("command", ["send", "bench"])
 @pytest.mark.parametrize(
     ("option", "value"),
