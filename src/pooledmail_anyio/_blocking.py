@@ -129,6 +129,10 @@ class _Calls:
             _settle(future, error=_closed_failure())
 
     async def _run(self, func: Callable[[], Coroutine[Any, Any, _T]], future: Future[_T]) -> None:
+        if future.cancelled():
+            # The waiting thread gave up before the call began (an interrupt while the loop
+            # was busy): nothing of it runs, so a send writes nothing.
+            return
         with anyio.CancelScope() as scope:
             future.add_done_callback(functools.partial(self._cancel_if_cancelled, scope))
             try:

@@ -461,6 +461,34 @@ def test_an_interrupted_caller_cancels_its_send(backend: str) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def test_a_send_its_caller_gave_up_on_before_it_began_writes_nothing(backend: str) -> None:
+    # Found by review: a call cancelled by the waiting thread (as an interrupt does) while the
+    # loop was busy still ran when its turn came, and a warm pool wrote the whole message
+    # (CHUNKING) before the cancellation arrived at its first read.
+    with fault_server(Script(extensions=("PIPELINING", "CHUNKING", "8BITMIME"))) as server:
+        pool = BlockingSMTPPool(config(server.port), backend=backend)
+        pool.send(message("warm"))
+        running = pool._ensure_running()
+        loop_free = threading.Event()
+
+        async def hold_the_loop() -> None:
+            loop_free.wait(30)  # blocks the loop thread: the next call queues behind it
+
+        holder = running.calls.submit(hold_the_loop)
+        future = running.calls.submit(lambda: pool._pool.send(message("given up")))
+        future.cancel()  # what `_call` does when the waiting thread is interrupted
+        loop_free.set()
+        holder.result(30)
+        pool.send(message("after"))
+        send_stats = pool.send_statistics()
+        stats = pool.statistics()
+        pool.close()
+    subjects = [m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in server.messages]
+    assert subjects == [b"warm", b"after"]
+    assert send_stats.cancelled_after_terminator == 0
+    assert stats.created_total == 1
+
+
 def test_observing_options_reach_the_pool_and_are_checked_at_construction() -> None:
     pool = BlockingSMTPPool(config(25), name="billing", metrics=False, log_recipients=True)
     assert pool._pool._observer.name == "billing"
