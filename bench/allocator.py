@@ -9,7 +9,8 @@ an `mremap`, a `munmap` and fresh pages faulted in: the bare asyncio loop measur
 CPU a message in 4 of 6 runs, 22-28 µs in the others. `mallopt` with fixed values ends that
 choice (an explicit threshold also turns glibc's adaptation off): every such buffer comes from
 the heap, and freed heap memory stays in the process up to 64 MiB instead of being trimmed and
-faulted in again. The pool's own streams do not allocate per read, so this helps only the others.
+faulted in again. The pool's asyncio stream reads into one shared buffer, and its trio stream
+reads at most 64 KiB, below glibc's starting threshold of 128 KiB: this helps only the others.
 """
 
 from __future__ import annotations
