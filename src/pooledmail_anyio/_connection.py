@@ -175,7 +175,7 @@ class Connection:
         version: str | None = self.stream.extra(TLSAttribute.tls_version, None)
         return version
 
-    def unusable(self, *, ask_kernel: bool = True) -> str | None:
+    def unusable(self, *, transport: bool = True) -> str | None:
         """Why this connection must not carry another exchange, or None; never a round trip.
 
         Between exchanges a session in step with its server has nothing to read (RFC 5321 §4.2,
@@ -184,9 +184,10 @@ class Connection:
         of the stream or a reset means the server is gone. Either way the connection is closed,
         never lent.
 
-        `ask_kernel=False` looks only at what this process already holds and skips a stream
-        whose check is a system call (trio's): the pool asks so right after an exchange, since
-        the check before the connection's next use asks the kernel anyway, and later.
+        `transport=False` looks only at the parser and the TLS layer, not at the byte stream
+        below them (the asyncio stream's queue, or the trio socket through a `poll` system
+        call): the pool asks so right after an exchange, since the check before the
+        connection's next use looks there anyway, and later, so it sees more.
         """
         if self.session.has_unread:
             return "out_of_sync"
@@ -212,13 +213,13 @@ class Connection:
                     pass
                 except (ssl.SSLError, ValueError):
                     return "stale"
+        if not transport:
+            return None
         bounded = self._deadline_stream
         if bounded is not None:
-            if not ask_kernel and bounded.unusable_asks_kernel:
-                return None
             return bounded.unusable()
         sock = self._peek_socket
-        if sock is None or not ask_kernel:
+        if sock is None:
             return None
         try:
             peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)

@@ -950,8 +950,9 @@ class SMTPPool:
                 raise
             result = transaction.result
             if result.in_sync:
-                # What is already in hand; the kernel is asked before the connection's next use.
-                leftover = connection.unusable(ask_kernel=False)
+                # The parser and the TLS layer; the stream below is looked at before the
+                # connection's next use.
+                leftover = connection.unusable(transport=False)
                 healthy = leftover is None
                 if leftover is not None:
                     reason = leftover

@@ -114,9 +114,6 @@ class DeadlineSocketStream(anyio.abc.SocketStream):
     # asyncio stream can be interrupted so (see its `send`); the trio stream returns as soon as
     # its last byte is handed over.
     handed_over_when_interrupted: bool = False
-    # True when `unusable()` has to ask the kernel (a system call), False when it only looks at
-    # what the stream already holds.
-    unusable_asks_kernel: bool = False
 
     @abstractmethod
     def unusable(self) -> str | None:

@@ -147,7 +147,6 @@ class TrioSocketStream(DeadlineSocketStream):
     """
 
     deadline: float
-    unusable_asks_kernel = True
 
     def __init__(self, sock: socket.socket, owner: anyio.abc.SocketStream | None = None) -> None:
         # `owner` is the stream `sock` came from (anyio's), kept so that nothing closes the

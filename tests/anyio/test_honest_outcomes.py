@@ -140,25 +140,32 @@ async def _push_from_server(server: FakeSMTPServer, data: bytes) -> None:
     await server.sessions[0].stream.send(data)
 
 
-@pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_on_trio_the_kernel_is_asked_once_a_message_right_before_the_connection_is_used(
+async def test_the_stream_is_looked_at_once_a_message_right_before_the_connection_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # On trio asking the kernel is a system call: the pool asks it when it lends the connection,
-    # the latest moment, and not also right after the previous message (only what the process
-    # already holds is looked at then). A reply too many in the same read as the final reply is
-    # still seen at once, and one arriving later before the next use.
+    # The byte stream below the parser is looked at when the pool lends the connection, the
+    # latest moment, and not also right after the previous message (only the parser and the TLS
+    # layer are looked at then): on trio that look is a system call. A reply too many in the
+    # same read as the final reply is still seen at once, and one arriving later before the
+    # next use.
+    from pooledmail_anyio._stream import AsyncioSocketStream
     from pooledmail_anyio._trio_stream import TrioSocketStream
 
     asked = 0
-    unusable = TrioSocketStream.unusable
 
-    def counting(self: TrioSocketStream) -> str | None:
-        nonlocal asked
-        asked += 1
-        return unusable(self)
+    def counting(stream_class: Any) -> None:
+        unusable = stream_class.unusable
 
-    monkeypatch.setattr(TrioSocketStream, "unusable", counting)
+        def count(self: Any) -> str | None:
+            nonlocal asked
+            asked += 1
+            result: str | None = unusable(self)
+            return result
+
+        monkeypatch.setattr(stream_class, "unusable", count)
+
+    counting(AsyncioSocketStream)
+    counting(TrioSocketStream)
     server = FakeSMTPServer(
         Script(
             extensions=CHUNKING,
