@@ -27,11 +27,17 @@ It relies on three attributes of anyio's `TLSStream` that are not public API (`_
 
 from __future__ import annotations
 
+import dataclasses
+
 from anyio.streams.tls import TLSStream
 
 import anyio
 
 __all__ = ["LeanTLSStream"]
+
+# Whether this anyio's `TLSStream` has the fields the shortcut reads (looked up once, not per
+# receive).
+_LEAN = {"_read_bio", "_write_bio", "_broken"} <= {f.name for f in dataclasses.fields(TLSStream)}
 
 
 class LeanTLSStream(TLSStream):
@@ -42,18 +48,15 @@ class LeanTLSStream(TLSStream):
     _ended = False
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        read_bio = getattr(self, "_read_bio", None)
-        write_bio = getattr(self, "_write_bio", None)
         if (
-            max_bytes >= 1
+            _LEAN
+            and max_bytes >= 1
             and not self._ended
-            and read_bio is not None
-            and write_bio is not None
-            and not read_bio.pending
+            and not (read_bio := self._read_bio).pending
             and not read_bio.eof
-            and not write_bio.pending
+            and not (write_bio := self._write_bio).pending
             and not self._ssl_object.pending()
-            and not getattr(self, "_broken", True)
+            and not self._broken
         ):
             # What anyio does after the SSLWantReadError, without raising it first.
             try:
