@@ -506,6 +506,9 @@ def _asyncio_cancel_point() -> Callable[[], Awaitable[None]]:
         if_cancelled = get_async_backend().checkpoint_if_cancelled
     except (ImportError, AttributeError):
         if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
+    # The loop passed in spares current_task() its running-loop look-up, which costs a getpid()
+    # system call: this runs before every attempt. The pool resolves it inside its own loop.
+    loop = asyncio.get_running_loop()
     current_task = asyncio.current_task
     # Task.cancelling() is Python 3.11's: how many cancellations were requested and not taken
     # back; one not delivered yet is raised at the next yield (after one already delivered, the
@@ -517,7 +520,7 @@ def _asyncio_cancel_point() -> Callable[[], Awaitable[None]]:
         return if_cancelled
 
     async def asyncio_cancel_point() -> None:
-        task = current_task()
+        task = current_task(loop)
         if task is not None and cancelling(task):
             await asyncio.sleep(0)
         await if_cancelled()
