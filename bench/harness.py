@@ -74,6 +74,10 @@ class Contender:
     id: str
     label: str
     per_message: bool = False  # opens a connection for every message
+    # Transactions in flight on each connection at once (the spec's `in_flight`).
+    in_flight: int = 1
+    # Speaks only BDAT: runs against servers that offer CHUNKING (the private Postfix).
+    needs_chunking: bool = False
 
 
 CONTENDERS = {
@@ -93,15 +97,30 @@ CONTENDERS = {
         Contender("smtp-source", "smtp-source (C, connect per message)", True),
         Contender("bare-asyncio", "bare pipelined loop, asyncio streams"),
         Contender("bare-anyio-trio", "bare pipelined loop, anyio on trio"),
+        Contender(
+            "bare-asyncio-chunking-1",
+            "bare CHUNKING loop, asyncio streams, 1 in flight",
+            needs_chunking=True,
+        ),
+        Contender(
+            "bare-asyncio-chunking-2",
+            "bare CHUNKING loop, asyncio streams, 2 in flight",
+            in_flight=2,
+            needs_chunking=True,
+        ),
     ]
 }
-THROUGHPUT_CONTENDERS = list(CONTENDERS)
+THROUGHPUT_CONTENDERS = [c.id for c in CONTENDERS.values() if not c.needs_chunking]
 LATENCY_CONTENDERS = [
     "pooledmail-asyncio-send_raw",
     "pooledmail-trio-send_raw",
     "aiosmtplib-reused",
     "aiosmtplib-per-message",
 ]
+# What any client gets through the delay with one transaction in flight per connection (the
+# first: one message per round trip, no client work to speak of), and with two: the floor that
+# separates the pool's own overhead from the environment's ceiling. CHUNKING servers only.
+LATENCY_FLOOR = ["bare-asyncio-chunking-1", "bare-asyncio-chunking-2"]
 # The same pool without the proxy: the second half of the latency target's bound.
 LATENCY_DIRECT = ["pooledmail-asyncio-send_raw", "pooledmail-trio-send_raw"]
 
@@ -255,9 +274,13 @@ class Target:
     username: str | None = None
     password: str | None = None
     through_proxy: bool = False
-    # Without CHUNKING the body must wait for the 354 to DATA (RFC 2920 §3.1): two round trips
-    # per message; with it, MAIL, RCPT and BDAT LAST go in one flight (RFC 3030): one.
-    round_trips_per_message: int = 1
+    chunking: bool = False  # the server offers CHUNKING (RFC 3030)
+
+    @property
+    def round_trips_per_message(self) -> int:
+        # Without CHUNKING the body must wait for the 354 to DATA (RFC 2920 §3.1): two round
+        # trips per message; with it, MAIL, RCPT and BDAT LAST go in one flight (RFC 3030): one.
+        return 1 if self.chunking else 2
 
 
 @dataclass(frozen=True)
@@ -400,11 +423,14 @@ def run_row(row: Row, concurrency: int, message_file: Path) -> dict[str, Any]:
             cafile=target.cafile,
             username=target.username,
             password=target.password,
+            in_flight=row.contender.in_flight,
         )
         result = run_in_child(spec, timeout)
     sessions, messages = settle(target.record, before, result["client_connections"])
     result.update(target.record.after_run())
-    sent = result["messages"] + result["warmup_messages"]
+    # What the server should have stored: the refused messages (which only the bare CHUNKING
+    # loop counts instead of raising) were not.
+    sent = result["messages"] + result["warmup_messages"] - result.get("failed_messages", 0)
     result.update(
         rate=result["messages"] / result["wall"],
         cpu_us_per_message=result["cpu"] / result["messages"] * 1e6,
@@ -485,6 +511,7 @@ def summarize_row(result: RowResult, baseline: RowResult | None) -> dict[str, An
         "peak_rss_kib": _median([run["peak_rss_growth_kib"] for run in runs]),
         "server_sessions": _median([run["server_sessions"] for run in runs]),
         "server_count_matches": all(run["server_count_matches"] for run in runs),
+        "failed_messages": sum(run.get("failed_messages", 0) for run in runs),
         "failed_rounds": [run["round"] for run in result.runs if "error" in run],
     }
 
@@ -552,7 +579,12 @@ def latency_comparisons(
     message costs its connection the round trips it needs plus what a message costs one
     connection alone without the delay (the server's time and the client's, uncontended: the
     "direct, 1 connection" row), so the pool cannot exceed
-    concurrency / (round trips x measured round trip + 1 / that row's rate)."""
+    concurrency / (round trips x measured round trip + 1 / that row's rate).
+
+    Where the bare CHUNKING loops ran through the same delay, each one's share of the same bound
+    follows (what any client gets here with one and with two transactions in flight per
+    connection), then the pool as a share of the loop with one in flight: the part of the gap
+    that is the pool's own."""
     comparisons = []
     by_key = {result.row.key: result for result in results}
     for result in results:
@@ -602,6 +634,7 @@ def latency_comparisons(
                     detail=detail,
                 )
             )
+            comparisons += _floor_comparisons(result, direct, by_key, bound)
         per_message = by_key.get(f"{row.target.label} / aiosmtplib-per-message")
         if per_message is not None:
             value, per_round = paired_median(result, per_message)
@@ -613,6 +646,44 @@ def latency_comparisons(
                     per_round,
                 )
             )
+    return comparisons
+
+
+def _floor_comparisons(
+    pool: RowResult, direct: RowResult, by_key: dict[str, RowResult], bound: float
+) -> list[Comparison]:
+    """The bare CHUNKING loops through the delay against the pool's bound (the lower of `bound`
+    and the pool's own rate without the delay, same round), and the pool against the first."""
+    comparisons = []
+    delayed = pool.row.target.label
+    floors = [
+        (floor_id, by_key[f"{delayed} / {floor_id}"])
+        for floor_id in LATENCY_FLOOR
+        if f"{delayed} / {floor_id}" in by_key
+    ]
+    for floor_id, floor in floors:
+        value, per_round = paired_median(floor, direct, functools.partial(min, bound))
+        rate = _median([run["rate"] for run in _good_runs(floor).values()])
+        comparisons.append(
+            Comparison(
+                f"{delayed}: {CONTENDERS[floor_id].label} / min({bound:,.0f}, "
+                f"{pool.row.contender.label} without the delay)",
+                value,
+                per_round,
+                unit="of the bound",
+                detail="" if rate is None else f"median {rate:,.0f} msg/s through the delay",
+            )
+        )
+    if floors and floors[0][0] == LATENCY_FLOOR[0]:
+        floor_id, floor = floors[0]
+        value, per_round = paired_median(pool, floor)
+        comparisons.append(
+            Comparison(
+                f"{delayed}: {pool.row.contender.label} / {CONTENDERS[floor_id].label}",
+                value,
+                per_round,
+            )
+        )
     return comparisons
 
 
@@ -640,6 +711,8 @@ def markdown_table(results: list[RowResult], summaries: dict[str, dict[str, Any]
             notes.append("[2]")
         if summary["failed_rounds"]:
             label += f" (failed in rounds {summary['failed_rounds']})"
+        if summary["failed_messages"]:
+            label += f" ({summary['failed_messages']:,} messages refused over all rounds)"
         connections = summary["server_sessions"]
         lines.append(
             f"| {label} | {row.target.label} | {row.messages:,} | "
@@ -857,9 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"cannot run: {missing}", file=sys.stderr)
             return 2
         sink_record = SinkRecord(sink)
-        sink_target = Target(
-            "smtp-sink", LOOPBACK, sink.port, sink_record, round_trips_per_message=2
-        )
+        sink_target = Target("smtp-sink", LOOPBACK, sink.port, sink_record)
         if not shutil.which("smtp-source", path="/usr/sbin:/usr/bin:/sbin"):
             skipped.append("smtp-source not found (Debian package postfix)")
             chosen = [c for c in chosen if not c.startswith("smtp-source")]
@@ -938,6 +1009,45 @@ def _section_json(
     }
 
 
+def latency_rows(
+    direct: Target,
+    delayed: Target,
+    chosen: Sequence[str],
+    messages: int,
+    warmup: int,
+    *,
+    per_message_share: int,
+    concurrency: int,
+) -> list[Row]:
+    """The latency section's rows for one server: the chosen senders through the delay (the
+    bare CHUNKING loops only where the server offers CHUNKING), then the pools without it."""
+    name = direct.record.name
+    rows: list[Row] = []
+    through_delay = LATENCY_CONTENDERS + (LATENCY_FLOOR if delayed.chunking else [])
+    for contender_id in through_delay:
+        if contender_id in chosen:
+            contender = CONTENDERS[contender_id]
+            count = messages
+            if contender.per_message:
+                count = max(concurrency, messages // per_message_share)
+            key = f"{delayed.label} / {contender_id}"
+            rows.append(Row(key, contender, delayed, count, warmup))
+    for contender_id in LATENCY_DIRECT:
+        if contender_id in chosen:
+            contender = CONTENDERS[contender_id]
+            direct_row = replace(direct, label=f"{name} direct")
+            rows.append(
+                Row(f"{name} direct / {contender_id}", contender, direct_row, messages, warmup)
+            )
+            # What one message costs one connection alone: the other half of the ceiling
+            # for one message in flight per connection (see latency_comparisons).
+            alone = replace(direct, label=f"{name} direct, 1 connection")
+            count = max(1, messages // per_message_share)
+            key = f"{name} direct, 1 connection / {contender_id}"
+            rows.append(Row(key, contender, alone, count, warmup, concurrency=1))
+    return rows
+
+
 def run_latency(
     args: argparse.Namespace,
     stack: contextlib.ExitStack,
@@ -980,28 +1090,15 @@ def run_latency(
             "direct_ms": measure_round_trip(direct.host, direct.port) * 1000,
             "through_proxy_ms": measure_round_trip(proxy_host, proxy_port) * 1000,
         }
-        for contender_id in LATENCY_CONTENDERS:
-            if contender_id in chosen:
-                contender = CONTENDERS[contender_id]
-                messages = args.latency_messages
-                if contender.per_message:
-                    messages = max(concurrency, messages // args.latency_per_message_share)
-                key = f"{delayed.label} / {contender_id}"
-                rows.append(Row(key, contender, delayed, messages, args.latency_warmup))
-        for contender_id in LATENCY_DIRECT:
-            if contender_id in chosen:
-                contender = CONTENDERS[contender_id]
-                messages, warmup = args.latency_messages, args.latency_warmup
-                direct_row = replace(direct, label=f"{name} direct")
-                rows.append(
-                    Row(f"{name} direct / {contender_id}", contender, direct_row, messages, warmup)
-                )
-                # What one message costs one connection alone: the other half of the ceiling
-                # for one message in flight per connection (see latency_comparisons).
-                alone = replace(direct, label=f"{name} direct, 1 connection")
-                messages = max(1, messages // args.latency_per_message_share)
-                key = f"{name} direct, 1 connection / {contender_id}"
-                rows.append(Row(key, contender, alone, messages, warmup, concurrency=1))
+        rows += latency_rows(
+            direct,
+            delayed,
+            chosen,
+            args.latency_messages,
+            args.latency_warmup,
+            per_message_share=args.latency_per_message_share,
+            concurrency=concurrency,
+        )
     title = (
         f"Latency-bound: {round_trip_ms:g} ms round trip added by a delay proxy, {concurrency} "
         f"connections, 1 KiB messages; median of {args.latency_rounds} interleaved rounds; "
@@ -1066,6 +1163,7 @@ def _start_postfix(
         cafile=str(cafile),
         username=postfix.username,
         password=postfix.password,
+        chunking=True,
     )
     return target, ""
 

@@ -28,6 +28,8 @@ What a `Measurement` holds, and how it is measured:
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import resource
 import smtplib
 import ssl
@@ -107,6 +109,9 @@ class SenderSpec:
     cafile: str | None = None
     username: str | None = None
     password: str | None = None
+    # Transactions a connection has in flight at once, for the senders that pipeline whole
+    # transactions (the bare CHUNKING loop): 1 waits for a message's replies before the next.
+    in_flight: int = 1
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls == "none":
@@ -124,6 +129,9 @@ class Measurement:
     peak_rss_growth_kib: int
     memory_method: str
     message_bytes: int
+    # Timed messages a reply refused (any reply of the transaction other than 250): the server
+    # did not store them. Only the bare CHUNKING loop counts them; the others raise instead.
+    failed_messages: int = 0
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -168,7 +176,12 @@ class Meter:
         self.peak_growth = max(0, peak - self.rss_start)
 
     def measurement(
-        self, spec: SenderSpec, warmup_messages: int, connections: int, message_bytes: int
+        self,
+        spec: SenderSpec,
+        warmup_messages: int,
+        connections: int,
+        message_bytes: int,
+        failed_messages: int = 0,
     ) -> Measurement:
         return Measurement(
             wall=self.wall,
@@ -179,6 +192,7 @@ class Meter:
             peak_rss_growth_kib=self.peak_growth,
             memory_method=self.method,
             message_bytes=message_bytes,
+            failed_messages=failed_messages,
         )
 
 
@@ -392,15 +406,17 @@ class BareSession:
         self._write = write
         self._read = read
 
-    async def _await_final_replies(self, count: int) -> None:
+    async def _await_final_replies(self, count: int) -> list[bytes]:
+        """The final lines of the next `count` replies (the other lines are dropped)."""
         received = b""
         while True:
             received += await self._read()
             # A final reply line has a space after its code (RFC 5321 §4.2.1); the last part of
             # the split is an incomplete line or empty.
             lines = received.split(b"\r\n")[:-1]
-            if sum(1 for line in lines if line[3:4] == b" ") >= count:
-                return
+            finals = [line for line in lines if line[3:4] == b" "]
+            if len(finals) >= count:
+                return finals
 
     async def greet(self) -> None:
         await self._await_final_replies(1)
@@ -446,6 +462,138 @@ async def _bare_asyncio(spec: SenderSpec) -> Measurement:
         writer.close()
     return meter.measurement(
         spec, spec.warmup * spec.concurrency, spec.concurrency, len(RAW_MESSAGE)
+    )
+
+
+# -- the bare CHUNKING loop: the floor for any client through a delay --------------------------
+
+# MAIL, RCPT and `BDAT <size> LAST` with the body, in one write: three replies, one round trip
+# (RFC 2920 §3.1, RFC 3030 §4.2: the chunk follows its command line, and BDAT may be pipelined).
+_CHUNKED_COMMANDS = (
+    f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENTS[0]}>\r\nBDAT {len(RAW_MESSAGE)} LAST\r\n"
+)
+CHUNKED_TRANSACTION = _CHUNKED_COMMANDS.encode("ascii") + RAW_MESSAGE
+REPLIES_PER_TRANSACTION = 3
+_LAST_LINE_FINAL = re.compile(rb"(^|\r\n)\d{3} [^\r\n]*\r\n$")
+
+
+class SetupRefused(Exception):
+    """A reply before the first transaction was not the one the bare loop needs."""
+
+
+class BareChunkingSession(BareSession):
+    """One connection to a server that offers CHUNKING (and here STARTTLS and AUTH PLAIN), with
+    nothing but the happy path: a transaction is one write, and its three replies are read and
+    checked, so that a message costs its connection one round trip and next to no client work.
+    With `in_flight` above 1, that many transactions go out in one write and their replies are
+    read together (RFC 2920 §3.1 lets a client send the next MAIL before the last reply of the
+    transaction before it)."""
+
+    def __init__(
+        self,
+        write: Callable[[bytes], Awaitable[None]],
+        read: Callable[[], Awaitable[bytes]],
+        in_flight: int,
+    ) -> None:
+        super().__init__(write, read)
+        if in_flight < 1:
+            raise ValueError("in_flight: must be at least 1")
+        self._in_flight = in_flight
+        self.failed = 0
+
+    async def _expect(self, command: bytes, code: bytes) -> None:
+        await self._write(command)
+        (final,) = await self._await_final_replies(1)
+        if not final.startswith(code):
+            # The verb and the code only: an AUTH line carries the password.
+            verb = command.split(maxsplit=1)[0].decode("ascii")
+            raise SetupRefused(f"{verb} answered {final[:3]!r}")
+
+    async def _ehlo(self) -> bytes:
+        """EHLO; the whole reply, whose lines name what the server offers."""
+        await self._write(f"EHLO {LOCAL_HOSTNAME}\r\n".encode("ascii"))
+        received = b""
+        while not _LAST_LINE_FINAL.search(received):
+            received += await self._read()
+        if not received.startswith(b"250"):
+            raise SetupRefused(f"EHLO answered {received[:3]!r}")
+        return received
+
+    async def open(
+        self,
+        start_tls: Callable[[], Awaitable[None]] | None,
+        username: str | None,
+        password: str | None,
+    ) -> None:
+        """From the greeting to a session ready for mail: EHLO, STARTTLS and EHLO again (RFC 3207
+        §4.2: what was learnt before TLS is forgotten), AUTH PLAIN (RFC 4616)."""
+        (greeting,) = await self._await_final_replies(1)
+        if not greeting.startswith(b"220"):
+            raise SetupRefused(f"the greeting was {greeting[:3]!r}")
+        offered = await self._ehlo()
+        if start_tls is not None:
+            await self._expect(b"STARTTLS\r\n", b"220")
+            await start_tls()
+            offered = await self._ehlo()
+        if b"CHUNKING" not in offered.upper():
+            raise SetupRefused("the server does not offer CHUNKING")
+        if username is not None and password is not None:
+            secret = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
+            await self._expect(f"AUTH PLAIN {secret}\r\n".encode("ascii"), b"235")
+
+    async def transact_chunked(self, count: int) -> None:
+        """`count` messages, `in_flight` transactions a write (the last write may carry fewer);
+        a message whose MAIL, RCPT or BDAT was answered with anything but 250 counts as failed."""
+        while count > 0:
+            batch = min(count, self._in_flight)
+            count -= batch
+            await self._write(CHUNKED_TRANSACTION * batch)
+            finals = await self._await_final_replies(REPLIES_PER_TRANSACTION * batch)
+            for first in range(0, REPLIES_PER_TRANSACTION * batch, REPLIES_PER_TRANSACTION):
+                replies = finals[first : first + REPLIES_PER_TRANSACTION]
+                if not all(reply.startswith(b"250") for reply in replies):
+                    self.failed += 1
+
+
+async def _bare_asyncio_chunking(spec: SenderSpec) -> Measurement:
+    writers: list[asyncio.StreamWriter] = []
+    context = spec.ssl_context()
+
+    async def open_session() -> BareChunkingSession:
+        reader, writer = await asyncio.open_connection(spec.host, spec.port)
+        writers.append(writer)
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        async def start_tls() -> None:
+            assert context is not None
+            await writer.start_tls(context, server_hostname=spec.host)
+
+        session = BareChunkingSession(write, lambda: reader.read(65536), spec.in_flight)
+        tls = start_tls if context is not None else None
+        await session.open(tls, spec.username, spec.password)
+        await session.transact_chunked(spec.warmup)
+        if session.failed:
+            raise RuntimeError(f"{session.failed} warm-up messages refused")
+        return session
+
+    sessions = await asyncio.gather(*(open_session() for _ in range(spec.concurrency)))
+    meter = Meter()
+    meter.start()
+    counts = split(spec.messages, spec.concurrency)
+    await asyncio.gather(*(s.transact_chunked(n) for s, n in zip(sessions, counts, strict=True)))
+    meter.stop()
+    await asyncio.gather(*(session.quit() for session in sessions))
+    for writer in writers:
+        writer.close()
+    return meter.measurement(
+        spec,
+        spec.warmup * spec.concurrency,
+        spec.concurrency,
+        len(RAW_MESSAGE),
+        failed_messages=sum(session.failed for session in sessions),
     )
 
 
@@ -505,6 +653,9 @@ SENDERS: dict[str, Callable[[SenderSpec], Measurement]] = {
     "smtplib-per-message": lambda spec: _smtplib_threads(spec, per_message=True),
     "bare-asyncio": lambda spec: asyncio.run(_bare_asyncio(spec)),
     "bare-anyio-trio": _run_bare_anyio("trio"),
+    # One sender, two contenders: the harness passes the contender's in-flight count in the spec.
+    "bare-asyncio-chunking-1": lambda spec: asyncio.run(_bare_asyncio_chunking(spec)),
+    "bare-asyncio-chunking-2": lambda spec: asyncio.run(_bare_asyncio_chunking(spec)),
 }
 
 
