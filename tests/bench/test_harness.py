@@ -8,21 +8,44 @@ and connections agrees with what each sender says it did.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 # bench/ is not a package: its modules import each other as top-level modules.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from harness import parse_arguments
+from harness import (
+    CONTENDERS,
+    LATENCY_FLOOR,
+    THROUGHPUT_CONTENDERS,
+    Row,
+    RowResult,
+    Target,
+    latency_comparisons,
+    latency_rows,
+    parse_arguments,
+)
+from harness_senders import (
+    CHUNKED_TRANSACTION,
+    RAW_MESSAGE,
+    BareChunkingSession,
+    SenderSpec,
+    run_sender,
+)
 
 from tests.servers._process import MissingBinary, find_binary
-from tests.servers.fixtures import unavailable
+from tests.servers.fixtures import postfix_instance, unavailable
+from tests.servers.postfix import PostfixServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,3 +127,178 @@ def test_the_documented_benchmark_commands_are_ones_the_harness_accepts() -> Non
         for arguments in commands:
             if "--help" not in arguments:
                 parse_arguments(shlex.split(arguments))
+
+
+# -- the bare CHUNKING loop: the latency section's floor ------------------------------------------
+
+
+class _ScriptedServer:
+    """What a BareChunkingSession writes, and the replies it reads, one chunk per read."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.written: list[bytes] = []
+        self._replies = replies
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    async def read(self) -> bytes:
+        return self._replies.pop(0)
+
+
+def test_the_bare_chunking_loop_writes_in_flight_transactions_at_once_and_counts_refusals() -> None:
+    ok = b"250 2.0.0 Ok\r\n"
+    server = _ScriptedServer(
+        [
+            # First write, two transactions: the second one's RCPT is refused, and the
+            # replies arrive split in the middle of a line.
+            ok + ok + ok + ok + b"550 5.1.1 no",
+            b" such user\r\n554 5.5.1 no valid recipients\r\n",
+            # Second write, the one transaction left.
+            ok + ok + ok,
+        ]
+    )
+    session = BareChunkingSession(server.write, server.read, in_flight=2)
+    asyncio.run(session.transact_chunked(3))
+    assert server.written == [CHUNKED_TRANSACTION * 2, CHUNKED_TRANSACTION]
+    assert session.failed == 1
+    assert CHUNKED_TRANSACTION.endswith(b" LAST\r\n" + RAW_MESSAGE)
+    assert f"BDAT {len(RAW_MESSAGE)} LAST".encode() in CHUNKED_TRANSACTION
+
+
+@pytest.fixture(scope="module")
+def postfix_and_cafile(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[PostfixServer, Path]]:
+    """A private Postfix as the harness starts it (STARTTLS and AUTH required), and its CA."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cafile = tmp_path_factory.mktemp("bench-ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    with postfix_instance(ca) as server:
+        yield server, cafile
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_the_bare_chunking_loop_logs_in_and_postfix_stores_every_message(
+    postfix_and_cafile: tuple[PostfixServer, Path], in_flight: int
+) -> None:
+    postfix, cafile = postfix_and_cafile
+    since = postfix.log_position()
+    held_before = len(postfix.stored())
+    spec = SenderSpec(
+        sender=f"bare-asyncio-chunking-{in_flight}",
+        host=postfix.host,
+        port=postfix.port,
+        messages=7,  # 4 and 3 a connection: an odd count leaves a write of one with 2 in flight
+        concurrency=2,
+        warmup=1,
+        tls="starttls",
+        cafile=str(cafile),
+        username=postfix.username,
+        password=postfix.password,
+        in_flight=in_flight,
+    )
+    measurement = run_sender(spec)
+    assert measurement.failed_messages == 0
+    assert (measurement.messages, measurement.warmup_messages) == (7, 2)
+    sessions = postfix.wait_for_sessions(2, since=since)
+    # Postfix's own record: TLS and AUTH once a connection, every message by BDAT, and each of
+    # them in the hold queue.
+    for session in sessions:
+        assert session.succeeded.get("starttls") == 1
+        assert session.succeeded.get("auth") == 1
+        assert "data" not in session.attempted
+    assert sum(session.succeeded.get("bdat", 0) for session in sessions) == 9
+    assert sum(session.attempted.get("bdat", 0) for session in sessions) == 9
+    assert len(postfix.stored()) - held_before == 9
+
+
+# -- the latency section's rows and comparisons -----------------------------------------------
+
+
+class _Record:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = 25
+
+    def counts(self) -> tuple[int, int]:
+        return 0, 0
+
+    def before_run(self) -> None:
+        pass
+
+    def after_run(self) -> dict[str, Any]:
+        return {}
+
+
+def _targets(name: str, *, chunking: bool) -> tuple[Target, Target]:
+    direct = Target(f"{name} direct", "127.0.0.1", 25, _Record(name), chunking=chunking)
+    delayed = Target(
+        f"{name} + 10 ms", "127.0.0.1", 26, _Record(name), chunking=chunking, through_proxy=True
+    )
+    return direct, delayed
+
+
+def test_the_bare_chunking_loops_run_only_through_the_delay_to_a_server_with_chunking() -> None:
+    chosen = list(CONTENDERS)
+    assert not set(LATENCY_FLOOR) & set(THROUGHPUT_CONTENDERS)
+    options: dict[str, Any] = {"per_message_share": 8, "concurrency": 8}
+    sink_rows = latency_rows(*_targets("smtp-sink", chunking=False), chosen, 1600, 5, **options)
+    assert not {row.contender.id for row in sink_rows} & set(LATENCY_FLOOR)
+    rows = latency_rows(*_targets("postfix", chunking=True), chosen, 1600, 5, **options)
+    floors = [row for row in rows if row.contender.id in LATENCY_FLOOR]
+    assert [row.key for row in floors] == [
+        "postfix + 10 ms / bare-asyncio-chunking-1",
+        "postfix + 10 ms / bare-asyncio-chunking-2",
+    ]
+    assert [row.contender.in_flight for row in floors] == [1, 2]
+    assert all(row.messages == 1600 and row.target.through_proxy for row in floors)
+    without = latency_rows(
+        *_targets("postfix", chunking=True), ["pooledmail-trio-send_raw"], 1600, 5, **options
+    )
+    assert not {row.contender.id for row in without} & set(LATENCY_FLOOR)
+
+
+def _result(row: Row, rates: list[float]) -> RowResult:
+    runs = [{"round": index + 1, "rate": rate} for index, rate in enumerate(rates)]
+    return RowResult(row, runs)
+
+
+def test_the_latency_comparisons_set_the_bare_loops_against_the_pools_bound_round_by_round() -> (
+    None
+):
+    rows = latency_rows(
+        *_targets("postfix", chunking=True),
+        ["pooledmail-asyncio-send_raw", *LATENCY_FLOOR],
+        100,
+        1,
+        per_message_share=8,
+        concurrency=8,
+    )
+    by_key = {row.key: row for row in rows}
+    rates = {
+        # Without the delay, the pool is below the 800 of the round-trip bound in round 2 only.
+        "postfix direct / pooledmail-asyncio-send_raw": [1000.0, 700.0, 900.0],
+        "postfix + 10 ms / pooledmail-asyncio-send_raw": [400.0, 350.0, 480.0],
+        "postfix + 10 ms / bare-asyncio-chunking-1": [500.0, 350.0, 600.0],
+        "postfix + 10 ms / bare-asyncio-chunking-2": [960.0, 700.0, 880.0],
+        "postfix direct, 1 connection / pooledmail-asyncio-send_raw": [500.0, 500.0, 500.0],
+    }
+    results = [_result(by_key[key], rates[key]) for key in by_key]
+    comparisons = {
+        comparison.label: comparison
+        for comparison in latency_comparisons(results, 8, 0.005, {"postfix": 10.0})
+    }
+    pool = "pooledmail, asyncio, send_raw"
+    floor_1, floor_2 = (CONTENDERS[floor_id].label for floor_id in LATENCY_FLOOR)
+    bound = f"min(800, {pool} without the delay)"
+    share_1 = comparisons[f"postfix + 10 ms: {floor_1} / {bound}"]
+    assert share_1.per_round == [500 / 800, 350 / 700, 600 / 800]
+    assert share_1.value == 500 / 800
+    assert share_1.target is None
+    share_2 = comparisons[f"postfix + 10 ms: {floor_2} / {bound}"]
+    assert share_2.per_round == [960 / 800, 700 / 700, 880 / 800]
+    pool_over_floor = comparisons[f"postfix + 10 ms: {pool} / {floor_1}"]
+    assert pool_over_floor.per_round == [400 / 500, 350 / 350, 480 / 600]
+    assert pool_over_floor.value == 0.8
