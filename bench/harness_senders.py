@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "MESSAGE_SIZE",
@@ -435,31 +435,54 @@ class BareSession:
         await self._await_final_replies(1)
 
 
-async def _bare_asyncio(spec: SenderSpec) -> Measurement:
+_Session = TypeVar("_Session", bound=BareSession)
+_Write = Callable[[bytes], Awaitable[None]]
+_Read = Callable[[], Awaitable[bytes]]
+
+
+async def _asyncio_stream(
+    spec: SenderSpec, writers: list[asyncio.StreamWriter]
+) -> tuple[_Write, _Read, asyncio.StreamWriter]:
+    """A connection over plain asyncio streams, as a bare session's write and read."""
+    reader, writer = await asyncio.open_connection(spec.host, spec.port)
+    writers.append(writer)
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    return write, lambda: reader.read(65536), writer
+
+
+async def _timed_asyncio_sessions(
+    spec: SenderSpec,
+    open_session: Callable[[list[asyncio.StreamWriter]], Awaitable[_Session]],
+    transact: Callable[[_Session, int], Awaitable[None]],
+) -> tuple[Meter, list[_Session]]:
+    """Open and warm `spec.concurrency` sessions, time `spec.messages` split over them, then QUIT
+    and close each."""
     writers: list[asyncio.StreamWriter] = []
-
-    async def open_session() -> BareSession:
-        reader, writer = await asyncio.open_connection(spec.host, spec.port)
-        writers.append(writer)
-
-        async def write(data: bytes) -> None:
-            writer.write(data)
-            await writer.drain()
-
-        session = BareSession(write, lambda: reader.read(65536))
-        await session.greet()
-        await session.transact(spec.warmup)
-        return session
-
-    sessions = await asyncio.gather(*(open_session() for _ in range(spec.concurrency)))
+    sessions = await asyncio.gather(*(open_session(writers) for _ in range(spec.concurrency)))
     meter = Meter()
     meter.start()
     counts = split(spec.messages, spec.concurrency)
-    await asyncio.gather(*(s.transact(n) for s, n in zip(sessions, counts, strict=True)))
+    await asyncio.gather(*(transact(s, n) for s, n in zip(sessions, counts, strict=True)))
     meter.stop()
     await asyncio.gather(*(session.quit() for session in sessions))
     for writer in writers:
         writer.close()
+    return meter, sessions
+
+
+async def _bare_asyncio(spec: SenderSpec) -> Measurement:
+    async def open_session(writers: list[asyncio.StreamWriter]) -> BareSession:
+        write, read, _ = await _asyncio_stream(spec, writers)
+        session = BareSession(write, read)
+        await session.greet()
+        await session.transact(spec.warmup)
+        return session
+
+    meter, _ = await _timed_asyncio_sessions(spec, open_session, BareSession.transact)
     return meter.measurement(
         spec, spec.warmup * spec.concurrency, spec.concurrency, len(RAW_MESSAGE)
     )
@@ -556,22 +579,16 @@ class BareChunkingSession(BareSession):
 
 
 async def _bare_asyncio_chunking(spec: SenderSpec) -> Measurement:
-    writers: list[asyncio.StreamWriter] = []
     context = spec.ssl_context()
 
-    async def open_session() -> BareChunkingSession:
-        reader, writer = await asyncio.open_connection(spec.host, spec.port)
-        writers.append(writer)
-
-        async def write(data: bytes) -> None:
-            writer.write(data)
-            await writer.drain()
+    async def open_session(writers: list[asyncio.StreamWriter]) -> BareChunkingSession:
+        write, read, writer = await _asyncio_stream(spec, writers)
 
         async def start_tls() -> None:
             assert context is not None
             await writer.start_tls(context, server_hostname=spec.host)
 
-        session = BareChunkingSession(write, lambda: reader.read(65536), spec.in_flight)
+        session = BareChunkingSession(write, read, spec.in_flight)
         tls = start_tls if context is not None else None
         await session.open(tls, spec.username, spec.password)
         await session.transact_chunked(spec.warmup)
@@ -579,15 +596,9 @@ async def _bare_asyncio_chunking(spec: SenderSpec) -> Measurement:
             raise RuntimeError(f"{session.failed} warm-up messages refused")
         return session
 
-    sessions = await asyncio.gather(*(open_session() for _ in range(spec.concurrency)))
-    meter = Meter()
-    meter.start()
-    counts = split(spec.messages, spec.concurrency)
-    await asyncio.gather(*(s.transact_chunked(n) for s, n in zip(sessions, counts, strict=True)))
-    meter.stop()
-    await asyncio.gather(*(session.quit() for session in sessions))
-    for writer in writers:
-        writer.close()
+    meter, sessions = await _timed_asyncio_sessions(
+        spec, open_session, BareChunkingSession.transact_chunked
+    )
     return meter.measurement(
         spec,
         spec.warmup * spec.concurrency,
