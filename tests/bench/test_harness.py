@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -212,6 +213,34 @@ def test_the_bare_chunking_loop_logs_in_and_postfix_stores_every_message(
     assert sum(session.succeeded.get("bdat", 0) for session in sessions) == 9
     assert sum(session.attempted.get("bdat", 0) for session in sessions) == 9
     assert len(postfix.stored()) - held_before == 9
+
+
+def test_the_bare_chunking_loop_verifies_the_servers_certificate(
+    postfix_and_cafile: tuple[PostfixServer, Path], tmp_path: Path
+) -> None:
+    # Found by review: nothing failed when the loop's TLS context skipped verification. Its rows
+    # stand beside the pool's, which verify against the same CA: a CA that did not sign Postfix's
+    # certificate must stop the loop at STARTTLS, before AUTH sends the password.
+    trustme = pytest.importorskip("trustme")
+    postfix, _ = postfix_and_cafile
+    other_cafile = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_cafile))
+    held_before = len(postfix.stored())
+    spec = SenderSpec(
+        sender="bare-asyncio-chunking-1",
+        host=postfix.host,
+        port=postfix.port,
+        messages=1,
+        concurrency=1,
+        warmup=1,
+        tls="starttls",
+        cafile=str(other_cafile),
+        username=postfix.username,
+        password=postfix.password,
+    )
+    with pytest.raises(ssl.SSLCertVerificationError):
+        run_sender(spec)
+    assert len(postfix.stored()) == held_before
 
 
 # -- the latency section's rows and comparisons -----------------------------------------------
