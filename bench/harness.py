@@ -402,6 +402,25 @@ def run_smtp_source(
     }
 
 
+@dataclass(frozen=True)
+class RunFigures:
+    rate: float  # messages the server accepted, a second
+    cpu_us_per_message: float  # over every timed message, accepted or refused
+    stored: int  # what the server should hold afterwards: warm-up and timed, less the refused
+
+
+def run_figures(result: dict[str, Any]) -> RunFigures:
+    """A sender's figures from its measurement. A refused message (only the bare CHUNKING loop
+    counts them instead of raising) is not mail sent: it counts in no rate, and the server did
+    not store it."""
+    accepted = result["messages"] - result.get("failed_messages", 0)
+    return RunFigures(
+        rate=accepted / result["wall"],
+        cpu_us_per_message=result["cpu"] / result["messages"] * 1e6,
+        stored=accepted + result["warmup_messages"],
+    )
+
+
 def run_row(row: Row, concurrency: int, message_file: Path) -> dict[str, Any]:
     target = row.target
     concurrency = row.concurrency or concurrency
@@ -428,15 +447,13 @@ def run_row(row: Row, concurrency: int, message_file: Path) -> dict[str, Any]:
         result = run_in_child(spec, timeout)
     sessions, messages = settle(target.record, before, result["client_connections"])
     result.update(target.record.after_run())
-    # What the server should have stored: the refused messages (which only the bare CHUNKING
-    # loop counts instead of raising) were not.
-    sent = result["messages"] + result["warmup_messages"] - result.get("failed_messages", 0)
+    figures = run_figures(result)
     result.update(
-        rate=result["messages"] / result["wall"],
-        cpu_us_per_message=result["cpu"] / result["messages"] * 1e6,
+        rate=figures.rate,
+        cpu_us_per_message=figures.cpu_us_per_message,
         server_sessions=sessions,
         server_messages=messages,
-        server_count_matches=messages == sent,
+        server_count_matches=messages == figures.stored,
         load_average_1min=load,
     )
     return result

@@ -35,12 +35,14 @@ from harness import (
     latency_comparisons,
     latency_rows,
     parse_arguments,
+    run_figures,
 )
 from harness_senders import (
     CHUNKED_TRANSACTION,
     RAW_MESSAGE,
     BareChunkingSession,
     SenderSpec,
+    SetupRefused,
     run_sender,
 )
 
@@ -165,6 +167,55 @@ def test_the_bare_chunking_loop_writes_in_flight_transactions_at_once_and_counts
     assert session.failed == 1
     assert CHUNKED_TRANSACTION.endswith(b" LAST\r\n" + RAW_MESSAGE)
     assert f"BDAT {len(RAW_MESSAGE)} LAST".encode() in CHUNKED_TRANSACTION
+
+
+def test_the_bare_loops_take_a_bare_reply_code_and_stop_at_a_closed_connection() -> None:
+    # Found by review: "250" with no text (RFC 5321 §4.2) was never taken as a final reply, and a
+    # closed connection made the loop read empty bytes forever.
+    server = _ScriptedServer([b"250\r\n250 Ok\r\n250\r\n"])
+    session = BareChunkingSession(server.write, server.read, in_flight=1)
+    asyncio.run(session.transact_chunked(1))
+    assert session.failed == 0
+    closing = _ScriptedServer([b"250 Ok\r\n", b""])
+    session = BareChunkingSession(closing.write, closing.read, in_flight=1)
+    with pytest.raises(ConnectionError):
+        asyncio.run(session.transact_chunked(1))
+
+
+@pytest.mark.parametrize("missing", ["CHUNKING", "PIPELINING"])
+def test_the_bare_chunking_loop_needs_pipelining_as_well_as_chunking(missing: str) -> None:
+    # Found by review: every write pipelines MAIL, RCPT and BDAT, but only CHUNKING was checked.
+    offered = [e for e in ["SIZE 10240000", "PIPELINING", "CHUNKING", "8BITMIME"] if e != missing]
+    ehlo = "".join(f"250-{line}\r\n" for line in ["sink.test", *offered[:-1]])
+    server = _ScriptedServer([b"220 sink.test\r\n", f"{ehlo}250 {offered[-1]}\r\n".encode()])
+    session = BareChunkingSession(server.write, server.read, in_flight=1)
+    with pytest.raises(SetupRefused, match=missing):
+        asyncio.run(session.open(None, None, None))
+
+
+def test_a_refused_message_counts_in_no_rate_and_is_not_expected_at_the_server() -> None:
+    # Found by review: the refused messages were taken out of the server's expected count but
+    # still counted in the rate, which would have flattered a loop with refusals.
+    figures = run_figures(
+        {"messages": 100, "warmup_messages": 16, "failed_messages": 4, "wall": 2.0, "cpu": 0.5}
+    )
+    assert figures.rate == 48.0
+    assert figures.stored == 112
+    assert figures.cpu_us_per_message == 5000.0
+    assert run_figures({"messages": 100, "warmup_messages": 16, "wall": 2.0, "cpu": 0.5}).rate == 50
+
+
+def test_a_bare_chunking_sender_runs_only_the_in_flight_count_its_name_says() -> None:
+    spec = SenderSpec(
+        sender="bare-asyncio-chunking-2",
+        host="127.0.0.1",
+        port=9,
+        messages=1,
+        concurrency=1,
+        warmup=0,
+    )
+    with pytest.raises(ValueError, match="runs 2 in flight; the spec says 1"):
+        run_sender(spec)
 
 
 @pytest.fixture(scope="module")
