@@ -231,19 +231,16 @@ def postfix_and_cafile(
         yield server, cafile
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
-def test_the_bare_chunking_loop_logs_in_and_postfix_stores_every_message(
-    postfix_and_cafile: tuple[PostfixServer, Path], in_flight: int
-) -> None:
-    postfix, cafile = postfix_and_cafile
-    since = postfix.log_position()
-    held_before = len(postfix.stored())
-    spec = SenderSpec(
+def _postfix_spec(
+    postfix: PostfixServer, cafile: Path, *, in_flight: int, messages: int, concurrency: int
+) -> SenderSpec:
+    """The bare CHUNKING loop's spec against the private Postfix, as the harness makes it."""
+    return SenderSpec(
         sender=f"bare-asyncio-chunking-{in_flight}",
         host=postfix.host,
         port=postfix.port,
-        messages=7,  # 4 and 3 a connection: an odd count leaves a write of one with 2 in flight
-        concurrency=2,
+        messages=messages,
+        concurrency=concurrency,
         warmup=1,
         tls="starttls",
         cafile=str(cafile),
@@ -251,6 +248,17 @@ def test_the_bare_chunking_loop_logs_in_and_postfix_stores_every_message(
         password=postfix.password,
         in_flight=in_flight,
     )
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_the_bare_chunking_loop_logs_in_and_postfix_stores_every_message(
+    postfix_and_cafile: tuple[PostfixServer, Path], in_flight: int
+) -> None:
+    postfix, cafile = postfix_and_cafile
+    since = postfix.log_position()
+    held_before = len(postfix.stored())
+    # 7 messages, 4 and 3 a connection: an odd count leaves a write of one with 2 in flight.
+    spec = _postfix_spec(postfix, cafile, in_flight=in_flight, messages=7, concurrency=2)
     measurement = run_sender(spec)
     assert measurement.failed_messages == 0
     assert (measurement.messages, measurement.warmup_messages) == (7, 2)
@@ -277,18 +285,7 @@ def test_the_bare_chunking_loop_verifies_the_servers_certificate(
     other_cafile = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_cafile))
     held_before = len(postfix.stored())
-    spec = SenderSpec(
-        sender="bare-asyncio-chunking-1",
-        host=postfix.host,
-        port=postfix.port,
-        messages=1,
-        concurrency=1,
-        warmup=1,
-        tls="starttls",
-        cafile=str(other_cafile),
-        username=postfix.username,
-        password=postfix.password,
-    )
+    spec = _postfix_spec(postfix, other_cafile, in_flight=1, messages=1, concurrency=1)
     with pytest.raises(ssl.SSLCertVerificationError):
         run_sender(spec)
     assert len(postfix.stored()) == held_before
