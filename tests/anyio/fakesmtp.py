@@ -270,10 +270,19 @@ class FakeSMTPServer:
                 accepting = anyio.CancelScope()
                 stopped_accepting = anyio.Event()
 
+                async def accept(one: anyio.abc.SocketListener) -> None:
+                    while True:
+                        stream = await one.accept()
+                        # Stamped here, as the connection is accepted, rather than when its
+                        # session's task first runs, a scheduler turn or more later.
+                        tg.start_soon(self._serve, stream, anyio.current_time())
+
                 async def serve() -> None:
                     try:
                         with accepting:
-                            await listener.serve(self._serve, task_group=tg)
+                            async with anyio.create_task_group() as acceptors:
+                                for one in listener.listeners:
+                                    acceptors.start_soon(accept, one)
                     finally:
                         stopped_accepting.set()
 
@@ -293,9 +302,9 @@ class FakeSMTPServer:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
 
-    async def _serve(self, stream: anyio.abc.ByteStream) -> None:
+    async def _serve(self, stream: anyio.abc.ByteStream, accepted_at: float) -> None:
         self.attempts += 1
-        self.attempt_times.append(anyio.current_time())
+        self.attempt_times.append(accepted_at)
         if not self.accepting:
             await anyio.aclose_forcefully(stream)
             return

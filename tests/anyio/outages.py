@@ -94,11 +94,12 @@ def cooldown_law(
     a cooldown ends) each also comes no later than `min(cap, (1 + jitter) * base * 2**(n - 1))`
     plus `slack`: the pool does try again as soon as it may.
 
-    `early_slack` is for real time: the fake server stamps an attempt when the task serving it
-    first runs, a scheduler turn or more after the kernel accepted the connection, and under
-    load that lag differs between two attempts by milliseconds (one CI run saw an attempt 38 ms
-    after the one before, against a cooldown of at least 40 ms counted from the pool's own
-    clock). A gap short by less than `early_slack` is not counted against the pool.
+    `early_slack` is for real time: the fake server stamps an attempt when its accepting task
+    wakes up, after the kernel accepted the connection, and under load that lag differs between
+    two attempts by milliseconds. (One CI run, when the stamp was taken later still, as the
+    session's task first ran, saw an attempt 38 ms after the one before against a cooldown of
+    at least 40 ms counted on the pool's own clock.) A gap short by less than `early_slack` is
+    not counted against the pool.
     """
     base, cap, jitter = (
         config.reconnect_cooldown,
