@@ -74,8 +74,6 @@ class Contender:
     id: str
     label: str
     per_message: bool = False  # opens a connection for every message
-    # Transactions in flight on each connection at once (the spec's `in_flight`).
-    in_flight: int = 1
     # Speaks only BDAT: runs against servers that offer CHUNKING (the private Postfix).
     needs_chunking: bool = False
 
@@ -105,7 +103,6 @@ CONTENDERS = {
         Contender(
             "bare-asyncio-chunking-2",
             "bare CHUNKING loop, asyncio streams, 2 in flight",
-            in_flight=2,
             needs_chunking=True,
         ),
     ]
@@ -120,7 +117,7 @@ LATENCY_CONTENDERS = [
 # What any client gets through the delay with one transaction in flight per connection (the
 # first: one message per round trip, no client work to speak of), and with two: the floor that
 # separates the pool's own overhead from the environment's ceiling. CHUNKING servers only.
-LATENCY_FLOOR = ["bare-asyncio-chunking-1", "bare-asyncio-chunking-2"]
+LATENCY_FLOOR = [c.id for c in CONTENDERS.values() if c.needs_chunking]
 # The same pool without the proxy: the second half of the latency target's bound.
 LATENCY_DIRECT = ["pooledmail-asyncio-send_raw", "pooledmail-trio-send_raw"]
 
@@ -442,7 +439,6 @@ def run_row(row: Row, concurrency: int, message_file: Path) -> dict[str, Any]:
             cafile=target.cafile,
             username=target.username,
             password=target.password,
-            in_flight=row.contender.in_flight,
         )
         result = run_in_child(spec, timeout)
     sessions, messages = settle(target.record, before, result["client_connections"])
