@@ -469,12 +469,17 @@ def test_a_send_its_caller_gave_up_on_before_it_began_writes_nothing(backend: st
         pool = BlockingSMTPPool(config(server.port), backend=backend)
         pool.send(message("warm"))
         running = pool._ensure_running()
+        loop_held = threading.Event()
         loop_free = threading.Event()
 
         async def hold_the_loop() -> None:
+            loop_held.set()
             loop_free.wait(30)  # blocks the loop thread: the next call queues behind it
 
         holder = running.calls.submit(hold_the_loop)
+        # Only once the loop is held is the next call sure to begin after the cancellation (trio
+        # may run two tasks spawned in one batch in either order).
+        assert loop_held.wait(30)
         future = running.calls.submit(lambda: pool._pool.send(message("given up")))
         future.cancel()  # what `_call` does when the waiting thread is interrupted
         loop_free.set()
