@@ -389,10 +389,12 @@ async def test_a_deadline_moved_later_during_a_wait_is_the_one_that_counts(pair:
 
     async def move_the_deadline_then_answer() -> None:
         client.deadline = anyio.current_time() + 30
-        await anyio.sleep(0.2)  # the first deadline passes meanwhile
+        await anyio.sleep(0.6)  # the first deadline passes meanwhile
         await server.send(b"250 ok\r\n")
 
-    client.deadline = anyio.current_time() + 0.05
+    # Far enough for the task above to move it first even after a stall of the test process (a
+    # loaded machine): the trio watchdog woken by a passed deadline may run before that task.
+    client.deadline = anyio.current_time() + 0.5
     async with anyio.create_task_group() as tg:
         tg.start_soon(move_the_deadline_then_answer)
         assert await client.receive() == b"250 ok\r\n"
@@ -402,11 +404,13 @@ async def test_the_deadline_timer_left_behind_by_a_finished_wait_expires_nothing
     pair: Pair,
 ) -> None:
     client, server = pair
-    client.deadline = anyio.current_time() + 0.05
+    # Far enough for the reply to come first even after a stall of the test process (a loaded
+    # machine): a deadline already passed when the loop next looks would end the wait.
+    client.deadline = anyio.current_time() + 0.5
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.send, b"250 ok\r\n")
         assert await client.receive() == b"250 ok\r\n"
-    await anyio.sleep(0.1)  # the timer fires with nothing waiting
+    await anyio.sleep(0.6)  # the timer fires with nothing waiting
     client.deadline = anyio.current_time() + 30
     await server.send(b"250 again\r\n")
     assert await client.receive() == b"250 again\r\n"
