@@ -289,7 +289,7 @@ async def test_a_cancelled_close_aborts_leased_connections_and_fails_their_sende
     async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender, pool)
-            await anyio.sleep(0.1)  # the sender waits for the 354 that never comes
+            await until(lambda: "DATA" in commands(server))  # it waits for a 354 never to come
             with anyio.move_on_after(0.1) as scope:
                 await pool.aclose()  # would drain for 10 s
         assert scope.cancelled_caught
@@ -318,7 +318,8 @@ async def test_a_sender_whose_pool_closes_during_its_retry_delay_fails_at_once()
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(sender, pool)
-        await anyio.sleep(0.1)  # first attempt failed; now sleeping ~30 s
+        # The first attempt failed and its connection went back: now sleeping ~30 s.
+        await until(lambda: "RSET" in commands(server) and pool.statistics().leased == 0)
         with anyio.fail_after(5):
             await pool.aclose()
     (failure,) = outcome
@@ -330,14 +331,27 @@ async def test_a_sender_whose_pool_closes_during_its_retry_delay_fails_at_once()
 # -- 5. a cancelled send whose terminator went out is logged and counted ---------------------
 
 
+def commands(server: FakeSMTPServer) -> list[str]:
+    return server.connections[0].commands if server.connections else []
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Polls what another task brings about; real time bounds only a broken test."""
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
 async def test_a_send_cancelled_after_the_terminator_is_logged_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = FakeSMTPServer(Script(data_end=STALL))
     caplog.set_level(logging.WARNING, logger="pooledmail")
     async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
-        with anyio.move_on_after(0.3):
-            await send(pool, 0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, pool, 0)
+            await until(lambda: server.received == 1)  # the server has it ...
+            tg.cancel_scope.cancel()  # ... and the caller gives up
         stats = pool.send_statistics()
     assert server.received == 1  # the server has it; the caller saw only its cancellation
     assert stats.cancelled_after_terminator == 1
