@@ -21,6 +21,7 @@ import anyio
 from pooledmail_anyio import FailureKind, Host, Limits, PoolConfig, SendFailed, SMTPPool, Stage
 from pooledmail_anyio._ports import free_port
 
+from ..polling import until
 from .fakesmtp import STALL, FakeSMTPServer, Fault, Script
 
 pytestmark = pytest.mark.anyio
@@ -289,7 +290,7 @@ async def test_a_cancelled_close_aborts_leased_connections_and_fails_their_sende
     async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender, pool)
-            await until(lambda: "DATA" in commands(server))  # it waits for a 354 never to come
+            await until(lambda: "DATA" in commands(server), what="DATA sent")  # no 354 will come
             with anyio.move_on_after(0.1) as scope:
                 await pool.aclose()  # would drain for 10 s
         assert scope.cancelled_caught
@@ -319,7 +320,10 @@ async def test_a_sender_whose_pool_closes_during_its_retry_delay_fails_at_once()
     ):
         tg.start_soon(sender, pool)
         # The first attempt failed and its connection went back: now sleeping ~30 s.
-        await until(lambda: "RSET" in commands(server) and pool.statistics().leased == 0)
+        await until(
+            lambda: "RSET" in commands(server) and pool.statistics().leased == 0,
+            what="the first attempt over and its connection back",
+        )
         with anyio.fail_after(5):
             await pool.aclose()
     (failure,) = outcome
@@ -335,13 +339,6 @@ def commands(server: FakeSMTPServer) -> list[str]:
     return server.connections[0].commands if server.connections else []
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Polls what another task brings about; real time bounds only a broken test."""
-    with anyio.fail_after(10):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
-
-
 async def test_a_send_cancelled_after_the_terminator_is_logged_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -350,8 +347,9 @@ async def test_a_send_cancelled_after_the_terminator_is_logged_and_counted(
     async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
         async with anyio.create_task_group() as tg:
             tg.start_soon(send, pool, 0)
-            await until(lambda: server.received == 1)  # the server has it ...
-            tg.cancel_scope.cancel()  # ... and the caller gives up
+            # The server has stored it, and then the caller gives up.
+            await until(lambda: server.received == 1, what="the message stored")
+            tg.cancel_scope.cancel()
         stats = pool.send_statistics()
     assert server.received == 1  # the server has it; the caller saw only its cancellation
     assert stats.cancelled_after_terminator == 1

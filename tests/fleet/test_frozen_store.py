@@ -15,7 +15,7 @@ import itertools
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -23,6 +23,7 @@ import pytest
 import anyio
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SharedBudget, SMTPPool
 from pooledmail_anyio._budget import keys
+from tests.polling import until
 from tests.servers._process import MissingBinary
 from tests.servers.fixtures import unavailable
 from tests.servers.redis import RedisServer
@@ -101,15 +102,6 @@ def connected_clients(redis: RedisServer) -> int:
     return int(line.partition(":")[2])
 
 
-async def eventually(holds: Callable[[], bool], within: float, what: str) -> None:
-    """Until `holds()`; it may read what another thread or process changes, so it is polled."""
-    with anyio.move_on_after(within):
-        while not holds():  # noqa: ASYNC110
-            await anyio.sleep(0.02)
-        return
-    pytest.fail(f"{what}: not within {within} s")
-
-
 @pytest.mark.parametrize("policy", ["refuse", "local"])
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_frozen_store_follows_the_policy_no_send_hangs_and_the_pool_exits(
@@ -173,7 +165,7 @@ async def test_a_frozen_store_follows_the_policy_no_send_hangs_and_the_pool_exit
                         for tag in range(SENDERS):
                             senders.start_soon(sender, tag)
                         # Connections open under leases, tokens batched: the pool is in its stride.
-                        await eventually(lambda: accepted_since(0.0) >= 10, 10, "the first sends")
+                        await until(lambda: accepted_since(0.0) >= 10, what="the first sends")
                         frozen_at = clock()
                         freezer.freeze()
                         await anyio.sleep(FREEZE)
@@ -182,13 +174,13 @@ async def test_a_frozen_store_follows_the_policy_no_send_hangs_and_the_pool_exit
                         # The pool tries the store again every second (STORE_RETRY), with the
                         # next call it needs; the first answer puts the budget back in the
                         # fleet's hands. The bound is generous; the time it took is reported.
-                        await eventually(
+                        await until(
                             lambda: (
                                 pool.budget_statistics()[name]["mode"] == "fleet"
                                 and accepted_since(thawed_at) >= 5
                             ),
-                            5,
-                            "the fleet's budget and sends after resume",
+                            what="the fleet's budget and sends after resume",
+                            within=5,
                         )
                         back_at = clock()
                         # Frozen again while the senders send, and left frozen: their last sends
@@ -201,7 +193,7 @@ async def test_a_frozen_store_follows_the_policy_no_send_hangs_and_the_pool_exit
         finally:
             freezer.thaw()
         stored = Counter(item.message_id for item in server.stored())
-        await eventually(lambda: server.open_sessions == 0, 5, "SMTP sessions closed")
+        await until(lambda: server.open_sessions == 0, what="SMTP sessions closed", within=5)
 
     durations = [a.ended - a.started for a in attempts]
     failures = [a for a in attempts if a.failure is not None]
@@ -243,10 +235,12 @@ async def test_a_frozen_store_follows_the_policy_no_send_hangs_and_the_pool_exit
     # Nothing of the pool runs after its exit, nor stays connected to the store once it answers;
     # the leases it could not give back are given back by the bytes it had sent, or expire.
     assert {task.id for task in anyio.get_running_tasks()} <= tasks_before
-    await eventually(lambda: connected_clients(frozen_redis) == 1, 5, "store connections closed")
+    await until(
+        lambda: connected_clients(frozen_redis) == 1, what="store connections closed", within=5
+    )
     leases_key, _ = keys(budget)
-    await eventually(
+    await until(
         lambda: redis_command(frozen_redis, "ZCARD", leases_key) == 0,
-        2 * LEASE_TTL + 1,
-        "the pool's leases gone from the store",
+        what="the pool's leases gone from the store",
+        within=2 * LEASE_TTL + 1,
     )
