@@ -19,6 +19,7 @@ from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool
 from pooledmail_anyio._metrics import INSTRUMENTS
 from pooledmail_anyio._ports import free_port
 
+from ..polling import until
 from .fakesmtp import DISCONNECT, STALL, FakeSMTPServer, Script
 
 pytestmark = pytest.mark.anyio
@@ -217,9 +218,14 @@ async def test_a_send_cancelled_after_its_terminator_is_counted_as_ambiguous(
     server = FakeSMTPServer(Script(data_end=STALL))
     async with server.running():
         config = PoolConfig([local(server.port)], command_timeout=60.0)
-        async with SMTPPool(config, meter_provider=metrics.provider) as pool:
-            with anyio.move_on_after(0.3):
-                await send(pool)
+        async with (
+            SMTPPool(config, meter_provider=metrics.provider) as pool,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(send, pool)
+            # The terminator reached the server, and then the caller gives up.
+            await until(lambda: server.received == 1, what="the terminator received")
+            tg.cancel_scope.cancel()
         found = metrics.collect()
     assert server.received == 1
     assert value(found, "pooledmail.sends", send_outcome="cancelled") == 1
@@ -235,9 +241,11 @@ async def test_waiting_senders_are_observed_while_they_wait(metrics: Metrics) ->
             anyio.create_task_group() as tg,
         ):
             tg.start_soon(send, pool)
-            await anyio.sleep(0.1)
+            # The first send holds the only connection (its terminator went out, no reply
+            # comes), and the second waits for it.
+            await until(lambda: server.received == 1, what="the first terminator received")
             tg.start_soon(send, pool)
-            await anyio.sleep(0.1)
+            await until(lambda: pool.statistics().waiting == 1, what="the second send waiting")
             found = metrics.collect()
             tg.cancel_scope.cancel()
     assert value(found, "pooledmail.acquire.pending") == 1
@@ -285,8 +293,11 @@ async def test_every_instrument_has_the_documented_type_unit_and_attributes(
             with pytest.raises(SendFailed):
                 await send(pool, "later@example.com")
             await anyio.sleep(0.05)
-            with anyio.move_on_after(0.3):
-                await send(pool)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, pool)
+                # The refused send never reached DATA, so this one's terminator is message 1.
+                await until(lambda: server.received == 2, what="the third terminator received")
+                tg.cancel_scope.cancel()
             found = metrics.collect()
     kinds = {
         "Counter": ("Sum", True),
