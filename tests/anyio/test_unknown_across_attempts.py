@@ -15,6 +15,7 @@ import pytest
 import anyio
 from pooledmail_anyio import Host, PoolConfig, SendFailed, SMTPPool, _stream
 
+from ..polling import until
 from .fakesmtp import FakeSMTPServer, Fault, Script
 from .verdicts import settled
 
@@ -113,13 +114,20 @@ async def test_a_send_cancelled_while_retrying_an_unknown_attempt_is_counted() -
     server = FakeSMTPServer(lambda n: Script(fault=Fault("disconnect", "data_end")))
     options = {"max_retries": 3, "retry_base_delay": 30.0, "send_timeout": 600.0}
     async with server.running(), SMTPPool(config(server, **options)) as pool:
-        with anyio.move_on_after(0.5):
+
+        async def send() -> None:
             await pool.send_raw(
                 b"Subject: once\r\n\r\nhello\r\n",
                 sender="a@example.com",
                 recipients=["b@example.com"],
                 retry_unknown=True,
             )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            # The retry is counted just before its delay begins, with no await in between.
+            await until(lambda: pool.send_statistics().retries == 1, what="the retry delay")
+            tg.cancel_scope.cancel()
         stats = pool.send_statistics()
     assert len(server.messages) == 1
     assert stats.retries == 1
