@@ -205,8 +205,11 @@ def test_caller_mistakes_arrive_as_themselves_before_any_connection(backend: str
 
 def test_a_stalled_server_is_bounded_by_the_pools_timeouts(backend: str) -> None:
     with fault_server(Script(data_end=STALL)) as server:
+        # The final reply never comes and command_timeout ends the wait for it. It bounds every
+        # command before it too: 1 s, not less, so that a stalled test process does not expire it
+        # before the terminator went out (the send would then fail as something else).
         pool = BlockingSMTPPool(
-            config(server.port, command_timeout=0.3, send_timeout=0.6), backend=backend
+            config(server.port, command_timeout=1.0, send_timeout=2.0), backend=backend
         )
         outcome: list[BaseException] = run_threads(1, lambda _i: pool.send(message()))
         pool.close()
