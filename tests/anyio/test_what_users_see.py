@@ -28,6 +28,7 @@ from pooledmail_anyio import (
 )
 from pooledmail_anyio._ports import free_port
 
+from ..polling import until
 from .fakesmtp import STALL, FakeSMTPServer, Script
 
 pytestmark = pytest.mark.anyio
@@ -100,7 +101,10 @@ async def test_the_pools_background_failures_never_reach_the_block() -> None:
     # business (cooldown), not an exception in the caller's block.
     config = PoolConfig([local(free_port())], min_size=2)
     async with SMTPPool(config) as pool:
-        await anyio.sleep(0.1)
+        await until(
+            lambda: pool.statistics().closed_total.get("connect_failed", 0) >= 1,
+            what="a background connection refused",
+        )
         stats = pool.statistics()
     assert stats.closed_total.get("connect_failed", 0) >= 1
 
