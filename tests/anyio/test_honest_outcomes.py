@@ -198,7 +198,12 @@ async def test_a_connection_the_server_closed_while_idle_costs_the_next_send_not
     )
     async with server.running(), SMTPPool(config(server)) as pool:
         await send(pool, 0)
-        await anyio.sleep(0.05)  # the FIN or RST arrives while the connection is idle
+        # The FIN or RST arrives while the connection is idle: the pool's own check before it
+        # lends the connection (`unusable`, no round trip) must be able to see it by then.
+        await until(
+            lambda: all(c.unusable() is not None for c in pool._connections.values()),
+            what="the server's close seen on the idle connection",
+        )
         result = await send(pool, 1)
         stats = pool.statistics()
     assert result.attempts == 1
