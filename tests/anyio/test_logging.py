@@ -113,8 +113,8 @@ async def test_no_secret_body_or_recipient_in_any_record_at_debug(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send_4)
-                # Message 2 of the server (the refused ones never reached DATA): stored, never
-                # answered; the caller gives up once its terminator is there.
+                # The server's third terminator (data_end n=2: stored, never answered; the
+                # refused sends never reached DATA); the caller gives up once it is there.
                 await until(lambda: good.received == 3, what="the terminator of body 4 received")
                 tg.cancel_scope.cancel()
         config = PoolConfig([auth_host(refusing.port)], max_retries=0)

@@ -295,8 +295,8 @@ async def test_every_instrument_has_the_documented_type_unit_and_attributes(
             await anyio.sleep(0.05)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send, pool)
-                # The refused send never reached DATA, so this one's terminator is message 1.
-                await until(lambda: server.received == 2, what="the third terminator received")
+                # The refused send never reached DATA: this one's terminator is the second.
+                await until(lambda: server.received == 2, what="the third send's terminator")
                 tg.cancel_scope.cancel()
             found = metrics.collect()
     kinds = {
