@@ -62,13 +62,19 @@ async def one_send(pool: SMTPPool, number: int, sends: list[Send]) -> None:
 
 async def steady_load(pool: SMTPPool, period: float, until: float, sends: list[Send]) -> None:
     """A new send every `period` seconds until `until`, each in its own task; returns once every
-    send has ended."""
+    send has ended.
+
+    The sends keep to a schedule: those due while this process was stalled (a loaded machine)
+    start at once when it runs again, so the load does not depend on how busy the machine is.
+    """
     async with anyio.create_task_group() as senders:
         number = 0
-        while anyio.current_time() < until:
+        due = anyio.current_time()
+        while due < until:
             senders.start_soon(one_send, pool, number, sends)
             number += 1
-            await anyio.sleep(period)
+            due += period
+            await anyio.sleep_until(due)
 
 
 def attempts_between(server: FakeSMTPServer, start: float, end: float) -> list[float]:
