@@ -10,6 +10,7 @@ import pytest
 
 import anyio
 
+from ..polling import until
 from .fakesmtp import Connection, FakeSMTPServer, Fault, Script, unread_bound
 
 pytestmark = pytest.mark.anyio
@@ -60,9 +61,7 @@ async def test_bytes_a_client_sends_after_the_server_dropped_it_are_still_record
         await anyio.sleep(0.05)
         await client.aclose()
         if how == "cut":
-            with anyio.fail_after(5):
-                while not server.connections[0].ended:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+            await until(lambda: server.connections[0].ended, what="the session ended", within=5)
             stopped.set()
     assert server.connections[0].ended
     assert b"MAIL FROM:<late@example.com>\r\n" in server.connections[0].received_bytes
@@ -122,9 +121,7 @@ class RawClient:
 
 
 async def _ended(server: FakeSMTPServer) -> Connection:
-    with anyio.fail_after(5):
-        while not server.connections[0].ended:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
+    await until(lambda: server.connections[0].ended, what="the session ended", within=5)
     return server.connections[0]
 
 

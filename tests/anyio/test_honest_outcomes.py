@@ -139,6 +139,11 @@ async def test_bytes_arriving_while_idle_keep_the_connection_from_being_lent() -
     assert server_side.closed_by_client or len(server.connections) == 2
 
 
+def commands(server: FakeSMTPServer) -> list[str]:
+    """The commands the server saw on its first connection (none before it has one)."""
+    return server.connections[0].commands if server.connections else []
+
+
 async def _push_from_server(server: FakeSMTPServer, data: bytes) -> None:
     await server.sessions[0].stream.send(data)
 
@@ -340,10 +345,6 @@ async def test_a_sender_whose_pool_closes_during_its_retry_delay_fails_at_once()
 
 
 # -- 5. a cancelled send whose terminator went out is logged and counted ---------------------
-
-
-def commands(server: FakeSMTPServer) -> list[str]:
-    return server.connections[0].commands if server.connections else []
 
 
 async def test_a_send_cancelled_after_the_terminator_is_logged_and_counted(

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 import anyio
 from pooledmail_anyio import Host, Limits, PoolConfig, SendFailed, SendResult, SMTPPool
 
+from ..polling import until
 from .fakesmtp import ENDLESS_CAP, FakeSMTPServer, Fault, Script
 from .verdicts import Sent, judge, message, settled
 
@@ -226,8 +227,7 @@ async def test_a_pool_keeps_no_greeting_however_long_the_server_made_it(
                 before = tracemalloc.get_traced_memory()[0]
                 config = PoolConfig([host], min_size=8, max_size=8, refill_delay=0.0)
                 async with SMTPPool(config) as pool:
-                    while pool.statistics().idle < 8:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
+                    await until(lambda: pool.statistics().idle >= 8, what="8 idle connections")
                     held = tracemalloc.get_traced_memory()[0] - before
     finally:
         if not tracing:

@@ -10,6 +10,7 @@ import pytest
 import anyio
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
 
+from ..polling import until
 from .fakesmtp import STALL, FakeSMTPServer, Script
 
 pytestmark = pytest.mark.anyio
@@ -84,10 +85,8 @@ async def test_waiters_fail_with_pool_closed_when_the_pool_closes() -> None:
 async def test_min_size_is_kept_warm_in_the_background() -> None:
     server = FakeSMTPServer(Script())
     async with server.running(), SMTPPool(config(server, min_size=2)) as pool:
-        with anyio.fail_after(5):
-            # Polling a snapshot is the point here: the test observes from outside.
-            while pool.statistics().idle < 2:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+        # Polling a snapshot is the point here: the test observes from outside.
+        await until(lambda: pool.statistics().idle >= 2, what="2 idle connections", within=5)
         stats = pool.statistics()
     assert stats.created_total == 2
 

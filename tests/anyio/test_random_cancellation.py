@@ -20,7 +20,6 @@ import contextlib
 import os
 import random
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ import anyio
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool
 from pooledmail_anyio._stream import connect_tcp
 
+from ..polling import until
 from .fakesmtp import FakeSMTPServer, Script
 from .verdicts import Sent, judge, message, stored, terminator_wire
 
@@ -38,15 +38,6 @@ CANCELLATIONS = 1000  # at least this many per backend
 MAX_SIZE = 3
 SENDERS = 4
 PER_LIFE = 110  # cancellations before a pool's life is ended (while its senders still send)
-
-
-async def eventually(condition: Callable[[], bool], *, seconds: float) -> bool:
-    """Whether `condition` holds within `seconds` (the kernel closes sockets in its own time)."""
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return True
-        await anyio.sleep(0.01)
-    return condition()
 
 
 def open_descriptors() -> int:
@@ -138,8 +129,9 @@ async def one_life(server: FakeSMTPServer, storm: Storm, baseline: int, ending: 
     assert (stats.leased, stats.waiting, stats.live) == (0, 0, 0), (ending, stats)
     storm.cancelled_after_terminator += pool.send_statistics().cancelled_after_terminator
     # The server's side of each connection goes once it sees the client's end.
-    settled = await eventually(lambda: open_descriptors() <= baseline, seconds=5)
-    assert settled, f"descriptors left open after {ending}"
+    await until(
+        lambda: open_descriptors() <= baseline, what=f"descriptors closed after {ending}", within=5
+    )
 
 
 async def test_a_thousand_random_cancellations_leave_nothing_behind(anyio_backend: str) -> None:
@@ -223,7 +215,7 @@ async def test_a_connect_cancelled_at_any_moment_leaves_no_socket_open() -> None
             with anyio.move_on_after(rng.uniform(0.0, 0.0004)):
                 stream = await connect_tcp("127.0.0.1", server.port)
                 await anyio.aclose_forcefully(stream)
-        assert await eventually(lambda: sockets_to(server.port) == 0, seconds=2)
+        await until(lambda: sockets_to(server.port) == 0, what="client sockets closed", within=2)
         # Let the listener take what is left in its backlog before it closes: on Python 3.11 a
         # connection accepted just as the accept is cancelled breaks asyncio's sock_accept
         # (InvalidStateError), in the test server, not in the pool.

@@ -30,6 +30,7 @@ from pooledmail_anyio._stream import (
     _Protocol,
 )
 
+from ..polling import until
 from .fakesmtp import FakeSMTPServer, Script
 from .streampair import stream_pair
 
@@ -91,9 +92,7 @@ async def until_paused(stream: object) -> _Protocol:
     """The asyncio stream's protocol, once a flood has made it pause reading (bounded wait)."""
     assert isinstance(stream, AsyncioSocketStream)
     protocol = stream._protocol
-    with anyio.fail_after(10):
-        while not protocol.reading_paused:  # noqa: ASYNC110
-            await anyio.sleep(0.005)
+    await until(lambda: protocol.reading_paused, what="reading paused")
     return protocol
 
 
@@ -166,9 +165,7 @@ async def test_closing_a_stream_paused_at_its_limit_ends_it(watch_reads: Any) ->
         await client.aclose()
         with pytest.raises(anyio.ClosedResourceError):
             await client.receive()
-        with anyio.fail_after(10):
-            while not protocol.lost:  # noqa: ASYNC110
-                await anyio.sleep(0.005)
+        await until(lambda: protocol.lost, what="the connection lost")
         tg.cancel_scope.cancel()
     assert watch.peak == LIMIT
     assert watch.overreach == []
@@ -257,15 +254,19 @@ async def test_a_server_flooding_an_idle_connection_gets_it_closed_not_lent(
                 flood = Flood(server.sessions[0].stream)
                 tg.start_soon(flood.run)
                 # The server has pushed several times the limit, and the client has seen it.
-                while flood.sent < 4 * LIMIT or flooded.unusable() is None:  # noqa: ASYNC110
-                    await anyio.sleep(0.005)
+                await until(
+                    lambda: flood.sent >= 4 * LIMIT and flooded.unusable() is not None,
+                    what="the flood sent and seen",
+                )
                 if anyio_backend == "asyncio":
                     protocol = await until_paused(flooded._deadline_stream)
                     assert protocol.buffered == LIMIT
                 assert flooded.unusable() == "out_of_sync"
                 result = await send(pool, 1)
-                while pool.statistics().closed_total.get("out_of_sync", 0) < 1:  # noqa: ASYNC110
-                    await anyio.sleep(0.005)
+                await until(
+                    lambda: pool.statistics().closed_total.get("out_of_sync", 0) >= 1,
+                    what="the flooded connection closed",
+                )
                 statistics = pool.statistics()
                 discarded = pool.send_statistics().stale_discarded
                 assert flooded not in pool._connections.values()
