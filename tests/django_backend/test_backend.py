@@ -23,7 +23,8 @@ from django.test import override_settings
 from pooledmail_anyio import FailureKind, SendFailed, Stage, TLSMode
 from pooledmail_django import EmailBackend, SMTPSendFailed
 from tests.anyio.fakesmtp import DISCONNECT, Script
-from tests.sync.servers import eventually, fault_server, smtpd
+from tests.polling import eventually
+from tests.sync.servers import fault_server, smtpd
 
 Point = Callable[..., AbstractContextManager[Any]]
 FIXED = {"Message-ID": "<fixed-1@example.com>", "Date": "Tue, 01 Jul 2025 10:00:00 -0000"}

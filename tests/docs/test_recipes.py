@@ -23,7 +23,8 @@ import pytest
 
 from pooledmail_anyio import BlockingSMTPPool, FailureKind, SendFailed, TLSMode
 from tests.anyio.fakesmtp import DISCONNECT, Script
-from tests.sync.servers import eventually, fault_server, smtpd
+from tests.polling import eventually
+from tests.sync.servers import fault_server, smtpd
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)\n```", re.DOTALL)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.polling import eventually
 from tests.servers.redis import RedisServer
 
 from .recording_server import RecordingServer
@@ -92,13 +93,13 @@ def run_fleet(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def wait_until_every_worker_sent(server: RecordingServer, workers: int) -> None:
     """Until the server has stored a few messages of every worker (they start at their pace)."""
-    give_up = time.monotonic() + 30
-    while time.monotonic() < give_up:
+
+    def every_worker_sent() -> bool:
         per_worker = Counter(item.message_id.split("-")[0] for item in server.stored())
-        if len(per_worker) == workers and min(per_worker.values()) >= 3:
-            return
-        time.sleep(0.02)
-    pytest.fail("the workers did not start sending")
+        return len(per_worker) == workers and min(per_worker.values()) >= 3
+
+    if not eventually(every_worker_sent, within=30):
+        pytest.fail("the workers did not start sending")
 
 
 def per_worker(server: RecordingServer, start: float, end: float) -> Counter[str]:

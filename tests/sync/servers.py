@@ -97,15 +97,3 @@ def fault_server(script_for: Callable[[int], Script] | Script) -> Iterator[FakeS
         portal.wrap_async_context_manager(server.running()) as running,
     ):
         yield running
-
-
-def eventually(predicate: Callable[[], bool], within: float = 10.0) -> bool:
-    """Whether `predicate` becomes true: for what another thread's server records after the
-    client has moved on (a QUIT is sent, the server reads it a moment later). `within` only
-    stops a broken test from hanging; nothing is asserted about time."""
-    gate = threading.Event()
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return True
-        gate.wait(0.01)
-    return predicate()

@@ -32,7 +32,8 @@ from pooledmail_anyio import (
 from pooledmail_anyio._ports import free_port
 from tests.anyio.fakesmtp import DISCONNECT, STALL, Script
 
-from .servers import Recorder, eventually, fault_server, smtpd
+from ..polling import eventually
+from .servers import Recorder, fault_server, smtpd
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,8 @@ import pytest
 import anyio
 from pooledmail_anyio import BlockingSMTPPool, Host, PoolConfig
 
-from .servers import eventually, smtpd
+from ..polling import eventually
+from .servers import smtpd
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork") or not Path("/proc/self/fd").is_dir(),
