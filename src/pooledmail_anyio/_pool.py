@@ -925,6 +925,7 @@ class SMTPPool:
                 classification = classify(
                     transaction.stage, terminator_sent=transaction.terminator_sent
                 )
+                refusal = transaction.refusal
                 if slot in self._aborted_by_close:
                     # A close that was forced by cancelling the block cancels this caller too:
                     # then the cancellation, not the close it caused, is what the caller sees.
@@ -933,7 +934,19 @@ class SMTPPool:
                     except BaseException:
                         self._note_cancelled(transaction, prepared, host, handed_over_before)
                         raise
-                    return self._aborted(classification, exc, host)
+                    if refusal is None:
+                        return self._aborted(classification, exc, host)
+                if refusal is not None:
+                    # The server had refused the message; the connection failed only in the RSET
+                    # (or lone ".") that tidies the session after a refusal (RFC 5321
+                    # §4.1.1.5). The refusal decides, even after the terminator: it is a final
+                    # reply. The connection is not reused.
+                    stage, reply = refusal
+                    refused = classify(
+                        stage, reply=reply, terminator_sent=transaction.terminator_sent
+                    )
+                    why = f"server said {reply} (the connection failed after the refusal)"
+                    return _Failure(refused, reply, exc, host, why)
                 why = describe_transport_failure(
                     exc,
                     transaction.stage,
@@ -988,7 +1001,9 @@ class SMTPPool:
         """A caller cancelled a send: if the message had been handed over in full, it may have
         been delivered, and nobody will be told by an exception. Say so in the log and count it,
         so that an application can find the messages to reconcile."""
-        if not (transaction.terminator_sent or before):
+        # A refusal the server gave is a final reply: the message was handed over, not stored.
+        handed_over = transaction.terminator_sent and transaction.refusal is None
+        if not (handed_over or before):
             return
         self._cancelled_after_terminator += 1
         self._observer.cancelled_after_terminator(host, transaction.stage, prepared.message_id)

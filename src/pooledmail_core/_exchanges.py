@@ -422,6 +422,7 @@ class TransactionExchange(Exchange):
         "_last_chunk_reply",
         "_phase",
         "_plan",
+        "_refusal",
         "_refused",
         "_result",
         "_stage",
@@ -440,6 +441,7 @@ class TransactionExchange(Exchange):
         self._last_chunk_reply: Reply | None = None
         self._accepted: list[str] = []
         self._refused: list[tuple[str, Reply]] = []
+        self._refusal: tuple[Stage, Reply] | None = None
         self._result: TransactionOutcome | None = None
         self._phase = _GENERAL
         if fused and plan.pipelined:
@@ -469,6 +471,15 @@ class TransactionExchange(Exchange):
         False. The one place that decides whether a lost reply leaves the message's fate unknown
         (RFC 5321 §4.5.3.2, RFC 1047); `classify` is the only reader that turns it into a kind."""
         return self._terminator_sent
+
+    @property
+    def refusal(self) -> tuple[Stage, Reply] | None:
+        """The stage and reply of the refusal that decided the message, from the moment it was
+        read: before the RSET (or the lone "." line) that follows it only to tidy the session.
+        If the connection then fails, the message was still refused: the server said so, the
+        terminator sent or not. None until the server refused anything, and on the fused path,
+        which hands every refusal to the general one."""
+        return self._refusal
 
     @property
     def result(self) -> TransactionOutcome:
@@ -748,6 +759,7 @@ class TransactionExchange(Exchange):
             # "." (an empty message for nobody) before resetting.
             if self._out_of_step():
                 return self._end(failure[1], failure[0], False)
+            self._refusal = failure
             yield Write(emit(_END_OF_DATA, b".\r\n"))
             while (dot := next_event()) is NEED_DATA:
                 yield NEED_DATA
@@ -869,6 +881,7 @@ class TransactionExchange(Exchange):
         # carry the next one. A 421 instead of a reply already closed the session.
         session = self._session
         next_event = session.next_event
+        self._refusal = stage, failure
         if failure.code == 421:
             return self._end(failure, stage, False)
         if self._out_of_step():

@@ -22,7 +22,7 @@ from pooledmail_anyio import FailureKind, Host, Limits, PoolConfig, SendFailed, 
 from pooledmail_anyio._ports import free_port
 
 from ..polling import until
-from .fakesmtp import STALL, FakeSMTPServer, Fault, Script
+from .fakesmtp import DISCONNECT, STALL, FakeSMTPServer, Fault, Script
 
 pytestmark = pytest.mark.anyio
 
@@ -493,3 +493,76 @@ async def test_a_custom_clock_does_not_stretch_the_send_timeout() -> None:
             with anyio.fail_after(5), pytest.raises(SendFailed) as caught:
                 await send(pool, 0)
     assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
+
+
+# -- 6. a refusal stands when the connection then fails during the RSET after it -------------
+
+# The whole BDAT LAST chunk leaves before its reply, so the terminator is sent when the server
+# refuses the message; the RSET that follows the refusal (RFC 5321 §4.1.1.5) only tidies the
+# session. Pipelined, with CHUNKING: MAIL, RCPT and the last chunk in one flight; one at a time,
+# with CHUNKING but no PIPELINING.
+REFUSING_BDAT = pytest.mark.parametrize(
+    "extensions", [CHUNKING, ("CHUNKING", "8BITMIME")], ids=["pipelined", "one-at-a-time"]
+)
+
+
+@pytest.mark.parametrize(
+    ("extensions", "refusal", "stage"),
+    [
+        (CHUNKING, {"data_end": "554 5.7.1 refused as spam"}, Stage.DATA_END),
+        (("CHUNKING", "8BITMIME"), {"data_end": "554 5.7.1 refused as spam"}, Stage.DATA_END),
+        # Pipelined only: one at a time, a refused RCPT stops the transaction before any chunk.
+        (CHUNKING, {"rcpt": "550 5.1.1 no such user"}, Stage.RCPT),
+    ],
+    ids=["final-reply-pipelined", "final-reply-one-at-a-time", "every-recipient-pipelined"],
+)
+@pytest.mark.parametrize("rset", [DISCONNECT, STALL], ids=["rset-disconnect", "rset-silent"])
+async def test_a_refusal_followed_by_a_broken_rset_is_definitely_not_accepted(
+    extensions: tuple[str, ...],
+    refusal: dict[str, str],
+    stage: Stage,
+    rset: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script = Script(extensions=extensions, rset=rset, **refusal)  # type: ignore[arg-type]
+    server = FakeSMTPServer(script)
+    caplog.set_level(logging.DEBUG, logger="pooledmail")
+    async with server.running(), SMTPPool(config(server, command_timeout=0.5)) as pool:
+        with pytest.raises(SendFailed) as caught:
+            await send(pool, 0)
+        stats = pool.send_statistics()
+    # The server's record: it read the last chunk, refused it, stored nothing.
+    assert any(
+        c.upper().startswith("BDAT") and c.upper().endswith("LAST") for c in commands(server)
+    )
+    assert "RSET" in commands(server)
+    assert server.messages == []
+    failure = caught.value
+    assert failure.kind is FailureKind.PERMANENT
+    assert failure.stage is stage
+    assert failure.definitely_not_accepted
+    assert failure.reply is not None
+    assert failure.reply.code in (550, 554)
+    assert dict(stats.failed) == {"permanent": 1}
+    assert not [r for r in caplog.records if "may have been delivered" in r.getMessage()]
+
+
+@REFUSING_BDAT
+async def test_a_send_cancelled_during_the_rset_after_a_refusal_is_not_reported_as_ambiguous(
+    extensions: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FakeSMTPServer(
+        Script(extensions=extensions, data_end="554 5.7.1 refused as spam", rset=STALL)
+    )
+    caplog.set_level(logging.WARNING, logger="pooledmail")
+    async with server.running(), SMTPPool(config(server, command_timeout=60.0)) as pool:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, pool, 0)
+            # The server refused the message and the client is waiting for RSET's reply.
+            await until(lambda: "RSET" in commands(server), what="the RSET after the refusal")
+            tg.cancel_scope.cancel()
+        stats = pool.send_statistics()
+    assert server.received == 1
+    assert server.messages == []
+    assert stats.cancelled_after_terminator == 0
+    assert not [r for r in caplog.records if "may have been delivered" in r.getMessage()]
