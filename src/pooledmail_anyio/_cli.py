@@ -98,6 +98,9 @@ def _size(text: str) -> int:
     return value
 
 
+_BACKENDS = ("asyncio", "trio")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pooledmail",
@@ -107,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pooledmail {_own_version()}")
     parser.add_argument(
         "--backend",
-        choices=("asyncio", "trio"),
-        default=os.environ.get("POOLEDMAIL_BACKEND", "asyncio"),
+        choices=_BACKENDS,
+        # None: from POOLEDMAIL_BACKEND, checked in `main` (argparse checks no default's choices).
+        default=None,
         help="event loop (POOLEDMAIL_BACKEND; asyncio)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -173,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     # write it; given there it wins over the one before the command.
     for command in (probe, send, check, bench, demo):
         command.add_argument(
-            "--backend", choices=("asyncio", "trio"), default=argparse.SUPPRESS, help="event loop"
+            "--backend", choices=_BACKENDS, default=argparse.SUPPRESS, help="event loop"
         )
     return parser
 
@@ -191,6 +195,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "demo": _demo_command,
     }
     try:
+        if args.backend is None:
+            args.backend = env.get("POOLEDMAIL_BACKEND", "asyncio")
+            if args.backend not in _BACKENDS:
+                raise CommandLineError(
+                    f"backend: must be asyncio or trio, not {args.backend!r} (POOLEDMAIL_BACKEND)"
+                )
         return commands[args.command](args, env, output)
     except CommandLineError as exc:
         output.error(f"error: {exc}")

@@ -605,3 +605,39 @@ def test_host_takes_several_servers_separated_by_commas(
     assert lines[1].startswith(f"127.0.0.1:{sink.port}")
     assert " ok " in lines[1]
     assert lines[2].startswith(f"127.0.0.1:{dead}")
+
+
+def test_a_wrong_backend_from_the_environment_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As every other option: a wrong value stops the command with status 2, naming the option
+    # and where it came from; not a traceback (argparse does not check a default's choices).
+    argv = ["check", "--host", "127.0.0.1", "--tls", "none"]
+    code, out, err = run(capsys, *argv, env={"POOLEDMAIL_BACKEND": "curio"})
+    assert code == 2
+    assert "backend" in err
+    assert "(POOLEDMAIL_BACKEND)" in err
+    assert out == ""
+    monkeypatch.setenv("POOLEDMAIL_BACKEND", "curio")
+    assert main(argv) == 2
+    assert "(POOLEDMAIL_BACKEND)" in capsys.readouterr().err
+
+
+def test_the_backend_comes_from_the_environment_main_is_given() -> None:
+    # `main(environ=...)` reads every variable from that mapping, POOLEDMAIL_BACKEND included.
+    from pooledmail_anyio import _cli
+
+    seen: list[str] = []
+    run_on = _cli.anyio.run
+
+    def recording(*args: Any, backend: str, **options: Any) -> Any:
+        seen.append(backend)
+        return run_on(*args, backend=backend, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_cli.anyio, "run", recording)
+        assert main(["demo", "--messages", "2"], environ={"POOLEDMAIL_BACKEND": "trio"}) == 0
+        # A flag still wins over the variable.
+        argv = ["demo", "--backend", "asyncio", "--messages", "2"]
+        assert main(argv, environ={"POOLEDMAIL_BACKEND": "trio"}) == 0
+    assert seen == ["trio", "asyncio"]
