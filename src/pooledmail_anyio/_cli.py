@@ -272,6 +272,7 @@ async def _probe(
                 connect_timeout,
                 connecting=True,
                 closed=connection.server_closed,
+                command="NOOP",
             )
             found.failure = ConnectFailure(host.key, classify(Stage.EHLO), None, exc, why)
             rows.append(("round trip", f"NOOP failed: {why}"))

@@ -613,17 +613,23 @@ def describe_transport_failure(
     *,
     connecting: bool,
     closed: bool = False,
+    command: str | None = None,
 ) -> str:
     """One line saying what a transport failure at `stage` means, for `SendFailed`'s reason.
 
     `timeout` is the limit that expired if it was a timeout (`connect_timeout` while
     `connecting`, else `command_timeout`). `closed` says the server ended the stream, which the
-    core then reports as a protocol error (a reply was awaited). Never a secret.
+    core then reports as a protocol error (a reply was awaited). `command` names the command
+    under way when it is none of a stage's (the NOOP of `check()` and `pooledmail probe`, once
+    setup is done): the line then speaks of it. Never a secret.
     """
     if closed and isinstance(error, RemoteProtocolError):
         error = anyio.EndOfStream()
     option = "connect_timeout" if connecting else "command_timeout"
+    during = stage.name if command is None else command
     if isinstance(error, (TimeoutError, DeadlineExceeded)):
+        if command is not None:
+            return f"no reply to {command} within {timeout:g} s ({option})"
         if stage is Stage.CONNECT:
             return f"no TCP connection within {timeout:g} s ({option})"
         if stage is Stage.GREETING:
@@ -645,7 +651,7 @@ def describe_transport_failure(
     if isinstance(error, LocalProtocolError):
         return str(error)
     if isinstance(error, RemoteProtocolError):
-        return f"protocol error during {stage.name}: {error}"
+        return f"protocol error during {during}: {error}"
     # The error that says what happened may be a cause: anyio wraps a reset in
     # BrokenResourceError, and its connect_tcp the last attempt's error in a bare OSError.
     cause: BaseException = error
@@ -659,11 +665,11 @@ def describe_transport_failure(
     if isinstance(cause, socket.gaierror):
         return f"cannot resolve {host.hostname!r}: {cause.strerror or cause}"
     if isinstance(cause, (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)):
-        if stage is Stage.GREETING:
+        if stage is Stage.GREETING and command is None:
             return "the server closed the connection before its greeting"
-        return f"the server closed the connection during {stage.name}"
+        return f"the server closed the connection during {during}"
     if isinstance(cause, anyio.ClosedResourceError):
-        return f"the connection was closed during {stage.name}"
+        return f"the connection was closed during {during}"
     if isinstance(cause, OSError):
         if cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return f"{host.hostname} is unreachable: {cause.strerror}"

@@ -147,7 +147,13 @@ async def check_host(
         reply = noop.result
     except _NOOP_ERRORS as exc:
         why = describe_transport_failure(
-            exc, stage, host, connect_timeout, connecting=True, closed=connection.server_closed
+            exc,
+            stage,
+            host,
+            connect_timeout,
+            connecting=True,
+            closed=connection.server_closed,
+            command="NOOP",
         )
         await connection.abort(quit_grace)
         return HostCheck(

@@ -10,7 +10,7 @@ import pytest
 from pooledmail_anyio import FailureKind, HealthReport, Host, PoolConfig, SMTPPool, Stage
 from pooledmail_anyio._ports import free_port
 
-from .fakesmtp import STALL, FakeSMTPServer, Script
+from .fakesmtp import DISCONNECT, STALL, FakeSMTPServer, Script
 
 pytestmark = pytest.mark.anyio
 
@@ -107,3 +107,29 @@ async def test_check_works_before_the_pool_is_entered() -> None:
     assert report.ok
     assert report.hosts[0].tls_version is None
     assert report.hosts[0].stage is Stage.EHLO
+
+
+@pytest.mark.parametrize("tls", ["none", "starttls"])
+@pytest.mark.parametrize(
+    ("noop", "said"),
+    [
+        (STALL, "no reply to NOOP within 0.3 s (connect_timeout)"),
+        (DISCONNECT, "the server closed the connection during NOOP"),
+    ],
+    ids=["silent", "closed"],
+)
+async def test_a_failed_noop_is_described_as_the_noop_not_as_a_setup_stage(
+    tls: str, noop: str, said: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # Setup went through (EHLO answered, the TLS handshake done): the reason must not say
+    # that EHLO got no reply or that the handshake did not finish.
+    extensions = ("PIPELINING", "STARTTLS")
+    server = FakeSMTPServer(Script(noop=noop, extensions=extensions, tls_context=server_tls))
+    async with server.running():
+        host = Host("127.0.0.1", server.port, tls=tls)
+        pool = SMTPPool(PoolConfig([host], connect_timeout=0.3), ssl_context=client_tls)
+        report = await pool.check()
+    (found,) = report.failures
+    assert "NOOP" in server.connections[0].commands
+    assert (found.tls_version is not None) is (tls == "starttls")
+    assert found.reason == f"the session was ready but NOOP failed: {said}"

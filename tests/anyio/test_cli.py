@@ -641,3 +641,17 @@ def test_the_backend_comes_from_the_environment_main_is_given() -> None:
         argv = ["demo", "--backend", "asyncio", "--messages", "2"]
         assert main(argv, environ={"POOLEDMAIL_BACKEND": "trio"}) == 0
     assert seen == ["trio", "asyncio"]
+
+
+def test_probe_describes_a_dropped_noop_as_the_noop(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    # EHLO was answered (the extensions are shown): the failure is the NOOP's, not EHLO's.
+    script = Script(acts=(Fault("normal"), Fault("normal"), Fault("disconnect")))
+    with fault_server(script) as server:
+        argv = ["--backend", backend, "probe", f"127.0.0.1:{server.port}", "--tls", "none"]
+        code = main(argv, environ={})
+    out, _ = capsys.readouterr()
+    assert code == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    assert "NOOP failed: the server closed the connection during NOOP" in out
+    assert "EHLO" not in out.split("NOOP failed", 1)[1]
