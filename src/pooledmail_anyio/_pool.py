@@ -781,7 +781,7 @@ class SMTPPool:
                 raise
             else:
                 outcome = await self._transact(
-                    slot, connection, prepared, deadline, attempts, unknown is not None
+                    slot, connection, prepared, deadline, attempts, unknown
                 )
                 if type(outcome) is SendResult:
                     self._accepted += 1
@@ -897,7 +897,7 @@ class SMTPPool:
         prepared: PreparedMessage,
         deadline: float,
         attempts: int,
-        handed_over_before: bool = False,
+        earlier_unknown: _Failure | None = None,
     ) -> SendResult | _Failure:
         """One attempt on a leased connection. Always gives the slot back to the machine."""
         healthy = False
@@ -932,7 +932,7 @@ class SMTPPool:
                     try:
                         await anyio.lowlevel.checkpoint_if_cancelled()
                     except BaseException:
-                        self._note_cancelled(transaction, prepared, host, handed_over_before)
+                        self._note_cancelled(transaction, prepared, host, earlier_unknown)
                         raise
                     if refusal is None:
                         return self._aborted(classification, exc, host)
@@ -959,7 +959,7 @@ class SMTPPool:
                     why += "; the message was handed over in full and the server may have stored it"
                 return _Failure(classification, None, exc, host, why)
             except BaseException:
-                self._note_cancelled(transaction, prepared, host, handed_over_before)
+                self._note_cancelled(transaction, prepared, host, earlier_unknown)
                 raise
             result = transaction.result
             if result.in_sync:
@@ -996,14 +996,20 @@ class SMTPPool:
                 self._observer.released(host, now - self._leased_at.pop(slot, now))
 
     def _note_cancelled(
-        self, transaction: Any, prepared: PreparedMessage, host: str, before: bool = False
+        self,
+        transaction: Any,
+        prepared: PreparedMessage,
+        host: str,
+        earlier_unknown: _Failure | None = None,
     ) -> None:
         """A caller cancelled a send: if the message had been handed over in full, it may have
         been delivered, and nobody will be told by an exception. Say so in the log and count it,
-        so that an application can find the messages to reconcile."""
+        so that an application can find the messages to reconcile. `earlier_unknown` is an
+        earlier attempt that handed it over (retried under retry_unknown=True): if this one did
+        not, that attempt's host is the one that may have it."""
         # A refusal the server gave is a final reply: the message was handed over, not stored.
-        handed_over = transaction.terminator_sent and transaction.refusal is None
-        if not (handed_over or before):
+        if not (transaction.terminator_sent and transaction.refusal is None):
+            self._note_cancelled_unknown(earlier_unknown, prepared)
             return
         self._cancelled_after_terminator += 1
         self._observer.cancelled_after_terminator(host, transaction.stage, prepared.message_id)

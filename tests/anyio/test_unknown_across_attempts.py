@@ -7,6 +7,7 @@ Judged against the fake server's record of what it stored.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -16,7 +17,7 @@ import anyio
 from pooledmail_anyio import Host, PoolConfig, SendFailed, SMTPPool, _stream
 
 from ..polling import until
-from .fakesmtp import FakeSMTPServer, Fault, Script
+from .fakesmtp import STALL, FakeSMTPServer, Fault, Script
 from .verdicts import settled
 
 pytestmark = pytest.mark.anyio
@@ -132,3 +133,56 @@ async def test_a_send_cancelled_while_retrying_an_unknown_attempt_is_counted() -
     assert len(server.messages) == 1
     assert stats.retries == 1
     assert stats.cancelled_after_terminator == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_cancel_during_a_retry_on_another_host_names_the_host_that_has_the_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Attempt 1 on host A: stored, then the connection drops before the final reply. A then
+    # refuses new sessions (it cools down) and the retry goes to host B, which never answers
+    # MAIL; the caller cancels there. The message may have been delivered by A, never by B: the
+    # record and the metric of the cancelled send must name A.
+    first = FakeSMTPServer(
+        lambda n: (
+            Script(fault=Fault("disconnect", "data_end"))
+            if n == 0
+            else Script(greeting="554 5.3.2 no service here")
+        )
+    )
+    second = FakeSMTPServer(Script(mail=STALL))
+    caplog.set_level(logging.WARNING, logger="pooledmail.send")
+    async with first.running(), second.running():
+        hosts = [
+            Host("127.0.0.1", first.port, tls="none"),
+            Host("127.0.0.1", second.port, tls="none", priority=1),
+        ]
+        options = {"max_retries": 3, "retry_base_delay": 0.01, "command_timeout": 60.0}
+        async with SMTPPool(PoolConfig(hosts, **options)) as pool:
+
+            async def send() -> None:
+                await pool.send_raw(
+                    b"Subject: once\r\n\r\nhello\r\n",
+                    sender="a@example.com",
+                    recipients=["b@example.com"],
+                    retry_unknown=True,
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                await until(
+                    lambda: any(
+                        command.startswith("MAIL")
+                        for connection in second.connections
+                        for command in connection.commands
+                    ),
+                    what="the retry waiting for MAIL's reply on host B",
+                )
+                tg.cancel_scope.cancel()
+            stats = pool.send_statistics()
+    assert len(first.messages) == 1
+    assert second.messages == []
+    assert stats.cancelled_after_terminator == 1
+    (record,) = [r for r in caplog.records if "may have been delivered" in r.getMessage()]
+    assert record.host == hosts[0].key  # type: ignore[attr-defined]
+    assert hosts[1].key not in record.getMessage()
