@@ -414,6 +414,28 @@ def test_a_wrong_setting_fails_at_construction_with_its_name(
     assert str(caught.value).startswith(named)
 
 
+def test_the_trio_backend_without_trio_installed_is_an_improperly_configured_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by review: the blocking pool's ConfigError ("backend: 'trio' needs trio") went out
+    # as itself, not as the ImproperlyConfigured naming the setting that django.md promises.
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_trio(name: str, *args: Any) -> Any:
+        return None if name == "trio" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_trio)
+    with (
+        override_settings(EMAIL_HOST="127.0.0.1", POOLEDMAIL={"backend": "trio"}),
+        pytest.raises(ImproperlyConfigured) as caught,
+    ):
+        EmailBackend()
+    assert str(caught.value).startswith("POOLEDMAIL: backend: ")
+    assert "pooledmail[trio]" in str(caught.value)
+
+
 def test_an_unknown_argument_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match="use_starttls"):
         EmailBackend(use_starttls=True)
