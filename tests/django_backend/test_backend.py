@@ -263,6 +263,25 @@ def test_unknown_after_data_reaches_django_code_as_such(pointed_at: Point) -> No
     assert not caught.value.definitely_not_accepted
 
 
+def test_fail_silently_does_not_count_a_message_whose_outcome_is_unknown(
+    pointed_at: Point, caplog: pytest.LogCaptureFixture
+) -> None:
+    # django.md: skipped and not counted, though the server has it; logged and counted by the
+    # pool, for reconciliation.
+    with fault_server(Script(data_end=DISCONNECT)) as server:
+        with pointed_at(server.port), caplog.at_level("WARNING", logger="pooledmail.send"):
+            connection = get_connection(fail_silently=True)
+            message = EmailMessage("maybe", "Body.", "alice@example.com", ["bob@example.com"])
+            assert connection.send_messages([message]) == 0
+            unknown = connection.pool.send_statistics().failed.get("unknown_after_data", 0)
+        assert len(server.messages) == 1
+    assert unknown == 1
+    logged = [r for r in caplog.records if r.__dict__.get("kind") == "unknown_after_data"]
+    assert [r.levelname for r in logged] == ["WARNING"]
+    # Django gives every message a Message-ID; the log names it, to reconcile by.
+    assert str(logged[0].__dict__["message_id"]).startswith("<")
+
+
 def test_open_and_close_do_not_close_the_shared_pool(pointed_at: Point) -> None:
     with smtpd() as (port, recorder), pointed_at(port):
         connection = get_connection()
