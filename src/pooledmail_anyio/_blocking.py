@@ -34,9 +34,9 @@ Life cycle, one explicit state per pool:
   `os.register_at_fork` runs in the child: every started pool forgets its loop, thread and
   `SMTPPool` (kept referenced, never run or collected, so no destructor can act on them), the
   child's copies of the parent's SMTP sockets are pointed at /dev/null so that the child does not
-  hold the parent's connections open, every lock is replaced (another thread may have held it at
-  the fork), and the pool is `new` again: its first use in the child starts the child's own loop
-  and connections.
+  hold the parent's connections open, the parent's pool stops reporting metrics, every lock is
+  replaced (another thread may have held it at the fork), and the pool is `new` again: its first
+  use in the child starts the child's own loop and connections.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import functools
 import importlib.util
 import os
 import ssl
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
@@ -548,6 +549,9 @@ class BlockingSMTPPool:
         """In a child after fork: drop the parent's loop, thread and sockets (see the top)."""
         self._lock = threading.Lock()
         closed = threading.Event()
+        # The parent's pool (running, draining, closed or never used) is never run here: its
+        # metrics must not be reported beside those of the child's own pool.
+        self._pool._detach_metrics()
         # The parent's running pool, or the one its close() was draining at the fork.
         running = self._running or self._draining
         self._running = self._draining = None
@@ -630,6 +634,11 @@ def _close_started_pools() -> None:
 
 
 def _after_fork_in_child() -> None:
+    metrics = sys.modules.get(f"{__package__}._metrics")
+    if metrics is not None:
+        # First: the pools made below register their metrics under that module's locks, which
+        # another thread may have held at the fork (its own hook would come after this one).
+        metrics.after_fork_in_child()
     _registry.lock = threading.Lock()
     _registry.started.clear()
     for pool in list(_ALL):

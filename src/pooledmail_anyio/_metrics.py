@@ -12,6 +12,7 @@ pools alive at that moment (held weakly, so a metric reader never keeps a pool a
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -264,6 +265,25 @@ _registry: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDiction
 _registry_lock = threading.Lock()
 
 
+def after_fork_in_child() -> None:
+    """In a child after fork: new locks, as only the forking thread exists there.
+
+    Another thread may have held one at the fork (a pool being made, a metric reader collecting
+    from its own thread): nobody would ever release it in the child, and the next pool made there
+    would wait for it forever. The blocking pool's fork hook makes pools, so it calls this first
+    (hooks run in the order they were registered, and it was registered before this module was
+    imported); calling it twice is harmless.
+    """
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for instruments in list(_registry.values()):
+        instruments.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=after_fork_in_child)
+
+
 def _instruments(meter_provider: Any) -> _Instruments:
     provider = meter_provider if meter_provider is not None else otel_metrics.get_meter_provider()
     with _registry_lock:
@@ -301,6 +321,12 @@ class PoolMetrics:
         self._instruments = _instruments(meter_provider)
         with self._instruments.lock:
             self._instruments.pools.add(self)
+
+    def detach(self) -> None:
+        """Report nothing more for this pool: in a forked child, the copy of a parent's pool, which
+        is never run there, must not add its frozen counts to those of the child's own pool."""
+        with self._instruments.lock:
+            self._instruments.pools.discard(self)
 
     @property
     def recording(self) -> Callable[[], bool] | bool:

@@ -1051,6 +1051,12 @@ class SMTPPool:
                 fds.append(raw.fileno())
         return fds
 
+    def _detach_metrics(self) -> None:
+        """Stop reporting this pool's metrics (for the blocking pool's fork hook: in a child, the
+        parent's pool is kept but never run, and its counts are not the child's)."""
+        if self._observer.metrics is not None:
+            self._observer.metrics.detach()
+
     async def check(self) -> HealthReport:
         """Open one connection to each host up to a session ready for MAIL (TLS and AUTH as
         configured), time one NOOP on it, say QUIT, and report per host what worked and what did

@@ -15,10 +15,18 @@ from email.utils import parseaddr
 from typing import Any, cast
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import EmailMessage, sanitize_address
 
-from pooledmail_anyio import BlockingSMTPPool, FailureKind, SendFailed, SendResult, Stage
+from pooledmail_anyio import (
+    BlockingSMTPPool,
+    ConfigError,
+    FailureKind,
+    SendFailed,
+    SendResult,
+    Stage,
+)
 
 from ._settings import backend_options
 
@@ -81,9 +89,14 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
         if unknown:
             raise TypeError(f"{unknown[0]}: not an argument of pooledmail_django.EmailBackend")
         options = backend_options(**kwargs)
-        self.pool: BlockingSMTPPool = BlockingSMTPPool.shared(
-            options.config, backend=options.backend, ssl_context=options.ssl_context
-        )
+        try:
+            self.pool: BlockingSMTPPool = BlockingSMTPPool.shared(
+                options.config, backend=options.backend, ssl_context=options.ssl_context
+            )
+        except ConfigError as exc:
+            # The settings were read above; what is left is POOLEDMAIL["backend"] naming a loop
+            # whose package is not installed ("trio" without trio).
+            raise ImproperlyConfigured(f"POOLEDMAIL: {exc}") from None
         self._opened = False
 
     def open(self) -> bool | None:

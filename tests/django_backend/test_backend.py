@@ -263,6 +263,25 @@ def test_unknown_after_data_reaches_django_code_as_such(pointed_at: Point) -> No
     assert not caught.value.definitely_not_accepted
 
 
+def test_fail_silently_does_not_count_a_message_whose_outcome_is_unknown(
+    pointed_at: Point, caplog: pytest.LogCaptureFixture
+) -> None:
+    # django.md: skipped and not counted, though the server has it; logged and counted by the
+    # pool, for reconciliation.
+    with fault_server(Script(data_end=DISCONNECT)) as server:
+        with pointed_at(server.port), caplog.at_level("WARNING", logger="pooledmail.send"):
+            connection = get_connection(fail_silently=True)
+            message = EmailMessage("maybe", "Body.", "alice@example.com", ["bob@example.com"])
+            assert connection.send_messages([message]) == 0
+            unknown = connection.pool.send_statistics().failed.get("unknown_after_data", 0)
+        assert len(server.messages) == 1
+    assert unknown == 1
+    logged = [r for r in caplog.records if r.__dict__.get("kind") == "unknown_after_data"]
+    assert [r.levelname for r in logged] == ["WARNING"]
+    # Django gives every message a Message-ID; the log names it, to reconcile by.
+    assert str(logged[0].__dict__["message_id"]).startswith("<")
+
+
 def test_open_and_close_do_not_close_the_shared_pool(pointed_at: Point) -> None:
     with smtpd() as (port, recorder), pointed_at(port):
         connection = get_connection()
@@ -412,6 +431,28 @@ def test_a_wrong_setting_fails_at_construction_with_its_name(
     with override_settings(**settings), pytest.raises(ImproperlyConfigured) as caught:
         EmailBackend(**arguments)
     assert str(caught.value).startswith(named)
+
+
+def test_the_trio_backend_without_trio_installed_is_an_improperly_configured_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by review: the blocking pool's ConfigError ("backend: 'trio' needs trio") went out
+    # as itself, not as the ImproperlyConfigured naming the setting that django.md promises.
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_trio(name: str, *args: Any) -> Any:
+        return None if name == "trio" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_trio)
+    with (
+        override_settings(EMAIL_HOST="127.0.0.1", POOLEDMAIL={"backend": "trio"}),
+        pytest.raises(ImproperlyConfigured) as caught,
+    ):
+        EmailBackend()
+    assert str(caught.value).startswith("POOLEDMAIL: backend: ")
+    assert "pooledmail[trio]" in str(caught.value)
 
 
 def test_an_unknown_argument_is_refused_by_name() -> None:

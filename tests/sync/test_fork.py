@@ -191,3 +191,121 @@ def test_a_fork_while_another_thread_starts_the_pool_leaves_the_child_a_fresh_po
         assert exit_code == 0, report
         assert report == {"accepted": ["bob@example.com"]}
         assert eventually(lambda: len(recorder.deliveries) == 2)
+
+
+def connection_gauges(reader: Any) -> dict[str, float]:
+    """The pool's observed connection counts by state, and its maximum, from `reader`."""
+    found: dict[str, float] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    if metric.name == "pooledmail.connection.count":
+                        state = str(point.attributes["pooledmail.connection.state"])
+                        found[state] = found.get(state, 0) + point.value
+                    elif metric.name == "pooledmail.connection.max":
+                        found["max"] = found.get("max", 0) + point.value
+    return found
+
+
+def test_a_forked_child_reports_the_metrics_of_its_own_pool_only(backend: str) -> None:
+    # Found by review: the child's copy of the parent's pool (kept, never run) still reported
+    # through the shared instruments, so every forked worker added the parent's connections to
+    # its own (1 idle connection before it had any, 2 after it opened one, max_size twice).
+    pytest.importorskip("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with smtpd() as (port, recorder):
+        config = PoolConfig([Host("127.0.0.1", port, tls="none")], max_size=2)
+        pool = BlockingSMTPPool(config, backend=backend, meter_provider=provider)
+        pool.send(message("from the parent"))
+        assert connection_gauges(reader)["idle"] == 1
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
+            code = 1
+            try:
+                os.close(read_end)
+                report: dict[str, Any] = {"before": connection_gauges(reader)}
+                pool.send(message("from the child"))
+                report["after"] = connection_gauges(reader)
+                pool.close()
+                os.write(write_end, json.dumps(report).encode())
+                code = 0
+            except BaseException as exc:
+                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        exit_code = wait_for(pid)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = json.loads(pipe.read() or b"{}")
+        parent_after = connection_gauges(reader)
+        pool.close()
+        provider.shutdown()
+    assert exit_code == 0, report
+    # Before its first use the child's pool has not started: nothing to report.
+    assert report["before"] == {}
+    assert report["after"]["idle"] == 1
+    assert report["after"]["max"] == 2
+    assert parent_after["idle"] == 1
+    assert parent_after["max"] == 2
+    assert len(recorder.deliveries) == 2
+
+
+def test_a_fork_while_another_thread_holds_a_metrics_lock_does_not_hang_the_child(
+    backend: str,
+) -> None:
+    # Found by review: the fork hook makes the child's fresh pools, which registers their
+    # metrics under process-wide locks; a lock another thread held at the fork (a pool being
+    # made, a metric reader collecting) is never released in the child, which hung in the hook.
+    pytest.importorskip("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from pooledmail_anyio import _metrics
+
+    provider = MeterProvider()
+    with smtpd() as (port, recorder):
+        config = PoolConfig([Host("127.0.0.1", port, tls="none")], max_size=2)
+        pool = BlockingSMTPPool(config, backend=backend, meter_provider=provider)
+        pool.send(message("from the parent"))
+        instruments = _metrics._instruments(provider)
+        held, forked = threading.Event(), threading.Event()
+
+        def hold_the_locks() -> None:
+            with _metrics._registry_lock, instruments.lock:
+                held.set()
+                forked.wait(30)
+
+        holder = threading.Thread(target=hold_the_locks)
+        holder.start()
+        assert held.wait(30)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
+            code = 1
+            try:
+                os.close(read_end)
+                result = pool.send(message("from the child"))
+                pool.close()
+                os.write(write_end, json.dumps({"accepted": list(result.accepted)}).encode())
+                code = 0
+            except BaseException as exc:
+                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+            finally:
+                os._exit(code)
+        forked.set()
+        holder.join(30)
+        os.close(write_end)
+        exit_code = wait_for(pid)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = json.loads(pipe.read() or b"{}")
+        pool.close()
+        provider.shutdown()
+    assert exit_code == 0, report
+    assert report == {"accepted": ["bob@example.com"]}
+    assert len(recorder.deliveries) == 2
