@@ -18,7 +18,9 @@ Every change of the store is one atomic Lua script (the keys are in docs/guide/s
 
 * connections: a sorted set of leases scored by their expiry, on the store's own clock; an
   acquire first drops expired leases, so a process killed with -9 frees its leases within
-  `lease_ttl`. The host's shared cooldown is checked in the same script.
+  `lease_ttl`. The host's shared cooldown is checked in the same script. The set's own expiry
+  is only ever lengthened, so that a pool with a shorter `lease_ttl` (a rolling deploy that
+  changes it) never lets the set, and another pool's live leases with it, vanish.
 * messages: GCRA on the store's clock (the same arithmetic as the core's `Gcra`): one call
   reserves up to `count` tokens at the rate's spacing, the first no further ahead than the
   action's `wait`, the others no further than its `horizon`; each comes back as an offset from
@@ -66,7 +68,7 @@ local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= cap then return {0, 0} end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if redis.call('PTTL', KEYS[1]) < ttl * 2 then redis.call('PEXPIRE', KEYS[1], ttl * 2) end
 return {1, 0}
 """
 
@@ -85,7 +87,7 @@ for i = 3, #ARGV do
     table.insert(lost, lease)
   end
 end
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if redis.call('PTTL', KEYS[1]) < ttl * 2 then redis.call('PEXPIRE', KEYS[1], ttl * 2) end
 return lost
 """
 
