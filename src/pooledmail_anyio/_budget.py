@@ -18,12 +18,15 @@ Every change of the store is one atomic Lua script (the keys are in docs/guide/s
 
 * connections: a sorted set of leases scored by their expiry, on the store's own clock; an
   acquire first drops expired leases, so a process killed with -9 frees its leases within
-  `lease_ttl`. The host's shared cooldown is checked in the same script.
+  `lease_ttl`. The host's shared cooldown is checked in the same script. The set's own expiry
+  is only ever lengthened, so that a pool with a shorter `lease_ttl` (a rolling deploy that
+  changes it) never lets the set, and another pool's live leases with it, vanish.
 * messages: GCRA on the store's clock (the same arithmetic as the core's `Gcra`): one call
   reserves up to `count` tokens at the rate's spacing, the first no further ahead than the
   action's `wait`, the others no further than its `horizon`; each comes back as an offset from
   the store's "now", which the driver adds to its own clock when the answer arrives (later than
-  the store's, never earlier).
+  the store's, never earlier), while the token's lifetime counts from when it asked (the
+  store's "now" was no earlier), so a slow answer never lets a token be used late.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= cap then return {0, 0} end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if redis.call('PTTL', KEYS[1]) < ttl * 2 then redis.call('PEXPIRE', KEYS[1], ttl * 2) end
 return {1, 0}
 """
 
@@ -84,7 +87,7 @@ for i = 3, #ARGV do
     table.insert(lost, lease)
   end
 end
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if redis.call('PTTL', KEYS[1]) < ttl * 2 then redis.call('PEXPIRE', KEYS[1], ttl * 2) end
 return lost
 """
 
@@ -303,6 +306,7 @@ class FleetLink:
         rate = budget.max_messages_per_second
         assert rate is not None
         interval = 1_000_000 / rate
+        asked_at = self._clock()
         try:
             reply = await self._call(
                 store,
@@ -327,7 +331,9 @@ class FleetLink:
             self._perform(self._machine.tokens_granted(action.request, now, [], retry_at))
         else:
             times = [now + offset / 1_000_000 for offset in offsets]
-            self._perform(self._machine.tokens_granted(action.request, now, times))
+            self._perform(
+                self._machine.tokens_granted(action.request, now, times, asked_at=asked_at)
+            )
 
     async def _release(self, store: _Store) -> None:
         leases = sorted(store.stray)

@@ -576,11 +576,19 @@ class SharedBudget:
             raise ConfigError("redis_url", "must not contain whitespace, CR, LF or NUL")
         try:
             # What the Redis client reads when the pool starts; the value is never quoted.
-            redis_port = urllib.parse.urlsplit(redis_url).port
+            parts = urllib.parse.urlsplit(redis_url)
+            redis_port = parts.port
         except ValueError:
             redis_port = -1
         if redis_port is not None and not 1 <= redis_port <= 65535:
             raise ConfigError("redis_url", "has a port that is not a number from 1 to 65535")
+        # Without a host (or a socket path) the client has nowhere to connect, and says so only
+        # inside the pool's first store call.
+        if redis_url.startswith("unix://"):
+            if not parts.path:
+                raise ConfigError("redis_url", "has no socket path (unix:///path/to/redis.sock)")
+        elif not parts.hostname:
+            raise ConfigError("redis_url", "has no host")
         if max_connections is not None:
             max_connections = _check_int("max_connections", max_connections, minimum=1)
         rate = None

@@ -367,3 +367,21 @@ def test_refuse_policy_fails_a_waiter_whose_token_cannot_come_in_time_with_budge
     assert m.store_failed("provider-x", 1.0) == []
     late, actions = m.acquire(1.1, 1.0 + STORE_RETRY - 0.1)
     assert actions == [FailWaiter(late, FailureKind.BUDGET_UNAVAILABLE)]
+
+
+def test_a_token_whose_answer_came_late_lives_from_the_ask_not_from_the_answer() -> None:
+    # 10 messages/s: a fleet token lives 0.05 s (half an emission interval).
+    host = Host("a.example", 25, budget=budget(max_messages_per_second=10))
+    m = machine([host])
+    waiter, (lease,) = m.acquire(0.0, 10.0)
+    (open_,) = m.lease_granted(lease.request, 0.0, None)
+    (tokens,) = m.connected(open_.slot, 1.0)
+    # The store reserved the fleet's token for its own "now", somewhere between the ask (1.0)
+    # and the answer (1.2): its lifetime was over by 1.05, so it is not used at 1.2, when the
+    # fleet's later tokens (other processes') are being used.
+    actions = m.tokens_granted(tokens.request, 1.2, [1.2], asked_at=1.0)
+    assert only(actions, GrantSlot) == []
+    (again,) = only(actions, RequestTokens)
+    # An answer that came soon enough is used, from the time it says.
+    actions = m.tokens_granted(again.request, 1.21, [1.21], asked_at=1.2)
+    assert only(actions, GrantSlot) == [GrantSlot(open_.slot, waiter)]

@@ -36,6 +36,14 @@ def test_a_password_in_the_query_is_not_in_any_repr(url: str) -> None:
         "redis://:hunter2@127.0.0.1:99999/0",
         # Port 0 is no port a Redis server listens on; the rule says 1 to 65535.
         "redis://:hunter2@127.0.0.1:0/0",
+        # No host: the client has nowhere to connect (it crashed the pool's first store call).
+        "redis://",
+        "redis://:6379/0",
+        "rediss://:hunter2@:6380/0",
+        "redis://:hunter2@/0",
+        # No socket path.
+        "unix://",
+        "unix://:hunter2@?db=1",
     ],
 )
 def test_a_redis_url_the_client_cannot_read_fails_at_construction(url: str) -> None:
