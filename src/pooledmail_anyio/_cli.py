@@ -252,6 +252,8 @@ async def _probe(
         rows.append(("reason", outcome.reason))
         return found, rows
     connection = outcome
+    # One deadline for the connection, its NOOP and its QUIT, as for `check()`.
+    deadline = started + connect_timeout
     try:
         rows.append(("ready in", f"{found.seconds * 1000:.1f} ms"))
         if connection.greeting is not None:
@@ -261,8 +263,6 @@ async def _probe(
         noop = connection.session.noop()
         before = clock()
         try:
-            # One deadline for the connection and its NOOP, as for `check()`.
-            deadline = started + connect_timeout
             await connection.run(noop, step_timeout=connect_timeout, deadline=deadline)
         except TRANSPORT_ERRORS as exc:
             why = describe_transport_failure(
@@ -280,8 +280,9 @@ async def _probe(
         found.round_trip = clock() - before
         rows.append(("round trip", f"{found.round_trip * 1000:.2f} ms (NOOP: {noop.result})"))
     finally:
-        await connection.quit(QUIT_GRACE)
+        await connection.quit(QUIT_GRACE, deadline=deadline)
     if host.username is not None:
+        auth_started = clock()
         auth = await open_connection(
             host,
             local_hostname=local_hostname,
@@ -295,7 +296,8 @@ async def _probe(
             rows.append(("AUTH", f"{auth.kind.name}: {auth.reason}"))
         else:
             rows.append(("AUTH", f"accepted for {host.username} ({auth.auth_mechanism})"))
-            await auth.quit(QUIT_GRACE)
+            # Within the second connection's own connect timeout, as its setup.
+            await auth.quit(QUIT_GRACE, deadline=auth_started + connect_timeout)
     return found, rows
 
 

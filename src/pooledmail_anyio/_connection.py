@@ -368,14 +368,21 @@ class Connection:
         exchange.tls_established()
         return stream
 
-    async def quit(self, grace: float) -> None:
-        """Say QUIT, wait for the reply, and close, within `grace` seconds, shielded from the
-        caller's cancellation.
+    async def quit(self, grace: float, *, deadline: float = math.inf) -> None:
+        """Say QUIT, wait for the reply, and close, within `grace` seconds and before
+        `deadline` (the event loop's time), shielded from the caller's cancellation.
 
         RFC 5321 §4.1.1.10: the client SHOULD wait for the reply to QUIT before it closes (a
         server that sees the end of the stream with the QUIT line may drop the session without
-        reading it). The wait is bounded by `grace`; whatever happens, the connection is closed.
+        reading it). The wait is bounded by `grace` and by what is left before `deadline`, the
+        operation's own (`check()` and `pooledmail probe` promise a host's whole check within
+        `connect_timeout`); with nothing left, no QUIT is said. Whatever happens, the connection
+        is closed.
         """
+        grace = min(grace, deadline - self._clock())
+        if grace <= 0:
+            await self.abort(0.0)
+            return
         try:
             with anyio.move_on_after(grace, shield=True):
                 # The session may be in ERROR or already closed, where the core refuses QUIT.
@@ -391,10 +398,11 @@ class Connection:
         finally:
             # Also when the grace ran out with the server silent: its cancellation is no
             # Exception, and would otherwise skip the close.
-            await self.abort(grace)
+            await self.abort(grace, deadline=deadline)
 
-    async def abort(self, grace: float) -> None:
-        """Close the transport now, bounded and shielded."""
+    async def abort(self, grace: float, *, deadline: float = math.inf) -> None:
+        """Close the transport now, bounded (by `grace` and `deadline`) and shielded."""
+        grace = max(0.0, min(grace, deadline - self._clock()))
         with anyio.move_on_after(grace, shield=True):
             await anyio.aclose_forcefully(self.stream)
 
@@ -546,12 +554,12 @@ async def _open_once(
             raise ExchangeTimeout
     except TRANSPORT_ERRORS as exc:
         if stream is not None:
-            await _abort(stream, quit_grace)
+            await _abort(stream, quit_grace, deadline)
         reason = describe_transport_failure(exc, stage, host, connect_timeout, connecting=True)
         return ConnectFailure(host.key, classify(stage), None, exc, reason)
     except BaseException:
         if stream is not None:
-            await _abort(stream, quit_grace)
+            await _abort(stream, quit_grace, deadline)
         raise
     assert stream is not None
     session = ClientSession(local_hostname=local_hostname, limits=limits)
@@ -569,21 +577,22 @@ async def _open_once(
             setup, step_timeout=connect_timeout, deadline=deadline, ssl_context=ssl_context
         )
     except TRANSPORT_ERRORS as exc:
-        await connection.abort(quit_grace)
+        await connection.abort(quit_grace, deadline=deadline)
         stage = setup.stage
         reason = describe_transport_failure(
             exc, stage, host, connect_timeout, connecting=True, closed=connection.server_closed
         )
         return ConnectFailure(host.key, classify(stage), None, exc, reason)
     except BaseException:
-        await connection.abort(quit_grace)
+        await connection.abort(quit_grace, deadline=deadline)
         raise
     result = setup.result
     if keep_greeting:
         connection.greeting = setup.greeting
     connection.auth_mechanism = setup.auth_mechanism
     if not result.ok:
-        await connection.quit(quit_grace)
+        # `connect_timeout` bounds the whole setup, the QUIT after a refusal included.
+        await connection.quit(quit_grace, deadline=deadline)
         if result.reply is not None:
             reason = f"{result.reason}: server said {result.reply}"
         else:
@@ -600,7 +609,8 @@ async def _open_once(
     return connection
 
 
-async def _abort(stream: anyio.abc.ByteStream, grace: float) -> None:
+async def _abort(stream: anyio.abc.ByteStream, grace: float, deadline: float) -> None:
+    grace = max(0.0, min(grace, deadline - backend_clock()()))
     with anyio.move_on_after(grace, shield=True):
         await anyio.aclose_forcefully(stream)
 

@@ -1,9 +1,10 @@
 """`SMTPPool.check()`: can each host give a session ready for MAIL right now?
 
 A check opens one connection per host exactly as the pool would (TCP, greeting, TLS, EHLO, AUTH,
-under `connect_timeout`), measures one NOOP round trip on it, says QUIT, and reports. It sends no
-message and changes nothing in the pool: a failing host is not put in cooldown, a working
-connection is not kept.
+under `connect_timeout`), measures one NOOP round trip on it, says QUIT, and reports. One absolute
+deadline, `connect_timeout` from the start, bounds all of it: the NOOP, and then the QUIT or the
+abort, get what is left of it. It sends no message and changes nothing in the pool: a failing host
+is not put in cooldown, a working connection is not kept.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ async def check_host(
 ) -> HostCheck:
     """Check one host; never raises but for the caller's cancellation."""
     started = clock()
-    # One deadline for the whole check, as for the setup: the NOOP gets what is left of it.
+    # One deadline for the whole check, as for the setup: the NOOP gets what is left of it, and
+    # the QUIT (or the abort) after it what is left then.
     deadline = backend_clock()() + connect_timeout
     try:
         outcome = await open_connection(
@@ -155,7 +157,7 @@ async def check_host(
             closed=connection.server_closed,
             command="NOOP",
         )
-        await connection.abort(quit_grace)
+        await connection.abort(quit_grace, deadline=deadline)
         return HostCheck(
             host.key,
             False,
@@ -170,9 +172,9 @@ async def check_host(
         )
     except BaseException:
         # Cancelled by the caller: the connection must not outlive the check.
-        await connection.abort(quit_grace)
+        await connection.abort(quit_grace, deadline=deadline)
         raise
-    await connection.quit(quit_grace)
+    await connection.quit(quit_grace, deadline=deadline)
     if not reply.is_positive:
         return HostCheck(
             host.key,

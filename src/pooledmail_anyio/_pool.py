@@ -1062,8 +1062,8 @@ class SMTPPool:
         configured), time one NOOP on it, say QUIT, and report per host what worked and what did
         not. Sends no message and changes nothing in the pool (no cooldown, no connection kept).
 
-        All hosts are checked at once, each within `connect_timeout`. Usable before, during and
-        after the pool's `async with`; typical at start-up::
+        All hosts are checked at once, each within `connect_timeout`, its QUIT included. Usable
+        before, during and after the pool's `async with`; typical at start-up::
 
             report = await pool.check()
             if not report.ok:

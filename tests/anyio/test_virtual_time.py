@@ -14,7 +14,7 @@ import trio.testing
 from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
 from pooledmail_anyio._ports import free_port
 
-from .fakesmtp import STALL, FakeSMTPServer, Script
+from .fakesmtp import STALL, FakeSMTPServer, Fault, Script
 
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
 
@@ -180,4 +180,97 @@ async def test_check_of_a_slow_then_silent_host_ends_within_connect_timeout(
         report = await SMTPPool(config).check()
         took = trio.current_time() - started
     assert not report.ok
-    assert took <= 10.0 + 1.0  # connect_timeout, and the QUIT grace at most
+    assert took <= 10.0  # connect_timeout: the abort after the NOOP gets no grace beyond it
+
+
+# Replies 3 s apart: greeting at 3 s, EHLO at 6 s, NOOP at 9 s of a 10 s connect_timeout; then
+# the server never answers QUIT (reply 3), which alone would be granted a 2 s grace.
+_SLOW_THEN_NO_QUIT = Script(
+    reply_delay=3.0, acts=(Fault("normal"), Fault("normal"), Fault("normal"), Fault("stall"))
+)
+
+
+@pytest.mark.trio
+async def test_check_ends_at_its_connect_timeout_when_the_server_ignores_quit(
+    clock: trio.testing.MockClock,
+) -> None:
+    # One absolute deadline bounds the whole check of a host: the QUIT after the NOOP gets
+    # what is left of it (1 s here), not a grace of its own.
+    server = FakeSMTPServer(_SLOW_THEN_NO_QUIT)
+    async with server.running():
+        config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], connect_timeout=10.0)
+        started = trio.current_time()
+        report = await SMTPPool(config).check()
+        took = trio.current_time() - started
+    assert report.ok
+    assert server.connections[0].commands[-2:] == ["NOOP", "QUIT"]
+    assert took <= 10.0
+
+
+@pytest.mark.trio
+async def test_check_of_refused_credentials_ends_at_its_connect_timeout_despite_quit(
+    clock: trio.testing.MockClock,
+) -> None:
+    # AUTH is refused (535) at 9 s; the QUIT that follows the refusal is never answered.
+    script = Script(
+        extensions=("AUTH PLAIN",),
+        reply_delay=3.0,
+        acts=(Fault("normal"), Fault("normal"), Fault("5xx"), Fault("stall")),
+    )
+    server = FakeSMTPServer(script)
+    async with server.running():
+        host = Host(
+            "127.0.0.1",
+            server.port,
+            tls="none",
+            username="alice",
+            password="s3cret-pw",
+            allow_plaintext_auth=True,
+        )
+        config = PoolConfig([host], connect_timeout=10.0)
+        started = trio.current_time()
+        report = await SMTPPool(config).check()
+        took = trio.current_time() - started
+    (found,) = report.failures
+    assert found.kind is FailureKind.AUTH_FAILED
+    assert found.reply is not None
+    assert found.reply.code == 535
+    assert server.connections[0].commands[-1] == "QUIT"
+    assert took <= 10.0
+
+
+@pytest.mark.trio
+async def test_check_aborts_at_once_when_the_noop_answer_used_up_the_deadline(
+    clock: trio.testing.MockClock,
+) -> None:
+    # Replies 5 s apart: the NOOP answer would come at 15 s, after the 10 s deadline; and
+    # nothing is left for a QUIT, so none is sent.
+    server = FakeSMTPServer(Script(reply_delay=5.0))
+    async with server.running():
+        config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], connect_timeout=10.0)
+        started = trio.current_time()
+        report = await SMTPPool(config).check()
+        took = trio.current_time() - started
+    assert not report.ok
+    assert "QUIT" not in server.connections[0].commands
+    assert took <= 10.0
+
+
+@pytest.mark.trio
+async def test_probe_ends_at_its_connect_timeout_when_the_server_ignores_quit(
+    clock: trio.testing.MockClock,
+) -> None:
+    # `pooledmail probe`: the connection and its NOOP within one --connect-timeout, the QUIT too.
+    import ssl
+
+    from pooledmail_anyio._cli import _probe
+
+    server = FakeSMTPServer(_SLOW_THEN_NO_QUIT)
+    async with server.running():
+        host = Host("127.0.0.1", server.port, tls="none")
+        started = trio.current_time()
+        found, _ = await _probe(host, ssl.create_default_context(), 10.0, "localhost")
+        took = trio.current_time() - started
+    assert found.failure is None
+    assert server.connections[0].commands[-2:] == ["NOOP", "QUIT"]
+    assert took <= 10.0
