@@ -278,7 +278,15 @@ async def _probe(
             rows.append(("round trip", f"NOOP failed: {why}"))
             return found, rows
         found.round_trip = clock() - before
-        rows.append(("round trip", f"{found.round_trip * 1000:.2f} ms (NOOP: {noop.result})"))
+        reply = noop.result
+        if reply.is_positive:
+            rows.append(("round trip", f"{found.round_trip * 1000:.2f} ms (NOOP: {reply})"))
+        else:
+            # As `check()` judges it (CONNECT_FAILED): a session that refuses NOOP is no
+            # session a pool can keep alive; the probe still goes on to show AUTH.
+            why = f"NOOP refused: server said {reply}"
+            found.failure = ConnectFailure(host.key, classify(Stage.EHLO), reply, None, why)
+            rows.append(("round trip", f"{why} (after {found.round_trip * 1000:.2f} ms)"))
     finally:
         await connection.quit(QUIT_GRACE, deadline=deadline)
     if host.username is not None:

@@ -145,6 +145,23 @@ def test_probe_of_a_fault_server_that_refuses_the_session(
     assert "554 5.3.2 go away" in out
 
 
+def test_probe_and_check_exit_alike_when_the_server_refuses_noop(
+    capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    # The same outcome, the same status: a session that was ready but refused NOOP is
+    # CONNECT_FAILED for `check`, and so for `probe` (which still shows what the server offers).
+    with fault_server(Script(noop="502 5.5.1 no NOOP here")) as server:
+        host = f"127.0.0.1:{server.port}"
+        probed, out, _ = run(capsys, "--backend", backend, "probe", host, "--tls", "none")
+        checked, _, _ = run(capsys, "--backend", backend, "check", "--host", host, "--tls", "none")
+        noops = [c for conn in server.connections for c in conn.commands if c == "NOOP"]
+    assert noops == ["NOOP", "NOOP"]
+    assert checked == EXIT_CODES[FailureKind.CONNECT_FAILED]
+    assert probed == checked
+    assert "NOOP refused: server said 502 5.5.1 no NOOP here" in out
+    assert "PIPELINING" in out
+
+
 # -- send -------------------------------------------------------------------------------------
 
 
