@@ -798,10 +798,12 @@ class SMTPPool:
                 FailureKind.HOSTS_UNAVAILABLE
             ):
                 # The retry found every host cooling down, the one that just failed included:
-                # the failure that made us retry says more than "unavailable".
+                # the failure that made us retry says more than "unavailable". The retry is
+                # still an attempt, as a first one that finds no host is, and was counted in
+                # `retries` (docs/guide/failures.md, "Reading a SendFailed").
                 self._refuse(
                     previous,
-                    attempts - 1,
+                    attempts,
                     prepared,
                     started,
                     f"; no host to retry on: {failure.reason}",

@@ -245,8 +245,32 @@ async def test_a_retry_that_finds_the_host_cooling_reports_the_failure_that_caus
         with pytest.raises(SendFailed) as caught:
             await send(pool)
     assert caught.value.kind is FailureKind.CONNECT_FAILED
-    assert caught.value.attempts == 1
+    # The retry that found no host is an attempt (docs/guide/failures.md, "Reading a
+    # SendFailed"): attempts and retries agree.
+    assert caught.value.attempts == 2
     assert "no host to retry on" in str(caught.value)
+
+
+async def test_attempts_and_retries_agree_when_the_retry_finds_every_host_cooling() -> None:
+    # The server refuses the session at its greeting: the host cools down, and the one retry
+    # finds it cooling, so it never reaches the server (its own record says one connection).
+    server = FakeSMTPServer(Script(greeting="421 4.3.2 not now"))
+    async with server.running():
+        config = PoolConfig(
+            [local(server.port)], max_retries=1, retry_base_delay=0.01, **ONE_FAILURE
+        )
+        async with SMTPPool(config) as pool:
+            with pytest.raises(SendFailed) as caught:
+                await send(pool)
+            stats = pool.send_statistics()
+    failure = caught.value
+    assert failure.kind is FailureKind.CONNECT_FAILED
+    assert "no host to retry on" in str(failure)
+    assert server.attempts == 1
+    assert server.messages == []
+    assert stats.retries == 1
+    assert failure.attempts == 1 + stats.retries
+    assert f"after {failure.attempts} attempt(s)" in str(failure)
 
 
 # -- 5. the smaller promises -----------------------------------------------------------------
