@@ -169,15 +169,18 @@ def build_config(
     if names:
         # `--host a,b` as POOLEDMAIL_HOST takes it, and as `--help` reads.
         names = [name for value in names for name in value.split(",") if name.strip()]
-    names_source = "--host"
+    names_source = "the HOST[:PORT] argument" if hosts is not None else "--host"
     if not names and _variable("host") in environ:
         names = [name for name in environ[_variable("host")].split(",") if name.strip()]
         names_source = _variable("host")
     if names:
         mapping["hosts"] = []
-        for name in names:
+        for index, name in enumerate(names):
             port = host_mapping.get("port")
             host = parse_host(name, port if isinstance(port, (int, str)) else None)
+            if "port" in parse_host(name, None):
+                # "host:port": this host's port came with its name, not from --port.
+                sources[f"hosts[{index}].port"] = names_source
             mapping["hosts"].append({**host_mapping, **host})
         sources["hostname"] = names_source
     elif host_mapping and "hosts" in mapping:
@@ -194,7 +197,8 @@ def build_config(
         return PoolConfig.from_mapping(mapping)
     except ConfigError as exc:
         option = exc.option.rsplit(".", 1)[-1]
-        origin = host_sources.get(option) or sources.get(option) or sources.get(exc.option)
+        # The most precise first: one host's own value ("hosts[1].port"), then the option.
+        origin = sources.get(exc.option) or host_sources.get(option) or sources.get(option)
         if origin:
             where = f" ({origin})"
         elif option in _HOST_FLAGS:

@@ -400,6 +400,30 @@ def test_a_wrong_option_exits_2_naming_the_option_and_its_source(
     assert out == ""
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "origin"),
+    [
+        (["check", "--host", "127.0.0.1:abc"], {}, "(--host)"),
+        (["check", "--host", "127.0.0.1:abc", "--port", "25"], {}, "(--host)"),
+        (["check", "--host", "127.0.0.1:25,127.0.0.1:abc"], {}, "(--host)"),
+        (["check"], {"POOLEDMAIL_HOST": "127.0.0.1:abc"}, "(POOLEDMAIL_HOST)"),
+        (["probe", "127.0.0.1:abc"], {}, "(the HOST[:PORT] argument)"),
+        (["check", "--host", "127.0.0.1", "--port", "abc"], {}, "(--port)"),
+        (["check", "--host", "127.0.0.1"], {"POOLEDMAIL_PORT": "abc"}, "(POOLEDMAIL_PORT)"),
+    ],
+    ids=["host", "host-beside-port", "second-host", "variable", "probe", "port", "port-variable"],
+)
+def test_a_bad_port_names_where_it_came_from(
+    argv: list[str], env: dict[str, str], origin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, *argv, "--tls", "none", env=env)
+    assert code == 2
+    assert "port: must be an integer" in err
+    assert err.rstrip().endswith(origin)
+    assert "set with" not in err
+    assert out == ""
+
+
 def test_no_host_at_all_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "check")
     assert code == 2
