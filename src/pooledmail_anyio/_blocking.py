@@ -45,6 +45,7 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -55,7 +56,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, InvalidStateError
 from email.message import Message
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 import anyio.abc
@@ -103,8 +104,15 @@ class _Calls:
         # Built on the loop: a blocking call from this thread would wait for itself forever.
         self.loop_thread = threading.get_ident()
 
-    def submit(self, func: Callable[[], Coroutine[Any, Any, _T]]) -> Future[_T]:
-        """From any thread but the loop's: start `func()` on the loop; its future."""
+    def submit(
+        self,
+        func: Callable[[], Coroutine[Any, Any, _T]],
+        on_refused: Callable[[SendFailed], None] | None = None,
+    ) -> Future[_T]:
+        """From any thread but the loop's: start `func()` on the loop; its future.
+
+        `on_refused` is told of the POOL_CLOSED failure when the call cannot start any more
+        (the calls' task group has ended) and so never reaches the pool."""
         if threading.get_ident() == self.loop_thread:
             raise RuntimeError(
                 "BlockingSMTPPool called from its own event loop thread (a log handler or hook "
@@ -115,19 +123,27 @@ class _Calls:
             # Under the lock: once `refuse_new` returned, nothing more is queued on the loop.
             if not self._accepting:
                 raise _closed_failure()
-            self._run_soon(self._spawn, func, future)
+            self._run_soon(self._spawn, func, future, on_refused)
         return future
 
     def refuse_new(self) -> None:
         with self._lock:
             self._accepting = False
 
-    def _spawn(self, func: Callable[[], Coroutine[Any, Any, _T]], future: Future[_T]) -> None:
+    def _spawn(
+        self,
+        func: Callable[[], Coroutine[Any, Any, _T]],
+        future: Future[_T],
+        on_refused: Callable[[SendFailed], None] | None,
+    ) -> None:
         try:
             self._task_group.start_soon(self._run, func, future)
         except RuntimeError:
             # The calls' task group has already ended: the pool is closed.
-            _settle(future, error=_closed_failure())
+            failure = _closed_failure()
+            if on_refused is not None:
+                on_refused(failure)
+            _settle(future, error=failure)
 
     async def _run(self, func: Callable[[], Coroutine[Any, Any, _T]], future: Future[_T]) -> None:
         if future.cancelled():
@@ -293,6 +309,10 @@ class BlockingSMTPPool:
         # While `close()` drains: the running pool, still read through its loop.
         self._draining: _Running | None = None
         self._pool = self._new_pool()
+        # Sends this layer refused because the pool was closed: they never reach the pool,
+        # whose counts only its loop changes, so they are counted here (`send_statistics()`).
+        self._refusals_lock = threading.Lock()
+        self._refused_sends = 0
         _ALL.add(self)
 
     def _new_pool(self) -> SMTPPool:
@@ -439,10 +459,17 @@ class BlockingSMTPPool:
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _call(self, func: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-        running = self._ensure_running()
-        # Raises POOL_CLOSED if the pool was closed since the check above.
-        future = running.calls.submit(func)
+    def _call(self, func: Callable[[], Coroutine[Any, Any, _T]], *, send: bool = False) -> _T:
+        on_refused = self._refused if send else None
+        try:
+            running = self._ensure_running()
+            # Raises POOL_CLOSED if the pool was closed since the check above.
+            future = running.calls.submit(func, on_refused)
+        except SendFailed as failure:
+            # Only POOL_CLOSED is raised here: a send refused before it reached the pool.
+            if on_refused is not None:
+                on_refused(failure)
+            raise
         try:
             return future.result()
         except BaseException:
@@ -450,6 +477,16 @@ class BlockingSMTPPool:
             # send rather than leave it running for nobody. A finished future ignores this.
             future.cancel()
             raise
+
+    def _refused(self, failure: SendFailed) -> None:
+        """Count a send refused by this layer (the pool is closed) as the async pool counts one
+        it refuses: in `send_statistics().failed`, the metrics and the log."""
+        with self._refusals_lock:
+            self._refused_sends += 1
+            pool = self._pool
+        # The observer's instruments and loggers are thread-safe; the pool's own counts are not
+        # touched from here.
+        pool._observer.send_failed(failure, 0.0, ())
 
     def send(
         self,
@@ -475,7 +512,8 @@ class BlockingSMTPPool:
                 envid=envid,
                 orcpt=orcpt,
                 retry_unknown=retry_unknown,
-            )
+            ),
+            send=True,
         )
 
     def send_raw(
@@ -502,7 +540,8 @@ class BlockingSMTPPool:
                 envid=envid,
                 orcpt=orcpt,
                 retry_unknown=retry_unknown,
-            )
+            ),
+            send=True,
         )
 
     def check(self) -> HealthReport:
@@ -517,8 +556,17 @@ class BlockingSMTPPool:
 
     def send_statistics(self) -> SendStatistics:
         """What the pool's sends have come to so far (see `SMTPPool.send_statistics`): among
-        others `cancelled_after_terminator`, the sends to reconcile."""
-        return self._snapshot(lambda pool: pool.send_statistics())
+        others `cancelled_after_terminator`, the sends to reconcile. Sends refused after
+        `close()` count as failed with POOL_CLOSED, as on the async pool."""
+        stats = self._snapshot(lambda pool: pool.send_statistics())
+        with self._refusals_lock:
+            refused = self._refused_sends
+        if not refused:
+            return stats
+        failed = dict(stats.failed)
+        closed = FailureKind.POOL_CLOSED.value
+        failed[closed] = failed.get(closed, 0) + refused
+        return dataclasses.replace(stats, failed=MappingProxyType(failed))
 
     def budget_statistics(self) -> dict[str, dict[str, object]]:
         """Per shared budget, what this pool holds and how the store answers (see
@@ -548,6 +596,7 @@ class BlockingSMTPPool:
     def _forget_after_fork(self) -> None:
         """In a child after fork: drop the parent's loop, thread and sockets (see the top)."""
         self._lock = threading.Lock()
+        self._refusals_lock = threading.Lock()
         closed = threading.Event()
         # The parent's pool (running, draining, closed or never used) is never run here: its
         # metrics must not be reported beside those of the child's own pool.
@@ -563,6 +612,8 @@ class BlockingSMTPPool:
             # SMTPPool already entered, when this one forked; it could never be entered again.
             self._state = "new"
             self._pool = self._new_pool()
+            # The child's pool starts its counts afresh; so do this layer's.
+            self._refused_sends = 0
         elif self._state == "closing":
             self._state = "closed"
         if self._state == "closed":

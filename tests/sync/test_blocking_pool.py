@@ -309,6 +309,34 @@ def test_a_send_on_a_closed_pool_fails_as_on_the_async_pool(backend: str) -> Non
         assert str(failure) == str(expected)
 
 
+def test_sends_refused_after_close_are_counted_as_on_the_async_pool(backend: str) -> None:
+    # The async pool counts a send on a closed pool in send_statistics().failed (POOL_CLOSED);
+    # so does the blocking pool, whose own layer refuses it once closed.
+    async def async_counts() -> dict[str, int]:
+        async with SMTPPool(config(free_port())) as pool:
+            pass
+        with pytest.raises(SendFailed):
+            await pool.send(message())
+        return dict(pool.send_statistics().failed)
+
+    assert anyio.run(async_counts, backend=backend) == {"pool_closed": 1}
+    never_started = BlockingSMTPPool(config(free_port()), backend=backend)
+    started = BlockingSMTPPool(config(free_port()), backend=backend)
+    started.start()
+    for pool in (never_started, started):
+        pool.close()
+        with pytest.raises(SendFailed):
+            pool.send(message())
+        with pytest.raises(SendFailed):
+            pool.send_raw(b"Subject: x\r\n\r\nx\r\n", sender="a@example.com", recipients="b@x")
+        # A check is no send: refused, not counted.
+        with pytest.raises(SendFailed):
+            pool.check()
+        stats = pool.send_statistics()
+        assert dict(stats.failed) == {"pool_closed": 2}
+        assert (stats.accepted, stats.retries) == (0, 0)
+
+
 def test_close_quits_and_the_pool_stays_closed(backend: str) -> None:
     with smtpd() as (port, recorder):
         pool = BlockingSMTPPool(config(port), backend=backend)
