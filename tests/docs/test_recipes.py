@@ -250,6 +250,22 @@ def test_celery_recipe_retries_only_what_was_definitely_not_sent(
     assert caught.value.kind is FailureKind.UNKNOWN_AFTER_DATA
 
 
+def test_celery_recipe_does_not_retry_a_permanent_refusal(
+    monkeypatch: pytest.MonkeyPatch, celery_tasks: ModuleType
+) -> None:
+    # A 550 is definitely not accepted, but sending again will not cure it: no Celery retry.
+    with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
+        pool = _repoint(celery_tasks, server.port, monkeypatch)
+        with pytest.raises(SendFailed) as caught:
+            celery_tasks.send_welcome.delay("nobody@example.com")
+        pool.close()
+        rcpts = [c for conn in server.connections for c in conn.commands if c.startswith("RCPT")]
+        stored = server.messages
+    assert caught.value.kind is FailureKind.PERMANENT
+    assert len(rcpts) == 1
+    assert stored == []
+
+
 def _repoint(tasks: ModuleType, port: int, monkeypatch: pytest.MonkeyPatch) -> BlockingSMTPPool:
     """Give the recipe's module a pool to another server, as its import would with that env."""
     from pooledmail_anyio import Host, PoolConfig
