@@ -5,8 +5,9 @@ Two ways, chosen by whether the `POOLEDMAIL` dict names `hosts` (docs/guide/djan
 * Without `hosts`, the one host comes from Django's own settings, read as Django's SMTP backend
   reads them: `EMAIL_HOST`, `EMAIL_PORT`, `EMAIL_USE_TLS` (STARTTLS), `EMAIL_USE_SSL` (implicit
   TLS), `EMAIL_HOST_USER` and `EMAIL_HOST_PASSWORD` (AUTH only when both are set),
-  `EMAIL_TIMEOUT` (the connect and per-command timeouts), each overridden by the matching
-  argument of `get_connection()`; `POOLEDMAIL` may still set pool options (`max_size` ...).
+  `EMAIL_TIMEOUT` (the connect and per-command timeouts, and a `send_timeout` of at least three
+  of them), each overridden by the matching argument of `get_connection()`; `POOLEDMAIL` may
+  still set pool options (`max_size` ...).
 * With `hosts`, `POOLEDMAIL` is the whole configuration, read by `PoolConfig.from_mapping`, and
   connection arguments are refused rather than silently ignored.
 
@@ -17,6 +18,8 @@ fails with `ImproperlyConfigured` naming the setting or argument it came from.
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +32,12 @@ from django.core.mail.utils import DNS_NAME
 from pooledmail_anyio import ConfigError, PoolConfig
 
 __all__ = ["BackendOptions", "backend_options"]
+
+# `EMAIL_TIMEOUT` bounds each blocking operation (Django's SMTP backend gives it to its socket).
+# A pooled send is three in a row at most, each bounded by it: the connection, the replies to the
+# envelope, the final reply; so the whole send gets at least this many of them.
+_OPERATIONS_PER_SEND = 3
+_DEFAULT_SEND_TIMEOUT: float = inspect.signature(PoolConfig).parameters["send_timeout"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,12 @@ def backend_options(**arguments: Any) -> BackendOptions:
             if name not in options:
                 options[name] = timeout
                 sources[name] = timeout_source
+        seconds = _seconds(timeout)
+        if "send_timeout" not in options and seconds is not None:
+            # Not capped below what EMAIL_TIMEOUT allows each step (a final reply slower than
+            # the default send_timeout would otherwise end UNKNOWN_AFTER_DATA).
+            options["send_timeout"] = max(_DEFAULT_SEND_TIMEOUT, _OPERATIONS_PER_SEND * seconds)
+            sources["send_timeout"] = timeout_source
     if "local_hostname" not in options:
         # EHLO with the name Django's SMTP backend uses (RFC 5321 §4.1.1.1 wants the client's
         # FQDN), when it is a usable one.
@@ -92,6 +107,20 @@ def backend_options(**arguments: Any) -> BackendOptions:
     except ConfigError as exc:
         raise ImproperlyConfigured(_describe(exc, sources)) from None
     return BackendOptions(config, _checked_backend(backend), _ssl_context(arguments))
+
+
+def _seconds(value: object) -> float | None:
+    """`value` as a positive, finite number of seconds, or None (a wrong value is then reported
+    by `connect_timeout`'s own check, naming the setting)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not (seconds > 0 and math.isfinite(_OPERATIONS_PER_SEND * seconds)):
+        return None
+    return seconds
 
 
 def _value(name: str, arguments: Mapping[str, Any]) -> tuple[Any, str]:

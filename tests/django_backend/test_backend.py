@@ -403,6 +403,25 @@ def test_email_timeout_still_applies_beside_pooledmail_hosts() -> None:
     assert (config.connect_timeout, config.command_timeout) == (4.0, 7.0)
 
 
+def test_email_timeout_gives_a_whole_send_three_blocking_operations() -> None:
+    # Django's EMAIL_TIMEOUT bounds each blocking operation; a send is the connection, the
+    # envelope's replies and the final reply: send_timeout is at least 3 x EMAIL_TIMEOUT, or a
+    # slow final reply within EMAIL_TIMEOUT would be cut off at the 60 s default.
+    assert backend_with(EMAIL_TIMEOUT=120).pool.config.send_timeout == 360.0
+    assert backend_with(EMAIL_TIMEOUT="50").pool.config.send_timeout == 150.0
+    # The default where it is the larger, and without EMAIL_TIMEOUT.
+    assert backend_with(EMAIL_TIMEOUT=7).pool.config.send_timeout == 60.0
+    assert backend_with(EMAIL_TIMEOUT=None).pool.config.send_timeout == 60.0
+    with override_settings(EMAIL_TIMEOUT=7):
+        assert get_connection(timeout=30).pool.config.send_timeout == 90.0
+    hosts = [{"hostname": "mx1.example.com"}]
+    config = backend_with(EMAIL_TIMEOUT=120, POOLEDMAIL={"hosts": hosts}).pool.config
+    assert config.send_timeout == 360.0
+    # POOLEDMAIL's own send_timeout wins, as for the other timeouts.
+    pooled = {"send_timeout": 30}
+    assert backend_with(EMAIL_TIMEOUT=120, POOLEDMAIL=pooled).pool.config.send_timeout == 30.0
+
+
 @pytest.mark.parametrize(
     ("settings", "arguments", "named"),
     [
