@@ -482,14 +482,21 @@ async def test_never_sending_twice_records_each_outcome() -> None:
     send_once = run_snippet("use-case-never-twice")["send_once"]
     vanishing = FakeSMTPServer(Script(data_end=DISCONNECT))
     greylisting = FakeSMTPServer(Script(mail="451 4.7.1 greylisted"))
+    refusing = FakeSMTPServer(Script(rcpt="550 5.1.1 no such user"))
     good = FakeSMTPServer(Script())
-    ledger: dict[str, str] = {}
-    async with vanishing.running(), greylisting.running(), good.running():
-        for server in (vanishing, greylisting, good):
+    servers = (vanishing, greylisting, refusing, good)
+    outcomes: list[str] = []
+    async with vanishing.running(), greylisting.running(), refusing.running(), good.running():
+        for server in servers:
+            ledger: dict[str, str] = {}
             async with SMTPPool(local(server.port)) as pool:
                 await send_once(pool, message(), ledger)
-    assert sorted(ledger.values()) == ["retry later", "sent", "unknown"]
+            (outcome,) = ledger.values()
+            outcomes.append(outcome)
+    assert outcomes == ["unknown", "retry later", "refused", "sent"]
+    # Judged by what each server stored: only the vanishing one may have it, the good one has it.
     assert vanishing.received == 1
+    assert greylisting.messages == refusing.messages == []
     assert len(good.messages) == 1
 
 

@@ -141,12 +141,20 @@ def test_flask_recipe_runs_its_own_tests(smtp_env: Any, tmp_path: Path) -> None:
     assert eventually(lambda: smtp_env.quits == 1)
 
 
-def test_flask_recipe_answers_503_when_nothing_was_sent(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [
+        # Refused for good: the client must not be told to try again.
+        (Script(rcpt="550 5.1.1 no such user"), 422),
+        (Script(mail="451 4.7.1 greylisted"), 503),
+    ],
+)
+def test_flask_recipe_answers_by_what_the_server_said(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: Script, status: int
 ) -> None:
     (tmp_path / "app.py").write_text(snippet("recipe-flask-app"))
     app_module = load_module("recipe_flask_app", tmp_path / "app.py")
-    with fault_server(Script(rcpt="550 5.1.1 no such user")) as server:
+    with fault_server(script) as server:
         app = app_module.create_app(
             {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": server.port, "SMTP_TLS": "none"}
         )
@@ -155,7 +163,7 @@ def test_flask_recipe_answers_503_when_nothing_was_sent(
         finally:
             app.extensions["pooledmail"].close()
         assert server.messages == []
-    assert response.status_code == 503
+    assert response.status_code == status
 
 
 @pytest.fixture
@@ -303,7 +311,8 @@ def test_fastapi_recipe_maps_failures_to_status_codes(
 
     (tmp_path / "main.py").write_text(snippet("recipe-fastapi"))
     for script, status, detail in [
-        (Script(rcpt="550 5.1.1 no such user"), 503, "permanent"),
+        (Script(rcpt="550 5.1.1 no such user"), 422, "permanent"),
+        (Script(mail="451 4.7.1 greylisted"), 503, "transient"),
         (Script(data_end=DISCONNECT), 502, "unknown_after_data"),
     ]:
         with fault_server(script) as server:
