@@ -547,7 +547,8 @@ class BlockingSMTPPool:
     def check(self) -> HealthReport:
         """Check every host (see `SMTPPool.check`); blocks until each has answered or failed.
 
-        Starts the pool's loop if it was not running; sends no message."""
+        Starts the pool's loop if it was not running; sends no message. After `close()` it
+        raises `SendFailed` (POOL_CLOSED), as `send()` does: the loop it would run on is gone."""
         return self._call(self._pool.check)
 
     def statistics(self) -> PoolStatistics:

@@ -329,9 +329,10 @@ def test_sends_refused_after_close_are_counted_as_on_the_async_pool(backend: str
             pool.send(message())
         with pytest.raises(SendFailed):
             pool.send_raw(b"Subject: x\r\n\r\nx\r\n", sender="a@example.com", recipients="b@x")
-        # A check is no send: refused, not counted.
-        with pytest.raises(SendFailed):
+        # A check is no send: refused (its loop is gone, docs/guide/sync.md), not counted.
+        with pytest.raises(SendFailed) as refused_check:
             pool.check()
+        assert refused_check.value.kind is FailureKind.POOL_CLOSED
         stats = pool.send_statistics()
         assert dict(stats.failed) == {"pool_closed": 2}
         assert (stats.accepted, stats.retries) == (0, 0)
