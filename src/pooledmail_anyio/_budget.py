@@ -34,7 +34,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import secrets
+import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -45,6 +48,7 @@ from coredis.retry import NoRetryPolicy
 import anyio
 from pooledmail_core import (
     Action,
+    ConfigError,
     PoolMachine,
     ReleaseLease,
     RequestLease,
@@ -140,6 +144,43 @@ def cooldown_key(budget: SharedBudget, host: str) -> str:
     return f"{budget.key_prefix}:{{{budget.name}}}:cool:{host}"
 
 
+def check_tls_files(redis_url: str) -> None:
+    """Load the files a rediss:// URL names as the Redis client will when the pool starts.
+
+    The core checked the options' names and values without I/O; whether the files exist and
+    hold what they should is known only by reading them, here, when the pool is built, so that a
+    wrong path fails with a ConfigError naming redis_url instead of an OSError at start-up.
+    """
+    parts = urllib.parse.urlsplit(redis_url)
+    if parts.scheme != "rediss":
+        return  # the client reads no file for any other scheme
+    # SharedBudget refused a repeated or empty option: one value per name.
+    given = dict(urllib.parse.parse_qsl(parts.query))
+    context = ssl.create_default_context()
+    certfile, keyfile = given.get("ssl_certfile"), given.get("ssl_keyfile")
+    ca_certs = given.get("ssl_ca_certs")
+    option = "?ssl_certfile= or ?ssl_keyfile="
+    try:
+        if certfile and keyfile:
+            context.load_cert_chain(certfile=certfile, keyfile=keyfile)
+        option = "?ssl_ca_certs="
+        if ca_certs:
+            # A directory is taken as a CA path, as the client takes it.
+            if os.path.isdir(ca_certs):
+                context.load_verify_locations(capath=ca_certs)
+            else:
+                context.load_verify_locations(cafile=ca_certs)
+    except OSError as error:  # ssl.SSLError is one too
+        raise ConfigError("redis_url", f"{option} cannot be used: {_reason(error)}") from None
+
+
+def _reason(error: OSError) -> str:
+    # The OS's or OpenSSL's words, without the file name (the caller knows it; the URL it
+    # came from is never quoted).
+    reason = getattr(error, "reason", None) or error.strerror
+    return f"{type(error).__name__} ({reason})" if reason else type(error).__name__
+
+
 class _Store:
     """One budget's view of its Redis: the client and its scripts."""
 
@@ -182,6 +223,8 @@ class FleetLink:
         self._clock = clock
         self._spawn = spawn
         self._stores: dict[str, _Store] = {}
+        for redis_url in {budget.redis_url for budget in self._budgets}:
+            check_tls_files(redis_url)
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -194,12 +237,19 @@ class FleetLink:
             for budget in self._budgets:
                 client = clients.get(budget.redis_url)
                 if client is None:
-                    client = coredis.Redis.from_url(
-                        budget.redis_url,
-                        connect_timeout=budget.store_timeout,
-                        stream_timeout=budget.store_timeout,
-                        retry_policy=NoRetryPolicy(),
-                    )
+                    try:
+                        client = coredis.Redis.from_url(
+                            budget.redis_url,
+                            connect_timeout=budget.store_timeout,
+                            stream_timeout=budget.store_timeout,
+                            retry_policy=NoRetryPolicy(),
+                        )
+                    except OSError as error:
+                        # Building the client reads only the TLS files: one that changed since
+                        # the pool was built (check_tls_files) fails here, as the option.
+                        raise ConfigError(
+                            "redis_url", f"a TLS file cannot be used: {_reason(error)}"
+                        ) from None
                     await stack.enter_async_context(client)
                     clients[budget.redis_url] = client
                 self._stores[budget.name] = _Store(budget, client)

@@ -589,6 +589,7 @@ class SharedBudget:
                 raise ConfigError("redis_url", "has no socket path (unix:///path/to/redis.sock)")
         elif not parts.hostname:
             raise ConfigError("redis_url", "has no host")
+        _check_redis_options(parts)
         if max_connections is not None:
             max_connections = _check_int("max_connections", max_connections, minimum=1)
         rate = None
@@ -659,6 +660,107 @@ class SharedBudget:
                 raise ConfigError(required, "is required")
         name = values.pop("name")
         return cls(name, **values)
+
+
+# The query options the Redis client (coredis 6) reads from a URL. It ignores any other name
+# without a word, and fails on a value it cannot read only when the pool starts, with an error
+# that names neither the option nor redis_url: so both are refused here (docs/guide/scaling.md,
+# "The Redis URL"). What needs the filesystem (the ssl_* files) is checked by the driver.
+_REDIS_OPTIONS = frozenset({"db", "username", "password", "client_name"})
+# Read only from a rediss:// URL; the client ignores them in any other.
+_REDIS_TLS_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+)
+# Read by the client too, but they are pooledmail's to set (store_timeout bounds every call;
+# noreply would leave the scripts without answers) or they take objects, not text.
+_REDIS_CLIENT_SETTINGS = frozenset(
+    {
+        "connect_timeout",
+        "stream_timeout",
+        "timeout",
+        "max_connections",
+        "max_idle_time",
+        "noreply",
+        "noevict",
+        "notouch",
+        "encoding",
+        "decode_responses",
+        "connection_class",
+        "credential_provider",
+        "ssl_context",
+        "processing_budget",
+        "_cache",
+    }
+)
+_CERT_REQS = ("none", "optional", "required")
+# The spellings of a boolean the client reads (any other it takes as true).
+_REDIS_BOOLEANS = frozenset({"0", "F", "FALSE", "N", "NO", "1", "T", "TRUE", "Y", "YES"})
+
+
+def _is_database(text: str) -> bool:
+    # int() would also take "+1", "1_0" and non-ASCII digits; a database is written as digits.
+    return text.isascii() and text.isdigit()
+
+
+def _check_redis_options(parts: urllib.parse.SplitResult) -> None:
+    # Messages name the option, never its value, nor an unknown name: the query may hold a
+    # password, and a name that is no option may be one typed in the wrong place.
+    tls = parts.scheme == "rediss"
+    if parts.scheme != "unix":
+        # The client takes the path as the database number; one it cannot read as a number
+        # silently meant database 0.
+        path = parts.path
+        if path not in ("", "/") and not (path.startswith("/") and _is_database(path[1:])):
+            raise ConfigError(
+                "redis_url", "has a path that is not a database number (redis://host:port/N)"
+            )
+    # The client reads the query with urllib.parse.parse_qs, which decodes names and values and
+    # drops an option without a value.
+    given: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name in _REDIS_CLIENT_SETTINGS:
+            raise ConfigError(
+                "redis_url",
+                f"?{name}= is not taken: pooledmail sets the Redis client up itself "
+                "(store_timeout bounds every call)",
+            )
+        if name in _REDIS_TLS_OPTIONS:
+            if not tls:
+                raise ConfigError(
+                    "redis_url", f"?{name}= applies only to rediss:// (the client ignores it here)"
+                )
+        elif name not in _REDIS_OPTIONS:
+            raise ConfigError(
+                "redis_url",
+                "has a query option the Redis client does not read (it reads db, username, "
+                "password, client_name, and with rediss:// ssl_ca_certs, ssl_certfile, "
+                "ssl_keyfile, ssl_cert_reqs, ssl_check_hostname)",
+            )
+        if not value:
+            raise ConfigError("redis_url", f"?{name}= has no value (the client would ignore it)")
+        if name in given:
+            raise ConfigError("redis_url", f"gives ?{name}= more than once")
+        given[name] = value
+    database = given.get("db")
+    if database is not None and not _is_database(database):
+        raise ConfigError("redis_url", "?db= must be a database number (0 or more)")
+    client_name = given.get("client_name")
+    # Redis refuses a name with spaces or characters outside '!'..'~' (CLIENT SETNAME).
+    if client_name is not None and not all("!" <= ch <= "~" for ch in client_name):
+        raise ConfigError("redis_url", "?client_name= must be printable ASCII without spaces")
+    cert_reqs = given.get("ssl_cert_reqs")
+    if cert_reqs is not None and cert_reqs not in _CERT_REQS:
+        raise ConfigError("redis_url", "?ssl_cert_reqs= must be 'none', 'optional' or 'required'")
+    check_hostname = given.get("ssl_check_hostname")
+    if check_hostname is not None and check_hostname.upper() not in _REDIS_BOOLEANS:
+        raise ConfigError(
+            "redis_url", "?ssl_check_hostname= must be true or false (yes/no, 1/0 are taken too)"
+        )
+    if ("ssl_certfile" in given) != ("ssl_keyfile" in given):
+        raise ConfigError(
+            "redis_url",
+            "?ssl_certfile= and ?ssl_keyfile= go together (the client ignores one alone)",
+        )
 
 
 def _check_key_part(option: str, value: object) -> str:
