@@ -38,7 +38,7 @@ import os
 import secrets
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio.abc
@@ -134,6 +134,32 @@ _STORE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _ClientFault(Exception):
+    """The store client raised something none of _STORE_ERRORS names (a bug or a surprise in it).
+
+    It is a store failure like any other, so that a broken client costs the budget its store,
+    never the pool: raised from the background task, it would close the pool under every send.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
+# What a store call is met with: on_store_failure applies.
+_STORE_FAILURES: tuple[type[BaseException], ...] = (*_STORE_ERRORS, _ClientFault)
+
+
+async def _client_call(call: Callable[[], Awaitable[Any]]) -> Any:
+    """Await one call of the store client; whatever it raises is a store failure."""
+    try:
+        return await call()
+    except _STORE_ERRORS:
+        raise
+    except Exception as error:
+        raise _ClientFault(error) from error
+
+
 def keys(budget: SharedBudget) -> tuple[str, str]:
     """The budget's leases key and its message-rate key (a hash tag keeps them in one slot)."""
     base = f"{budget.key_prefix}:{{{budget.name}}}"
@@ -203,6 +229,18 @@ class _Store:
         self.pending: set[str] = set()
         self.calls = 0
         self.failures = 0
+
+
+def _log_fault(store: _Store, what: str, fault: _ClientFault) -> None:
+    # The type's name only: the exception's own words may quote the URL or the password.
+    logger.error(
+        "shared budget %r: the store client failed unexpectedly while it tried to %s (%s); "
+        "taken as a store failure, on_store_failure=%r applies",
+        store.budget.name,
+        what,
+        type(fault.error).__name__,
+        store.budget.on_store_failure,
+    )
 
 
 class FleetLink:
@@ -294,10 +332,13 @@ class FleetLink:
     async def _call(self, store: _Store, script: Any, keys: list[str], args: list[Any]) -> Any:
         store.calls += 1
         with anyio.fail_after(store.budget.store_timeout):
-            return await script(keys=keys, args=args, client=store.client)
+            return await _client_call(lambda: script(keys=keys, args=args, client=store.client))
 
     def _failed(self, store: _Store, what: str, error: BaseException) -> None:
         store.failures += 1
+        if isinstance(error, _ClientFault):
+            _log_fault(store, what, error)
+            return
         logger.warning(
             "shared budget %r: the store could not %s (%s); on_store_failure=%r applies",
             store.budget.name,
@@ -323,7 +364,7 @@ class FleetLink:
                 [lease, store.ttl_ms, budget.max_connections or 0],
             )
             answered = True
-        except _STORE_ERRORS as error:
+        except _STORE_FAILURES as error:
             self._failed(store, "grant a connection lease", error)
             self._perform(self._machine.request_failed(action.request, self._clock()))
             return
@@ -370,7 +411,7 @@ class FleetLink:
                     math.floor(action.wait * 1_000_000),
                 ],
             )
-        except _STORE_ERRORS as error:
+        except _STORE_FAILURES as error:
             self._failed(store, "grant message tokens", error)
             self._perform(self._machine.request_failed(action.request, self._clock()))
             return
@@ -392,8 +433,10 @@ class FleetLink:
         store.calls += 1
         try:
             with anyio.fail_after(store.budget.store_timeout):
-                await store.client.zrem(store.leases_key, leases)
-        except _STORE_ERRORS:
+                await _client_call(lambda: store.client.zrem(store.leases_key, leases))
+        except _STORE_FAILURES as error:
+            if isinstance(error, _ClientFault):
+                _log_fault(store, "take back leases", error)
             return  # still stray: given back by the next renewal, or expired
         store.stray.difference_update(leases)
 
@@ -404,7 +447,7 @@ class FleetLink:
             await self._call(
                 store, store.cool, [cooldown_key(store.budget, action.host.key)], [milliseconds]
             )
-        except _STORE_ERRORS as error:
+        except _STORE_FAILURES as error:
             self._failed(store, "share a cooldown", error)
 
     async def _renew_loop(self, store: _Store) -> None:
@@ -427,7 +470,7 @@ class FleetLink:
                     [store.leases_key],
                     [store.ttl_ms, budget.max_connections or 0, *held],
                 )
-            except _STORE_ERRORS as error:
+            except _STORE_FAILURES as error:
                 self._failed(store, "renew this pool's leases", error)
                 self._perform(self._machine.store_failed(budget.name, self._clock()))
                 pause = budget.store_timeout
