@@ -10,9 +10,9 @@ pool, bounded by the budget's `store_timeout`, and reports back to the pool mach
     ReleaseLease   -> (nothing: a lease that cannot be given back expires within lease_ttl)
     ShareCooldown  -> (nothing: best effort)
 
-and a renewal task per budget extends the leases this pool holds every `lease_ttl / 3` (sooner
-after a failure), reporting `lease_lost` (the store had no room to take back a lease it had
-dropped) or `store_failed`.
+and a renewal task per budget extends the leases this pool holds every `lease_ttl / 3`, counted
+from the start of the renewal before (`store_timeout` after a failed one), reporting `lease_lost`
+(the store had no room to take back a lease it had dropped) or `store_failed`.
 
 Every change of the store is one atomic Lua script (the keys are in docs/guide/scaling.md):
 
@@ -452,33 +452,40 @@ class FleetLink:
 
     async def _renew_loop(self, store: _Store) -> None:
         budget = store.budget
-        pause = budget.lease_ttl / 3
+        # Each renewal is due lease_ttl / 3 after the START of the one before: timed from its
+        # end, a renewal that took almost store_timeout (up to lease_ttl / 3 by the config's
+        # rule) could land, on the store, close to 2/3 lease_ttl after the one before, and a
+        # slow give-back before it pushed it further, until two renewals were 4/3 lease_ttl
+        # apart and the lease lapsed under a process that is alive.
+        due = anyio.current_time() + budget.lease_ttl / 3
         while True:
-            await anyio.sleep(pause)
-            # After a failed renewal the next one comes sooner: the leases are still counted
-            # until their expiry, and renewing them before it keeps the fleet's count true.
-            pause = budget.lease_ttl / 3
-            if store.stray:
-                await self._release(store)
+            await anyio.sleep_until(due)
+            started = anyio.current_time()
+            due = started + budget.lease_ttl / 3
             held = sorted(store.held)
-            if not held:
-                continue
-            try:
-                lost = await self._call(
-                    store,
-                    store.renew,
-                    [store.leases_key],
-                    [store.ttl_ms, budget.max_connections or 0, *held],
-                )
-            except _STORE_FAILURES as error:
-                self._failed(store, "renew this pool's leases", error)
-                self._perform(self._machine.store_failed(budget.name, self._clock()))
-                pause = budget.store_timeout
-                continue
-            for raw in lost:
-                lease = raw.decode() if isinstance(raw, bytes) else str(raw)
-                store.held.discard(lease)
-                self._perform(self._machine.lease_lost(budget.name, lease, self._clock()))
+            if held:
+                try:
+                    lost = await self._call(
+                        store,
+                        store.renew,
+                        [store.leases_key],
+                        [store.ttl_ms, budget.max_connections or 0, *held],
+                    )
+                except _STORE_FAILURES as error:
+                    self._failed(store, "renew this pool's leases", error)
+                    self._perform(self._machine.store_failed(budget.name, self._clock()))
+                    # Sooner after a failure: the leases are still counted until their
+                    # expiry, and renewing them before it keeps the fleet's count true.
+                    due = started + budget.store_timeout
+                    lost = []
+                for raw in lost:
+                    lease = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    store.held.discard(lease)
+                    self._perform(self._machine.lease_lost(budget.name, lease, self._clock()))
+            # Leases nobody renews go back after the renewal, in a task of their own: a slow
+            # store delays neither this renewal nor the next.
+            if store.stray:
+                self._spawn(self._release, store)
 
     async def _give_back_everything(self) -> None:
         """The pool is closed: every lease it may still hold goes back to the store."""
