@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import anyio
 from pooledmail_anyio import (
     FailureKind,
     Host,
@@ -36,8 +37,9 @@ from pooledmail_anyio import (
     Stage,
 )
 
+from ..polling import until
 from .fakesmtp import FakeSMTPServer, Fault, Script
-from .verdicts import Sent, judge, message, settled, stored
+from .verdicts import Sent, got_terminator, judge, message, settled, stored, terminator_wire
 
 pytestmark = pytest.mark.anyio
 
@@ -90,10 +92,37 @@ class Case:
 
 
 CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
+    # CHUNKING and PIPELINING: the terminator went with the flight; the refusal is read first.
+    "bdat-mail-refused-then-rcpt": (
+        Case(BDAT, "mail", "rcpt1", P, Stage.MAIL),
+        ("disconnect", "rst", "stall", "malformed", "421"),
+    ),
+    "bdat-mail-refused-then-last-chunk": (
+        Case(BDAT, "mail", "last", P, Stage.MAIL),
+        ("disconnect",),
+    ),
+    "bdat-every-rcpt-refused-then-last-chunk": (
+        Case(BDAT, "rcpt", "last", P, Stage.RCPT, recipients=2),
+        ("disconnect", "stall"),
+    ),
+    "bdat-chunk-refused-then-last-chunk": (
+        Case(BDAT, "chunk1", "last", P, Stage.BODY, chunked=True),
+        ("disconnect", "malformed"),
+    ),
     # The control: the second recipient may have been accepted, and the message stored for it.
     "bdat-one-rcpt-of-two-refused-then-the-other": (
         Case(BDAT, "rcpt1", "rcpt2", U, Stage.RCPT, recipients=2),
         ("disconnect",),
+    ),
+    # PIPELINING without CHUNKING: nothing of the data left, but the refusal's kind (PERMANENT,
+    # not retried) and stage are the truth, not a TRANSIENT failure of the next reply.
+    "data-mail-refused-then-rcpt": (
+        Case(DATA, "mail", "rcpt1", P, Stage.MAIL),
+        ("disconnect", "421"),
+    ),
+    "data-every-rcpt-refused-then-data": (
+        Case(DATA, "rcpt", "data", P, Stage.RCPT),
+        ("disconnect", "stall"),
     ),
     # DATA answered 354 although no recipient was accepted: the lone "." and its reply.
     "data-every-rcpt-refused-then-lone-dot": (
@@ -182,3 +211,61 @@ async def test_a_fault_after_a_refusal_leaves_the_refusal_standing(
     assert str(outcome.reply.code)[0] == ("5" if case.refusal == "5xx" else "4")
     assert stored(server)[name] == 0
     assert not may_have_been_delivered(caplog)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bdat-mail-refused-then-rcpt",
+        "bdat-every-rcpt-refused-then-last-chunk",
+        "bdat-chunk-refused-then-last-chunk",
+    ],
+)
+async def test_a_send_cancelled_after_a_refusal_is_not_reported_as_ambiguous(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The whole message went with the flight and the server refused it; the caller cancels
+    # while the client waits for the rest of the flight's replies, which never come.
+    case = CASES[name][0]
+    data, recipients, limits = prepared(case, name)
+    chunks = chunk_count(data, limits)
+    labels = case.labels(chunks)
+    waiting = labels.index("last") - labels.index(case.strike) + 1
+    server = first_then_healthy(case, case.acts("stall", chunks))
+    caplog.set_level(logging.WARNING, logger="pooledmail")
+    async with (
+        server.running(),
+        SMTPPool(config(server, command_timeout=60.0), limits=limits) as pool,
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: pool.send_raw(data, sender="a@example.com", recipients=recipients)
+            )
+            await until(lambda: bool(pool._connections), what="a connection")
+            session = next(iter(pool._connections.values())).session
+            # The client has read every reply up to the refusal, and waits for the stalled one.
+            await until(lambda: len(session.awaiting) == waiting, what="the refusal read")
+            tg.cancel_scope.cancel()
+        stats = pool.send_statistics()
+    # The whole message reached the server, which refused it.
+    wire = terminator_wire(data, bdat=True, chunk_size=limits.bdat_chunk_size)
+    assert got_terminator(server, wire)
+    assert stored(server)[name] == 0
+    assert stats.cancelled_after_terminator == 0
+    assert not may_have_been_delivered(caplog)
+
+
+async def test_a_transient_refusal_then_a_lost_connection_is_retried_and_stored_once() -> None:
+    # MAIL 451 in a flight that carried the whole message, then the connection closes: the
+    # message was definitely not accepted, so it is retried (max_retries), on a new connection.
+    case = Case(BDAT, "mail", "rcpt1", T, Stage.MAIL, refusal="4xx")
+    data, recipients, limits = prepared(case, "retried")
+    server = first_then_healthy(case, case.acts("disconnect", 1))
+    options = {"max_retries": 1, "retry_base_delay": 0.01}
+    async with server.running(), SMTPPool(config(server, **options), limits=limits) as pool:
+        result = await pool.send_raw(data, sender="a@example.com", recipients=recipients)
+        stats = pool.send_statistics()
+    assert result.attempts == 2
+    assert stored(server)["retried"] == 1
+    assert [len(c.messages) for c in server.connections] == [0, 1]
+    assert (stats.accepted, dict(stats.failed), stats.retries) == (1, {}, 1)
