@@ -475,10 +475,11 @@ class TransactionExchange(Exchange):
     @property
     def refusal(self) -> tuple[Stage, Reply] | None:
         """The stage and reply of the refusal that decided the message, from the moment it was
-        read: before the RSET (or the lone "." line) that follows it only to tidy the session.
-        If the connection then fails, the message was still refused: the server said so, the
-        terminator sent or not. None until the server refused anything, and on the fused path,
-        which hands every refusal to the general one."""
+        read: before the rest of a pipelined flight's replies, and before the RSET (or the lone
+        "." line) that follows it only to tidy the session. If the connection then fails, the
+        message was still refused: the server said so, the terminator sent or not. None until
+        the server refused anything, and on the fused path, which hands every refusal to the
+        general one."""
         return self._refusal
 
     @property
@@ -716,24 +717,27 @@ class TransactionExchange(Exchange):
             return self._end(mail, _STAGE_MAIL, False)
         self._stage = _STAGE_RCPT
         mail_ok = mail.code < 300
+        # A refusal decides the message as soon as it is read (`refusal`), although the rest of
+        # the flight's replies are still to come: with CHUNKING the whole message went with the
+        # flight, and a connection lost before those replies must not make it "unknown".
+        failure: tuple[Stage, Reply] | None = None
+        if not mail_ok:
+            failure = self._refusal = _STAGE_MAIL, mail
         accepted = self._accepted
         for recipient in plan.recipients:
             while (reply := next_event()) is NEED_DATA:
                 yield NEED_DATA
             code = reply.code
             if code == 421:
-                return self._end(reply, _STAGE_RCPT, False)
+                return self._closed(failure or (_STAGE_RCPT, reply))
             if not mail_ok:
                 continue
             if code < 300:
                 accepted.append(recipient)
             else:
                 self._refused.append((recipient, reply))
-        failure: tuple[Stage, Reply] | None = None
-        if not mail_ok:
-            failure = _STAGE_MAIL, mail
-        elif not self._accepted:
-            failure = _STAGE_RCPT, self._rcpt_failure()
+        if failure is None and not self._accepted:
+            failure = self._refusal = _STAGE_RCPT, self._rcpt_failure()
         if chunks:
             for index in range(len(chunks)):
                 self._stage = _STAGE_DATA_END if index == len(chunks) - 1 else _STAGE_BODY
@@ -742,7 +746,8 @@ class TransactionExchange(Exchange):
                 if reply.code == 421:
                     return self._closed(failure or (self._stage, reply))
                 if failure is None and not reply.is_positive:
-                    failure = self._stage, reply
+                    # RFC 3030 §2: a refused chunk fails the transaction.
+                    failure = self._refusal = self._stage, reply
                 final: Reply = reply
             if failure is None:
                 return self._end(final, None, True)
@@ -759,7 +764,6 @@ class TransactionExchange(Exchange):
             # "." (an empty message for nobody) before resetting.
             if self._out_of_step():
                 return self._end(failure[1], failure[0], False)
-            self._refusal = failure
             yield Write(emit(_END_OF_DATA, b".\r\n"))
             while (dot := next_event()) is NEED_DATA:
                 yield NEED_DATA

@@ -154,6 +154,10 @@ class Script:
     mail: str = "250 2.1.0 ok"
     rcpt: Callable[[str], str] | str = "250 2.1.5 ok"
     data: str = "354 go ahead"
+    # Not None: DATA is answered with `data` even when no recipient was accepted (RFC 2920 §3.1
+    # allows a pipelining server to), and the lone "." line the client then sends to end it gets
+    # this reply; nothing is stored. None: such a DATA is refused.
+    data_without_recipients: str | None = None
     # The final reply; a callable gets the message's number on the whole server (0-based).
     data_end: str | Callable[[int], str] = "250 2.0.0 queued"
     bdat: str = "250 2.0.0 chunk ok"
@@ -746,7 +750,15 @@ class _Session:
                 rcpts_ok += meant.startswith("250")
             elif verb == "DATA":
                 if not rcpts_ok:
-                    await self._respond("data", "554 5.5.1 no valid recipients")
+                    if script.data_without_recipients is None:
+                        await self._respond("data", "554 5.5.1 no valid recipients")
+                        continue
+                    meant = await self._respond("data", script.data)
+                    mail_ok = False
+                    if meant.startswith("354"):
+                        while await self._line() != ".":
+                            pass  # data for nobody: read to its end, store nothing
+                        await self._respond("", script.data_without_recipients)
                     continue
                 meant = await self._respond("data", script.data)
                 mail_ok, rcpts_ok = False, 0
