@@ -23,6 +23,16 @@ from .verdicts import settled
 pytestmark = pytest.mark.anyio
 
 
+async def send_once(pool: SMTPPool) -> None:
+    """One small message, retried even after an unknown outcome (retry_unknown=True)."""
+    await pool.send_raw(
+        b"Subject: once\r\n\r\nhello\r\n",
+        sender="a@example.com",
+        recipients=["b@example.com"],
+        retry_unknown=True,
+    )
+
+
 def config(server: FakeSMTPServer, **options: Any) -> PoolConfig:
     options = {"max_retries": 0, "command_timeout": 5.0, **options}
     return PoolConfig([Host("127.0.0.1", server.port, tls="none")], **options)
@@ -97,12 +107,7 @@ async def test_a_retry_after_unknown_never_ends_definitely_not_accepted(second: 
     options = {"max_retries": 1, "retry_base_delay": 0.01}
     async with server.running(), SMTPPool(config(server, **options)) as pool:
         with pytest.raises(SendFailed) as failed:
-            await pool.send_raw(
-                b"Subject: once\r\n\r\nhello\r\n",
-                sender="a@example.com",
-                recipients=["b@example.com"],
-                retry_unknown=True,
-            )
+            await send_once(pool)
     assert len(server.messages) == 1  # attempt 1 was stored
     assert failed.value.attempts == 2
     assert not failed.value.definitely_not_accepted
@@ -115,17 +120,8 @@ async def test_a_send_cancelled_while_retrying_an_unknown_attempt_is_counted() -
     server = FakeSMTPServer(lambda n: Script(fault=Fault("disconnect", "data_end")))
     options = {"max_retries": 3, "retry_base_delay": 30.0, "send_timeout": 600.0}
     async with server.running(), SMTPPool(config(server, **options)) as pool:
-
-        async def send() -> None:
-            await pool.send_raw(
-                b"Subject: once\r\n\r\nhello\r\n",
-                sender="a@example.com",
-                recipients=["b@example.com"],
-                retry_unknown=True,
-            )
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(send)
+            tg.start_soon(send_once, pool)
             # The retry is counted just before its delay begins, with no await in between.
             await until(lambda: pool.send_statistics().retries == 1, what="the retry delay")
             tg.cancel_scope.cancel()
@@ -159,17 +155,8 @@ async def test_a_cancel_during_a_retry_on_another_host_names_the_host_that_has_t
         ]
         options = {"max_retries": 3, "retry_base_delay": 0.01, "command_timeout": 60.0}
         async with SMTPPool(PoolConfig(hosts, **options)) as pool:
-
-            async def send() -> None:
-                await pool.send_raw(
-                    b"Subject: once\r\n\r\nhello\r\n",
-                    sender="a@example.com",
-                    recipients=["b@example.com"],
-                    retry_unknown=True,
-                )
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(send)
+                tg.start_soon(send_once, pool)
                 await until(
                     lambda: any(
                         command.startswith("MAIL")

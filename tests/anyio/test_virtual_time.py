@@ -11,7 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SMTPPool, Stage
+from pooledmail_anyio import (
+    FailureKind,
+    HealthReport,
+    Host,
+    PoolConfig,
+    SendFailed,
+    SMTPPool,
+    Stage,
+)
 from pooledmail_anyio._ports import free_port
 
 from .fakesmtp import STALL, FakeSMTPServer, Fault, Script
@@ -166,6 +174,13 @@ async def test_nothing_of_the_pool_runs_on_trio_after_its_block_exits() -> None:
             assert _watchdog()._running
 
 
+async def timed_check(config: PoolConfig) -> tuple[HealthReport, float]:
+    """`check()`'s report, and how long it took in virtual time."""
+    started = trio.current_time()
+    report = await SMTPPool(config).check()
+    return report, trio.current_time() - started
+
+
 @pytest.mark.trio
 async def test_check_of_a_slow_then_silent_host_ends_within_connect_timeout(
     clock: trio.testing.MockClock,
@@ -176,9 +191,7 @@ async def test_check_of_a_slow_then_silent_host_ends_within_connect_timeout(
     server = FakeSMTPServer(Script(noop=STALL, reply_delay=4.0))
     async with server.running():
         config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], connect_timeout=10.0)
-        started = trio.current_time()
-        report = await SMTPPool(config).check()
-        took = trio.current_time() - started
+        report, took = await timed_check(config)
     assert not report.ok
     assert took <= 10.0  # connect_timeout: the abort after the NOOP gets no grace beyond it
 
@@ -199,9 +212,7 @@ async def test_check_ends_at_its_connect_timeout_when_the_server_ignores_quit(
     server = FakeSMTPServer(_SLOW_THEN_NO_QUIT)
     async with server.running():
         config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], connect_timeout=10.0)
-        started = trio.current_time()
-        report = await SMTPPool(config).check()
-        took = trio.current_time() - started
+        report, took = await timed_check(config)
     assert report.ok
     assert server.connections[0].commands[-2:] == ["NOOP", "QUIT"]
     assert took <= 10.0
@@ -228,9 +239,7 @@ async def test_check_of_refused_credentials_ends_at_its_connect_timeout_despite_
             allow_plaintext_auth=True,
         )
         config = PoolConfig([host], connect_timeout=10.0)
-        started = trio.current_time()
-        report = await SMTPPool(config).check()
-        took = trio.current_time() - started
+        report, took = await timed_check(config)
     (found,) = report.failures
     assert found.kind is FailureKind.AUTH_FAILED
     assert found.reply is not None
@@ -248,9 +257,7 @@ async def test_check_aborts_at_once_when_the_noop_answer_used_up_the_deadline(
     server = FakeSMTPServer(Script(reply_delay=5.0))
     async with server.running():
         config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], connect_timeout=10.0)
-        started = trio.current_time()
-        report = await SMTPPool(config).check()
-        took = trio.current_time() - started
+        report, took = await timed_check(config)
     assert not report.ok
     assert "QUIT" not in server.connections[0].commands
     assert took <= 10.0

@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 
 import anyio
-from pooledmail_anyio._budget import FleetLink, keys
+from pooledmail_anyio._budget import keys
 from pooledmail_core import Host, ReleaseLease, RequestLease, SharedBudget
 from tests.polling import until
 from tests.servers.redis import RedisServer
 
+from .links import bare_link
 from .test_fleet import redis_command
 
 
@@ -48,18 +49,7 @@ async def test_a_release_during_a_lease_request_leaves_the_granted_lease_counted
     leases_key, _ = keys(budget)
     machine = Machine()
     async with anyio.create_task_group() as tg:
-
-        def spawn(func: Any, *args: Any) -> bool:
-            tg.start_soon(func, *args)
-            return True
-
-        link = FleetLink(
-            [budget],
-            machine=machine,
-            perform=lambda actions: None,
-            clock=lambda: 0.0,
-            spawn=spawn,
-        )  # type: ignore[arg-type]
+        link = bare_link(budget, machine, tg)
         async with link.running():
             # A first lease, granted; its connection is about to go away.
             link.perform(RequestLease(0, budget, host))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 import anyio
-from pooledmail_anyio._budget import FleetLink, keys
+from pooledmail_anyio._budget import keys
 from pooledmail_core import Host, RequestLease, SharedBudget
 from tests.servers.redis import RedisServer
 
+from .links import bare_link
 from .test_fleet import redis_command
 from .test_lease_race import Machine
 
@@ -24,20 +23,9 @@ async def test_a_short_lease_ttl_does_not_cut_short_the_leases_of_a_longer_one(
     short = SharedBudget(name, redis_url=redis_server.url, max_connections=4, lease_ttl=1.5)
     leases_key, _ = keys(long)
     async with anyio.create_task_group() as tg:
-
-        def spawn(func: Any, *args: Any) -> bool:
-            tg.start_soon(func, *args)
-            return True
-
         for budget in (long, short):
             machine = Machine()
-            link = FleetLink(
-                [budget],
-                machine=machine,
-                perform=lambda actions: None,
-                clock=lambda: 0.0,
-                spawn=spawn,
-            )  # type: ignore[arg-type]
+            link = bare_link(budget, machine, tg)
             async with link.running():
                 link.perform(RequestLease(0, budget, Host("127.0.0.1", 2525, budget=budget)))
                 with anyio.fail_after(5):

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 import anyio
-from pooledmail_anyio._budget import FleetLink
 from pooledmail_core import Host, RequestLease, SharedBudget
 from tests.servers.redis import RedisServer
 
+from .links import bare_link
 from .virtual_time import virtual_backend
 
 LEASE_TTL = 3.0
@@ -74,18 +74,7 @@ async def test_renewals_start_a_third_of_the_ttl_apart_when_every_answer_is_slow
     give_backs: list[float] = []
     enough = anyio.Event()
     async with anyio.create_task_group() as tg:
-
-        def spawn(func: Any, *args: Any) -> bool:
-            tg.start_soon(func, *args)
-            return True
-
-        link = FleetLink(
-            [budget],
-            machine=machine,  # type: ignore[arg-type]
-            perform=lambda actions: None,
-            clock=anyio.current_time,
-            spawn=spawn,
-        )
+        link = bare_link(budget, machine, tg, clock=anyio.current_time)
         async with link.running():
             link.perform(RequestLease(0, budget, host))
             with anyio.fail_after(5):

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 import anyio
-from pooledmail_anyio._budget import FleetLink
 from pooledmail_core import (
     Action,
     GrantSlot,
@@ -29,6 +28,8 @@ from pooledmail_core import (
     SharedBudget,
 )
 from tests.servers.redis import RedisServer
+
+from .links import bare_link
 
 SLOW = 0.2  # the answer's delay, beyond the token's lifetime (0.05 s at 10 messages/s)
 
@@ -49,10 +50,6 @@ async def test_a_token_whose_answer_came_after_its_lifetime_is_not_granted(
 
     async with anyio.create_task_group() as tg:
 
-        def spawn(func: Any, *args: Any) -> bool:
-            tg.start_soon(func, *args)
-            return True
-
         def perform(actions: Any) -> None:
             for action in actions:
                 seen.append(action)
@@ -63,9 +60,7 @@ async def test_a_token_whose_answer_came_after_its_lifetime_is_not_granted(
                 elif isinstance(action, RequestLease | RequestTokens):
                     link.perform(action)
 
-        link = FleetLink(
-            [budget], machine=machine, perform=perform, clock=lambda: now[0], spawn=spawn
-        )
+        link = bare_link(budget, machine, tg, perform=perform, clock=lambda: now[0])
         async with link.running():
             (store,) = link._stores.values()
             tokens_script = store.tokens

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import threading
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,42 @@ def wait_for(pid: int) -> int:
     return -1
 
 
+def fork_and_report(
+    child: Callable[[], dict[str, Any]], after_fork: Callable[[], object] = lambda: None
+) -> tuple[int, dict[str, Any]]:
+    """Fork; the child runs `child` and sends back what it returns (or its error) as JSON and
+    leaves with os._exit. The parent runs `after_fork`, then returns the child's exit status
+    (a child that hangs is killed) and its report."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(child()).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    after_fork()
+    exit_code = wait_for(pid)
+    with os.fdopen(read_end, "rb") as pipe:
+        return exit_code, json.loads(pipe.read() or b"{}")
+
+
+def send_from_the_child(pool: BlockingSMTPPool) -> Callable[[], dict[str, Any]]:
+    """For `fork_and_report`: one send on `pool` in the child, then close it."""
+
+    def send() -> dict[str, Any]:  # pragma: no cover - runs in the child
+        result = pool.send(message("from the child"))
+        pool.close()
+        return {"accepted": list(result.accepted)}
+
+    return send
+
+
 def test_a_forked_child_gets_its_own_pool(backend: str) -> None:
     with smtpd() as (port, recorder):
         config = PoolConfig([Host("127.0.0.1", port, tls="none")], max_size=2)
@@ -90,23 +127,7 @@ def test_a_forked_child_gets_its_own_pool(backend: str) -> None:
         pool.send(message("from the parent, before"))
         parent_sockets = sockets_to(port)
         assert len(parent_sockets) == 1
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
-            code = 1
-            try:
-                os.close(read_end)
-                report = in_child(pool, config, backend, port)
-                os.write(write_end, json.dumps(report).encode())
-                code = 0
-            except BaseException as exc:
-                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        exit_code = wait_for(pid)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = json.loads(pipe.read() or b"{}")
+        exit_code, report = fork_and_report(lambda: in_child(pool, config, backend, port))
         assert exit_code == 0, report
         # In the child: only the forking thread, none of the parent's sockets, a fresh pool in
         # the same shared object, which opened its own connection and closed it.
@@ -166,25 +187,7 @@ def test_a_fork_while_another_thread_starts_the_pool_leaves_the_child_a_fresh_po
         starter = threading.Thread(target=pool.start)
         starter.start()
         assert entered.wait(10)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
-            code = 1
-            try:
-                os.close(read_end)
-                result = pool.send(message("from the child"))
-                pool.close()
-                os.write(write_end, json.dumps({"accepted": list(result.accepted)}).encode())
-                code = 0
-            except BaseException as exc:
-                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        forked.set()
-        exit_code = wait_for(pid)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = json.loads(pipe.read() or b"{}")
+        exit_code, report = fork_and_report(send_from_the_child(pool), forked.set)
         starter.join(10)
         pool.send(message("from the parent"))
         pool.close()
@@ -224,26 +227,15 @@ def test_a_forked_child_reports_the_metrics_of_its_own_pool_only(backend: str) -
         pool = BlockingSMTPPool(config, backend=backend, meter_provider=provider)
         pool.send(message("from the parent"))
         assert connection_gauges(reader)["idle"] == 1
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
-            code = 1
-            try:
-                os.close(read_end)
-                report: dict[str, Any] = {"before": connection_gauges(reader)}
-                pool.send(message("from the child"))
-                report["after"] = connection_gauges(reader)
-                pool.close()
-                os.write(write_end, json.dumps(report).encode())
-                code = 0
-            except BaseException as exc:
-                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        exit_code = wait_for(pid)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = json.loads(pipe.read() or b"{}")
+
+        def in_the_child() -> dict[str, Any]:  # pragma: no cover - runs in the child
+            report: dict[str, Any] = {"before": connection_gauges(reader)}
+            pool.send(message("from the child"))
+            report["after"] = connection_gauges(reader)
+            pool.close()
+            return report
+
+        exit_code, report = fork_and_report(in_the_child)
         parent_after = connection_gauges(reader)
         pool.close()
         provider.shutdown()
@@ -284,26 +276,12 @@ def test_a_fork_while_another_thread_holds_a_metrics_lock_does_not_hang_the_chil
         holder = threading.Thread(target=hold_the_locks)
         holder.start()
         assert held.wait(30)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
-            code = 1
-            try:
-                os.close(read_end)
-                result = pool.send(message("from the child"))
-                pool.close()
-                os.write(write_end, json.dumps({"accepted": list(result.accepted)}).encode())
-                code = 0
-            except BaseException as exc:
-                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
-            finally:
-                os._exit(code)
-        forked.set()
-        holder.join(30)
-        os.close(write_end)
-        exit_code = wait_for(pid)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = json.loads(pipe.read() or b"{}")
+
+        def release_the_holder() -> None:
+            forked.set()
+            holder.join(30)
+
+        exit_code, report = fork_and_report(send_from_the_child(pool), release_the_holder)
         pool.close()
         provider.shutdown()
     assert exit_code == 0, report
