@@ -170,19 +170,24 @@ def cooldown_key(budget: SharedBudget, host: str) -> str:
     return f"{budget.key_prefix}:{{{budget.name}}}:cool:{host}"
 
 
-def check_tls_files(redis_url: str) -> None:
-    """Load the files a rediss:// URL names as the Redis client will when the pool starts.
+def tls_context(redis_url: str) -> ssl.SSLContext | None:
+    """The TLS context for a rediss:// URL (None for any other), built from its options.
 
-    The core checked the options' names and values without I/O; whether the files exist and
-    hold what they should is known only by reading them, here, when the pool is built, so that a
-    wrong path fails with a ConfigError naming redis_url instead of an OSError at start-up.
+    Built by pooledmail, once, when the pool is built, and handed to the Redis client, which
+    then reads none of the URL's ssl_* options itself: coredis 6 would check the certificate's
+    chain but not that it names the server unless the URL said ?ssl_check_hostname=true, so a
+    man in the middle with any certificate from a trusted CA would pass. Here the name is
+    checked as on the SMTP side, unless the URL says ?ssl_check_hostname=false or turns
+    verification off with ?ssl_cert_reqs=none (the core refused the two together with true).
+    Whether the files exist and hold what they should is known only by reading them, so a
+    wrong path fails here with a ConfigError naming redis_url, never as an OSError at start-up.
     """
     parts = urllib.parse.urlsplit(redis_url)
     if parts.scheme != "rediss":
-        return  # the client reads no file for any other scheme
+        return None  # no TLS for any other scheme
     # SharedBudget refused a repeated or empty option: one value per name.
     given = dict(urllib.parse.parse_qsl(parts.query))
-    context = ssl.create_default_context()
+    context = ssl.create_default_context()  # CERT_REQUIRED, check_hostname, the system's CAs
     certfile, keyfile = given.get("ssl_certfile"), given.get("ssl_keyfile")
     ca_certs = given.get("ssl_ca_certs")
     option = "?ssl_certfile= or ?ssl_keyfile="
@@ -191,13 +196,30 @@ def check_tls_files(redis_url: str) -> None:
             context.load_cert_chain(certfile=certfile, keyfile=keyfile)
         option = "?ssl_ca_certs="
         if ca_certs:
-            # A directory is taken as a CA path, as the client takes it.
+            # A directory is taken as a CA path, as the client would take it.
             if os.path.isdir(ca_certs):
                 context.load_verify_locations(capath=ca_certs)
             else:
                 context.load_verify_locations(cafile=ca_certs)
     except OSError as error:  # ssl.SSLError is one too
         raise ConfigError("redis_url", f"{option} cannot be used: {_reason(error)}") from None
+    cert_reqs = given.get("ssl_cert_reqs", "required")
+    check_hostname = given.get("ssl_check_hostname")
+    if cert_reqs == "none" or (check_hostname is not None and check_hostname.upper() in _FALSE):
+        # check_hostname first: ssl refuses CERT_NONE while it is on.
+        context.check_hostname = False
+    context.verify_mode = _VERIFY_MODES[cert_reqs]
+    return context
+
+
+# The values SharedBudget let through for ?ssl_cert_reqs= and the spellings of false it takes
+# for ?ssl_check_hostname= (upper-cased), as the Redis client reads them.
+_VERIFY_MODES = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+_FALSE = frozenset({"0", "F", "FALSE", "N", "NO"})
 
 
 def _reason(error: OSError) -> str:
@@ -261,8 +283,8 @@ class FleetLink:
         self._clock = clock
         self._spawn = spawn
         self._stores: dict[str, _Store] = {}
-        for redis_url in {budget.redis_url for budget in self._budgets}:
-            check_tls_files(redis_url)
+        # Read once, here: a TLS file that changes or goes later changes nothing.
+        self._tls = {budget.redis_url: tls_context(budget.redis_url) for budget in self._budgets}
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -275,19 +297,16 @@ class FleetLink:
             for budget in self._budgets:
                 client = clients.get(budget.redis_url)
                 if client is None:
-                    try:
-                        client = coredis.Redis.from_url(
-                            budget.redis_url,
-                            connect_timeout=budget.store_timeout,
-                            stream_timeout=budget.store_timeout,
-                            retry_policy=NoRetryPolicy(),
-                        )
-                    except OSError as error:
-                        # Building the client reads only the TLS files: one that changed since
-                        # the pool was built (check_tls_files) fails here, as the option.
-                        raise ConfigError(
-                            "redis_url", f"a TLS file cannot be used: {_reason(error)}"
-                        ) from None
+                    client = coredis.Redis.from_url(
+                        budget.redis_url,
+                        connect_timeout=budget.store_timeout,
+                        stream_timeout=budget.store_timeout,
+                        retry_policy=NoRetryPolicy(),
+                        # Given ssl_context (even None), coredis reads no ssl_* option of the
+                        # URL and no file (pool/_base.py, _parse_url), and wraps a connection
+                        # in TLS exactly when the context is not None (connection/_tcp.py).
+                        ssl_context=self._tls[budget.redis_url],
+                    )
                     await stack.enter_async_context(client)
                     clients[budget.redis_url] = client
                 self._stores[budget.name] = _Store(budget, client)

@@ -693,8 +693,9 @@ _REDIS_CLIENT_SETTINGS = frozenset(
     }
 )
 _CERT_REQS = ("none", "optional", "required")
-# The spellings of a boolean the client reads (any other it takes as true).
-_REDIS_BOOLEANS = frozenset({"0", "F", "FALSE", "N", "NO", "1", "T", "TRUE", "Y", "YES"})
+# The spellings of a boolean the client reads (any other it takes as true), upper-cased.
+_REDIS_FALSE = frozenset({"0", "F", "FALSE", "N", "NO"})
+_REDIS_BOOLEANS = _REDIS_FALSE | frozenset({"1", "T", "TRUE", "Y", "YES"})
 
 
 def _is_database(text: str) -> bool:
@@ -755,6 +756,19 @@ def _check_redis_options(parts: urllib.parse.SplitResult) -> None:
     if check_hostname is not None and check_hostname.upper() not in _REDIS_BOOLEANS:
         raise ConfigError(
             "redis_url", "?ssl_check_hostname= must be true or false (yes/no, 1/0 are taken too)"
+        )
+    # The driver checks the server's name unless the URL says ?ssl_check_hostname=false, or
+    # turns verification off altogether with ?ssl_cert_reqs=none: without a verified
+    # certificate there is no name to check, so asking for both is a contradiction.
+    if (
+        cert_reqs == "none"
+        and check_hostname is not None
+        and check_hostname.upper() not in _REDIS_FALSE
+    ):
+        raise ConfigError(
+            "redis_url",
+            "?ssl_check_hostname= cannot be true with ?ssl_cert_reqs=none (a certificate "
+            "that is not verified names nobody)",
         )
     if ("ssl_certfile" in given) != ("ssl_keyfile" in given):
         raise ConfigError(

@@ -79,6 +79,12 @@ def test_a_redis_url_the_client_cannot_read_fails_at_construction(url: str) -> N
         ("rediss://:hunter2@127.0.0.1:6380/0?ssl_cert_reqs=bogus", "?ssl_cert_reqs="),
         ("rediss://:hunter2@127.0.0.1:6380/0?ssl_cert_reqs=REQUIRED", "?ssl_cert_reqs="),
         ("rediss://:hunter2@127.0.0.1:6380/0?ssl_check_hostname=maybe", "?ssl_check_hostname="),
+        # No certificate verified, yet its name checked: a contradiction, whichever is meant.
+        (
+            "rediss://:hunter2@127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_check_hostname=true",
+            "?ssl_check_hostname=",
+        ),
+        ("rediss://:hunter2@127.0.0.1:6380/0?ssl_check_hostname=Y&ssl_cert_reqs=none", "none"),
         # TLS options the client ignores outside rediss://, or one without the other.
         ("redis://:hunter2@127.0.0.1:6379/0?ssl_ca_certs=/etc/ca.pem", "?ssl_ca_certs="),
         ("unix:///run/redis.sock?ssl_cert_reqs=required&password=hunter2", "?ssl_cert_reqs="),
@@ -133,6 +139,8 @@ def test_a_redis_url_option_the_client_would_misread_fails_at_construction(
         "&ssl_ca_certs=/etc/ssl/redis-ca.pem",
         "rediss://redis.internal:6380/0?ssl_certfile=/etc/c.pem&ssl_keyfile=/etc/k.pem"
         "&ssl_check_hostname=NO&ssl_cert_reqs=none",
+        "rediss://redis.internal:6380/0?ssl_cert_reqs=none",
+        "rediss://redis.internal:6380/0?ssl_cert_reqs=optional&ssl_check_hostname=false",
     ],
 )
 def test_a_redis_url_with_options_the_client_reads_is_taken(url: str) -> None:

@@ -1,9 +1,11 @@
-"""The Redis URL's options: what the client reads is what SharedBudget checks, and the TLS files
-a rediss:// URL names fail when the pool is built, as redis_url, never later as an OSError.
+"""The Redis URL's options: what the client reads is what SharedBudget checks, the TLS files a
+rediss:// URL names fail when the pool is built, as redis_url, never later as an OSError, and the
+TLS context built from them checks the server's name unless the URL opts out.
 """
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import coredis
@@ -12,6 +14,7 @@ import trustme
 from coredis.pool._basic import ConnectionPoolParams
 
 from pooledmail_anyio import ConfigError, Host, PoolConfig, SharedBudget, SMTPPool
+from pooledmail_anyio._budget import tls_context
 from pooledmail_core._config import _REDIS_CLIENT_SETTINGS, _REDIS_OPTIONS, _REDIS_TLS_OPTIONS
 
 # What coredis takes from a URL's query besides its ConnectionPoolParams: the TLS options, read
@@ -103,14 +106,32 @@ def test_a_tls_file_that_cannot_be_used_fails_when_the_pool_is_built(
     assert "hunter2" not in str(caught.value)
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
-async def test_a_tls_file_gone_before_the_pool_starts_fails_the_start_as_redis_url(
-    anyio_backend: str, tls_files: dict[str, Path]
+@pytest.mark.parametrize(
+    ("query", "verify_mode", "check_hostname"),
+    [
+        # The defaults: the chain and the name, as on the SMTP side (coredis alone checked no
+        # name unless the URL said ?ssl_check_hostname=true).
+        ("", ssl.CERT_REQUIRED, True),
+        ("&ssl_cert_reqs=optional", ssl.CERT_OPTIONAL, True),
+        ("&ssl_check_hostname=true", ssl.CERT_REQUIRED, True),
+        # The opt-outs: the name only, or every check.
+        ("&ssl_check_hostname=false", ssl.CERT_REQUIRED, False),
+        ("&ssl_check_hostname=No", ssl.CERT_REQUIRED, False),
+        ("&ssl_cert_reqs=none", ssl.CERT_NONE, False),
+        ("&ssl_cert_reqs=none&ssl_check_hostname=0", ssl.CERT_NONE, False),
+    ],
+)
+def test_the_tls_context_checks_the_server_name_unless_the_url_opts_out(
+    tls_files: dict[str, Path], query: str, verify_mode: ssl.VerifyMode, check_hostname: bool
 ) -> None:
-    pool = pool_for(f"{URL}&ssl_ca_certs={tls_files['ca']}")
-    tls_files["ca"].unlink()
-    with pytest.raises(ConfigError) as caught:
-        async with pool:
-            pass  # pragma: no cover - the start fails before the block
-    assert caught.value.option == "redis_url"
-    assert "hunter2" not in str(caught.value)
+    url = f"rediss://:hunter2@127.0.0.1:6380/0?ssl_ca_certs={tls_files['ca']}{query}"
+    SharedBudget("b", redis_url=url)  # the core takes it
+    context = tls_context(url)
+    assert context is not None
+    assert context.verify_mode == verify_mode
+    assert context.check_hostname is check_hostname
+
+
+def test_no_tls_context_without_rediss() -> None:
+    assert tls_context("redis://:hunter2@127.0.0.1:6379/0") is None
+    assert tls_context("unix:///run/redis.sock?db=1") is None

@@ -5,6 +5,9 @@
         redis.stop(); redis.start()          # an outage, then the same server on the same port
         redis.pause(); redis.resume()        # up but silent (SIGSTOP), then answering again
 
+    with RedisServer(tls=RedisTLS(cert, key, ca)) as redis:
+        ... connect to redis.url (rediss://): TLS only, on the same kind of free port ...
+
 Nothing is saved (`--save ""`, no append-only file), so a restart comes back empty, as after a
 crash of a cache. The server is a child of this process; `close()` ends it whatever happened.
 """
@@ -21,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ._process import (
     LOOPBACK,
@@ -32,9 +36,18 @@ from ._process import (
     wait_until,
 )
 
-__all__ = ["RedisServer"]
+__all__ = ["RedisServer", "RedisTLS"]
 
 _START_ATTEMPTS = 3
+
+
+class RedisTLS(NamedTuple):
+    """PEM files for a TLS-only server (Debian's redis-server is built with TLS); clients are
+    not asked for a certificate."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
 
 
 class RedisServer(PrivateServer):
@@ -42,9 +55,16 @@ class RedisServer(PrivateServer):
 
     name = "redis"
 
-    def __init__(self, arguments: Sequence[str] = (), *, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        arguments: Sequence[str] = (),
+        *,
+        start_timeout: float = 10.0,
+        tls: RedisTLS | None = None,
+    ) -> None:
         self._binary = find_binary("redis-server", "redis-server")
         self.arguments = tuple(arguments)
+        self.tls = tls
         self.start_timeout = start_timeout
         self.host = LOOPBACK
         self.port = 0
@@ -54,7 +74,8 @@ class RedisServer(PrivateServer):
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{self.host}:{self.port}/0"
 
     @property
     def log_file(self) -> Path:
@@ -116,10 +137,21 @@ class RedisServer(PrivateServer):
     def _spawn(self) -> None:
         began = time.monotonic()
         log_position = self.log_file.stat().st_size if self.log_file.exists() else 0
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = [
+                "--port", "0",  # no plain-text port at all
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert_file),
+                "--tls-key-file", str(self.tls.key_file),
+                "--tls-ca-cert-file", str(self.tls.ca_file),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         command = [
             self._binary,
             "--bind", self.host,
-            "--port", str(self.port),
+            *listen,
             "--dir", str(self.directory),
             "--logfile", str(self.log_file),
             "--save", "",
