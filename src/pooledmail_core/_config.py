@@ -574,6 +574,15 @@ class SharedBudget:
             raise ConfigError("redis_url", "must be a redis://, rediss:// or unix:// URL")
         if any(ch in _LINE_BREAKERS or ch.isspace() for ch in redis_url):
             raise ConfigError("redis_url", "must not contain whitespace, CR, LF or NUL")
+        # '#' starts the URL's fragment, which the client drops with everything after it: an
+        # unencoded '#' in a password silently cut it short there (or cut off the host).
+        if "#" in redis_url:
+            raise ConfigError(
+                "redis_url",
+                "must not contain '#' (it starts a fragment, which the Redis client drops with "
+                "everything after it): percent-encode '#' as %23, in ?password= (the client "
+                "decodes the query, but takes the user part as written)",
+            )
         try:
             # What the Redis client reads when the pool starts; the value is never quoted.
             parts = urllib.parse.urlsplit(redis_url)

@@ -145,3 +145,36 @@ def test_a_redis_url_option_the_client_would_misread_fails_at_construction(
 )
 def test_a_redis_url_with_options_the_client_reads_is_taken(url: str) -> None:
     assert SharedBudget("b", redis_url=url, max_connections=2).redis_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # An unencoded '#' in a password: the client took "hun" as the password, or found no
+        # host at all, and nothing said why.
+        "redis://127.0.0.1:6379/0?password=hun#ter2",
+        "rediss://:hun#ter2@redis.internal:6380/0",
+        "redis://app:hun#ter2@127.0.0.1:6379/0?db=1",
+        # Any fragment, even an empty one: the client drops it without a word.
+        "redis://:hunter2@127.0.0.1:6379/0#",
+        "unix:///run/redis.sock?password=hunter2#primary",
+    ],
+)
+def test_a_fragment_in_the_redis_url_fails_at_construction(url: str) -> None:
+    from pooledmail_core import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        SharedBudget("b", redis_url=url, max_connections=2)
+    assert caught.value.option == "redis_url"
+    assert "%23" in caught.value.rule
+    text = str(caught.value)
+    for part in ("hunter2", "hun", "ter2", "127.0.0.1", "redis.internal", "redis.sock"):
+        assert part not in text
+    with pytest.raises(ConfigError) as caught:
+        SharedBudget.from_mapping({"name": "b", "redis_url": url})
+    assert caught.value.option == "redis_url"
+
+
+def test_a_percent_encoded_hash_in_the_query_password_is_taken() -> None:
+    url = "redis://127.0.0.1:6379/0?password=hun%23ter2"
+    assert SharedBudget("b", redis_url=url).redis_url == url

@@ -6,6 +6,7 @@ TLS context built from them checks the server's name unless the URL opts out.
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 from pathlib import Path
 
 import coredis
@@ -48,6 +49,24 @@ def test_the_options_it_takes_reach_the_client_as_written() -> None:
     query_db = "redis://127.0.0.1:6379/5?db=7"
     settings = coredis.Redis.from_url(query_db).connection_pool.connection_kwargs
     assert settings["db"] == 7  # the query wins over the path, and both were checked
+
+
+def test_a_hash_percent_encoded_in_the_query_password_reaches_the_client_as_a_hash() -> None:
+    # What the ConfigError for a '#' in redis_url advises: %23 in ?password=. The client decodes
+    # the query but not the URL's user part, where %23 would reach Redis as the three characters.
+    url = "redis://127.0.0.1:6379/0?password=hun%23ter2"
+    SharedBudget("b", redis_url=url, max_connections=1)
+    settings = coredis.Redis.from_url(url).connection_pool.connection_kwargs
+    assert settings["password"] == "hun#ter2"
+    # scaling.md's recipe for any password, '+' (a space in a query) and '%' included.
+    password = "hun#ter+2 &%/@"
+    url = f"redis://127.0.0.1:6379/0?password={urllib.parse.quote(password, safe='')}"
+    SharedBudget("b", redis_url=url, max_connections=1)
+    settings = coredis.Redis.from_url(url).connection_pool.connection_kwargs
+    assert settings["password"] == password
+    in_user_part = "redis://:hun%23ter2@127.0.0.1:6379/0"
+    settings = coredis.Redis.from_url(in_user_part).connection_pool.connection_kwargs
+    assert settings["password"] == "hun%23ter2"
 
 
 @pytest.fixture
