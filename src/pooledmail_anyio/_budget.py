@@ -25,8 +25,9 @@ Every change of the store is one atomic Lua script (the keys are in docs/guide/s
   reserves up to `count` tokens at the rate's spacing, the first no further ahead than the
   action's `wait`, the others no further than its `horizon`; each comes back as an offset from
   the store's "now", which the driver adds to its own clock when the answer arrives (later than
-  the store's, never earlier), while the token's lifetime counts from when it asked (the
-  store's "now" was no earlier), so a slow answer never lets a token be used late.
+  the store's, never earlier); a token's lifetime counts from there too, so a slow answer brings
+  usable tokens (the price, a token used up to one answer's delay after its slot, is in
+  docs/guide/scaling.md).
 """
 
 from __future__ import annotations
@@ -416,7 +417,6 @@ class FleetLink:
         rate = budget.max_messages_per_second
         assert rate is not None
         interval = 1_000_000 / rate
-        asked_at = self._clock()
         try:
             reply = await self._call(
                 store,
@@ -441,9 +441,7 @@ class FleetLink:
             self._perform(self._machine.tokens_granted(action.request, now, [], retry_at))
         else:
             times = [now + offset / 1_000_000 for offset in offsets]
-            self._perform(
-                self._machine.tokens_granted(action.request, now, times, asked_at=asked_at)
-            )
+            self._perform(self._machine.tokens_granted(action.request, now, times))
 
     async def _release(self, store: _Store) -> None:
         leases = sorted(store.stray)

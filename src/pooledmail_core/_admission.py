@@ -18,8 +18,8 @@ says the host allows it. It keeps two kinds of limits, both with time passed in:
     back (`ReleaseLease`) when the slot is gone; a granted lease nobody needs any more is given
     back in the same input.
   - Messages: the store hands out tokens of the fleet's rate in small batches (`RequestTokens`),
-    each with the time at which it may be used; a token not used within its lifetime is dropped,
-    never used late. The first token of a request may come as late as the latest waiter can wait:
+    each with the time at which it may be used; a token not used within its lifetime after that
+    time is dropped. The first token of a request may come as late as the latest waiter can wait:
     it is the pool's place in the fleet's queue, so that a pool that asks while others keep the
     near future reserved is not starved by them. The batch starts at one token, doubles while
     every token of the last batch was used and halves when one was dropped, up to the tokens of
@@ -82,7 +82,6 @@ class _Ledger:
         "budget",
         "cap",
         "doomed",
-        "expiries",
         "lease_request",
         "lease_retry_at",
         "lease_wanted",
@@ -114,10 +113,8 @@ class _Ledger:
         self.lease_wanted: int | None = None
         self.slots: dict[int, str | None] = {}
         self.doomed: set[int] = set()
-        # Messages: the times at which the fleet's tokens in hand may be used, in order, and
-        # beside each, the time after which it may no longer be used.
+        # Messages: the times at which the fleet's tokens in hand may be used, in order.
         self.tokens: deque[float] = deque()
-        self.expiries: deque[float] = deque()
         self.token_request: int | None = None
         self.token_retry_at: float | None = None
         self.lifetime = max(0.5 / rate, MIN_TOKEN_LIFETIME) if rate else 0.0
@@ -137,10 +134,9 @@ class _Ledger:
 
     def drop_expired(self, now: float) -> None:
         tokens = self.tokens
-        expiries = self.expiries
-        while tokens and expiries[0] <= now:
+        lifetime = self.lifetime
+        while tokens and tokens[0] + lifetime <= now:
             tokens.popleft()
-            expiries.popleft()
             self.wasted = True
 
     def has_token(self, now: float) -> bool:
@@ -175,7 +171,6 @@ class _Ledger:
         # `has_token(now)` held: a fleet token in hand goes first, else the local share.
         if self.tokens and self.tokens[0] <= now:
             self.tokens.popleft()
-            self.expiries.popleft()
         elif self.local is not None:
             self.local.take(now)
 
@@ -465,12 +460,7 @@ class Admission:
         return None
 
     def tokens_granted(
-        self,
-        request: int,
-        now: float,
-        times: Sequence[float],
-        retry_at: float | None,
-        asked_at: float | None = None,
+        self, request: int, now: float, times: Sequence[float], retry_at: float | None
     ) -> None:
         ledger, _ = self._take_request(request, lease=False)
         self._recovered(ledger)
@@ -478,17 +468,9 @@ class Admission:
         if granted:
             if not ledger.wasted and len(granted) >= ledger.batch:
                 ledger.batch = min(ledger.batch_cap, ledger.batch * 2)
-            # The store's moment lies between the ask and the answer; the times count from the
-            # answer (never early), the lifetime from the ask (never late), so a slow answer
-            # shortens a token's life rather than moving it onto the fleet's later tokens.
-            late = 0.0 if asked_at is None else max(0.0, now - asked_at)
-            lifetime = ledger.lifetime - late
             ledger.tokens.extend(granted)
-            ledger.expiries.extend(at + lifetime for at in granted)
             if len(ledger.tokens) > 1 and ledger.tokens[-1] < ledger.tokens[0]:
-                pairs = sorted(zip(ledger.tokens, ledger.expiries, strict=True))
-                ledger.tokens = deque(at for at, _ in pairs)
-                ledger.expiries = deque(until for _, until in pairs)
+                ledger.tokens = deque(sorted(ledger.tokens))
             ledger.token_retry_at = None
         elif retry_at is not None:
             ledger.token_retry_at = max(float(retry_at), now)

@@ -540,28 +540,18 @@ class PoolMachine:
         return actions
 
     def tokens_granted(
-        self,
-        request: int,
-        now: float,
-        times: Sequence[float],
-        retry_at: float | None = None,
-        *,
-        asked_at: float | None = None,
+        self, request: int, now: float, times: Sequence[float], retry_at: float | None = None
     ) -> list[Action]:
         """The store answered `RequestTokens` `request`: one token per entry of `times`, each
         usable from that time (on the driver's clock) for a short lifetime; with no token,
-        `retry_at` says when the fleet's next one comes. `asked_at`, when the request went to
-        the store: a token's lifetime counts from there, so that an answer that came late
-        does not let its tokens be used late."""
+        `retry_at` says when the fleet's next one comes."""
         admission = self._need_admission()
         now = self._advance(now)
         for at in times:
             _check_time("times", at)
         if retry_at is not None:
             _check_time("retry_at", retry_at)
-        if asked_at is not None:
-            _check_time("asked_at", asked_at)
-        admission.tokens_granted(request, now, times, retry_at, asked_at)
+        admission.tokens_granted(request, now, times, retry_at)
         actions: list[Action] = []
         self._settle(now, actions)
         return actions

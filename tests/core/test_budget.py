@@ -369,19 +369,17 @@ def test_refuse_policy_fails_a_waiter_whose_token_cannot_come_in_time_with_budge
     assert actions == [FailWaiter(late, FailureKind.BUDGET_UNAVAILABLE)]
 
 
-def test_a_token_whose_answer_came_late_lives_from_the_ask_not_from_the_answer() -> None:
-    # 10 messages/s: a fleet token lives 0.05 s (half an emission interval).
+def test_a_token_whose_answer_came_late_is_still_used() -> None:
+    # 10 messages/s: a fleet token lives 0.05 s (half an emission interval) from the time the
+    # answer says, on the pool's clock. An answer slower than that (a distant Redis, a busy event
+    # loop) must still let the waiter send: counting the lifetime from the ask instead dropped
+    # every token on arrival and the pool, asking again and again, never sent (each ask burning
+    # one of the fleet's tokens). The price is documented in scaling.md: a token may be used up
+    # to one answer's delay after the fleet's slot for it.
     host = Host("a.example", 25, budget=budget(max_messages_per_second=10))
     m = machine([host])
     waiter, (lease,) = m.acquire(0.0, 10.0)
     (open_,) = m.lease_granted(lease.request, 0.0, None)
     (tokens,) = m.connected(open_.slot, 1.0)
-    # The store reserved the fleet's token for its own "now", somewhere between the ask (1.0)
-    # and the answer (1.2): its lifetime was over by 1.05, so it is not used at 1.2, when the
-    # fleet's later tokens (other processes') are being used.
-    actions = m.tokens_granted(tokens.request, 1.2, [1.2], asked_at=1.0)
-    assert only(actions, GrantSlot) == []
-    (again,) = only(actions, RequestTokens)
-    # An answer that came soon enough is used, from the time it says.
-    actions = m.tokens_granted(again.request, 1.21, [1.21], asked_at=1.2)
+    actions = m.tokens_granted(tokens.request, 1.2, [1.2])
     assert only(actions, GrantSlot) == [GrantSlot(open_.slot, waiter)]

@@ -1,11 +1,12 @@
-"""A fleet token whose answer was slow to come is not used late.
+"""A fleet token whose answer was slow to come is still used: the pool keeps sending.
 
 The store reserves a token of the fleet's rate for its own "now", which the driver only knows
-lies between its ask and the answer. If the token could still be used for a whole lifetime after
-a slow answer, a process whose answer was delayed (a slow store, a busy event loop) would send
-its token's message when the fleet's later tokens are being used by other processes, and the
-fleet would go over its rate. The driver's clock here is a manual one, moved on while the real
-Redis's answer is on its way; the pool machine is the real one.
+lies between its ask and the answer. A token that lived from the ask would be dead on arrival
+whenever the answer took longer than its lifetime (20 ms at 25 messages/s or more): the pool
+would ask again and again, burning one of the fleet's tokens each time, and never send. So its
+lifetime counts from the answer, and a token may be used up to one answer's delay after the
+fleet's slot for it (docs/guide/scaling.md states that bound). The driver's clock here is a manual
+one, moved on while the real Redis's answer is on its way; the pool machine is the real one.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ SLOW = 0.2  # the answer's delay, beyond the token's lifetime (0.05 s at 10 mess
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
-async def test_a_token_whose_answer_came_after_its_lifetime_is_not_granted(
+async def test_a_token_whose_answer_came_after_its_lifetime_is_still_granted(
     anyio_backend: str, redis_server: RedisServer
 ) -> None:
     budget = SharedBudget(
@@ -84,7 +85,6 @@ async def test_a_token_whose_answer_came_after_its_lifetime_is_not_granted(
             with anyio.fail_after(5):
                 await answered.wait()
         tg.cancel_scope.cancel()
-    # The fleet's token was over before its answer came: the waiter does not get it (the pool
-    # asks the store again instead).
-    assert GrantSlot(opened.slot, waiter) not in seen
-    assert sum(isinstance(action, RequestTokens) for action in seen) == 2
+    # The waiter gets the fleet's token, and the pool did not have to ask the store again.
+    assert GrantSlot(opened.slot, waiter) in seen
+    assert sum(isinstance(action, RequestTokens) for action in seen) == 1
