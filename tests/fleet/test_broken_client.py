@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SharedBudget, SMTPPool
+from pooledmail_anyio import FailureKind, SendFailed, SharedBudget, SMTPPool
 from tests.polling import until
 from tests.servers.redis import RedisServer
 
+from .links import budgeted_config, send_or_failure
 from .recording_server import RecordingServer
 
 SECRET = "hunter2-in-the-message"
@@ -39,11 +40,7 @@ def message(number: int) -> bytes:
 
 
 async def send(pool: SMTPPool, number: int) -> SendFailed | None:
-    try:
-        await pool.send_raw(message(number), sender="a@broken.test", recipients=["b@t"])
-    except SendFailed as failed:
-        return failed
-    return None
+    return await send_or_failure(pool, message(number), "a@broken.test")
 
 
 def faults_logged(caplog: pytest.LogCaptureFixture, error: type[Exception]) -> list[str]:
@@ -71,13 +68,7 @@ async def test_a_client_that_raises_on_every_call_leaves_the_pool_up(
         local_share=1.0 if policy == "local" else None,
     )
     with RecordingServer() as server:
-        config = PoolConfig(
-            [Host("127.0.0.1", server.port, tls="none", budget=budget)],
-            max_size=2,
-            max_retries=0,
-            send_timeout=5.0,
-            keepalive_interval=None,
-        )
+        config = budgeted_config(server.port, budget, max_size=2)
         async with SMTPPool(config) as pool:
             for store in pool._fleet._stores.values():
                 # Every call the budget makes: leases, renewals, tokens, cooldowns, give-backs.
@@ -120,13 +111,7 @@ async def test_a_renewal_that_raises_is_a_store_failure_and_the_pool_keeps_sendi
         local_share=1.0,
     )
     with RecordingServer() as server:
-        config = PoolConfig(
-            [Host("127.0.0.1", server.port, tls="none", budget=budget)],
-            max_size=1,
-            max_retries=0,
-            send_timeout=5.0,
-            keepalive_interval=None,
-        )
+        config = budgeted_config(server.port, budget, max_size=1)
         async with SMTPPool(config) as pool:
             assert await send(pool, 0) is None  # a connection under a lease the store granted
             (store,) = pool._fleet._stores.values()

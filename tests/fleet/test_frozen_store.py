@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import pytest
 
 import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SharedBudget, SMTPPool
+from pooledmail_anyio import FailureKind, SendFailed, SharedBudget, SMTPPool
 from pooledmail_anyio._budget import keys
 from tests.polling import until
 from tests.servers._process import MissingBinary
 from tests.servers.fixtures import unavailable
 from tests.servers.redis import RedisServer
 
+from .links import budgeted_config
 from .recording_server import RecordingServer
 from .test_fleet import redis_command
 
@@ -126,13 +127,12 @@ async def test_a_frozen_store_follows_the_policy_no_send_hangs_and_the_pool_exit
     freezer = Freezer(frozen_redis)
     tasks_before = {task.id for task in anyio.get_running_tasks()}
     with RecordingServer(final_reply_delay=0.005) as server:
-        config = PoolConfig(
-            [Host("127.0.0.1", server.port, tls="none", budget=budget)],
+        config = budgeted_config(
+            server.port,
+            budget,
             max_size=4,
             send_timeout=SEND_TIMEOUT,
             acquire_timeout=SEND_TIMEOUT,
-            max_retries=0,
-            keepalive_interval=None,
         )
         try:
             # Whatever hangs outside a shield fails the test here rather than hanging it.

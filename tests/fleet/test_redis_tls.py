@@ -23,12 +23,13 @@ import pytest
 import trustme
 
 import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SharedBudget, SMTPPool
+from pooledmail_anyio import FailureKind, SendFailed, SharedBudget, SMTPPool
 from pooledmail_anyio._budget import keys
 from tests.servers._process import MissingBinary
 from tests.servers.fixtures import unavailable
 from tests.servers.redis import RedisServer, RedisTLS
 
+from .links import budgeted_config, send_or_failure
 from .recording_server import RecordingServer
 
 SECRET = "hunter2-for-redis"
@@ -111,20 +112,10 @@ async def send_through(redis: RedisServer, ca_file: Path, url: str, name: str) -
     budget = SharedBudget(name, redis_url=url, max_connections=1, store_timeout=2.0)
     failures: list[SendFailed | None] = [None] * SENDS
     with RecordingServer(final_reply_delay=0.02) as server:
-        config = PoolConfig(
-            [Host("127.0.0.1", server.port, tls="none", budget=budget)],
-            max_size=SENDS,
-            max_retries=0,
-            send_timeout=5.0,
-            keepalive_interval=None,
-        )
-        async with SMTPPool(config) as pool:
+        async with SMTPPool(budgeted_config(server.port, budget, max_size=SENDS)) as pool:
 
             async def send(number: int) -> None:
-                try:
-                    await pool.send_raw(message(number), sender="a@tls.test", recipients=["b@t"])
-                except SendFailed as failed:
-                    failures[number] = failed
+                failures[number] = await send_or_failure(pool, message(number), "a@tls.test")
 
             async with anyio.create_task_group() as tg:
                 for number in range(SENDS):
@@ -202,13 +193,7 @@ async def test_the_tls_files_are_read_once_when_the_pool_is_built(
     name = f"tls-once-{anyio_backend}"
     budget = SharedBudget(name, redis_url=url_of(tls_redis.right, ca_copy), max_connections=1)
     with RecordingServer() as server:
-        config = PoolConfig(
-            [Host("127.0.0.1", server.port, tls="none", budget=budget)],
-            max_retries=0,
-            send_timeout=5.0,
-            keepalive_interval=None,
-        )
-        pool = SMTPPool(config)
+        pool = SMTPPool(budgeted_config(server.port, budget))
         ca_copy.unlink()
         async with pool:
             await pool.send_raw(message(0), sender="a@tls.test", recipients=["b@t"])
