@@ -303,6 +303,10 @@ class FleetLink:
                         connect_timeout=budget.store_timeout,
                         stream_timeout=budget.store_timeout,
                         retry_policy=NoRetryPolicy(),
+                        # The user part is percent-decoded, as in any URL (RFC 3986 §2.1): a
+                        # password with '@', ':', '/' or '#' can only be written there encoded.
+                        # (coredis decodes the query always, the user part only when asked.)
+                        decode_components=True,
                         # Given ssl_context (even None), coredis reads no ssl_* option of the
                         # URL and no file (pool/_base.py, _parse_url), and wraps a connection
                         # in TLS exactly when the context is not None (connection/_tcp.py).

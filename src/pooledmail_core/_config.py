@@ -580,8 +580,8 @@ class SharedBudget:
             raise ConfigError(
                 "redis_url",
                 "must not contain '#' (it starts a fragment, which the Redis client drops with "
-                "everything after it): percent-encode '#' as %23, in ?password= (the client "
-                "decodes the query, but takes the user part as written)",
+                "everything after it): percent-encode '#' as %23, in the user part or in "
+                "?password=",
             )
         try:
             # What the Redis client reads when the pool starts; the value is never quoted.
@@ -751,6 +751,14 @@ def _check_redis_options(parts: urllib.parse.SplitResult) -> None:
         if name in given:
             raise ConfigError("redis_url", f"gives ?{name}= more than once")
         given[name] = value
+    # The user part and the query would both set the same credential, and the client would
+    # silently take the user part's: a password typed in two places is a mistake in one.
+    for credential, in_user_part in (("username", parts.username), ("password", parts.password)):
+        if in_user_part and credential in given:
+            raise ConfigError(
+                "redis_url",
+                f"gives the {credential} twice: in the user part and in ?{credential}=",
+            )
     database = given.get("db")
     if database is not None and not _is_database(database):
         raise ConfigError("redis_url", "?db= must be a database number (0 or more)")
