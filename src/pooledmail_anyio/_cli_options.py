@@ -5,7 +5,8 @@ Every pool option can come from three places, the later winning: a JSON or TOML 
 variable `POOLEDMAIL_<OPTION>` (`POOLEDMAIL_MAX_SIZE=4`), and a flag (`--max-size 4`). The host
 comes from `--host HOST[:PORT]` (repeatable) or `POOLEDMAIL_HOST` (comma-separated), with
 `--port`, `--tls`, `--user` and their variables; a password or token only from
-`POOLEDMAIL_PASSWORD` / `POOLEDMAIL_OAUTH2_TOKEN` or a prompt, never from a flag (a command line is
+`POOLEDMAIL_PASSWORD` / `POOLEDMAIL_OAUTH2_TOKEN` or a prompt (not for `send`, whose stdin is the
+message), never from a flag (a command line is
 visible to every user of the machine). Everything goes through `PoolConfig.from_mapping`, so a
 wrong value fails with the option's name, and this module adds where the value came from.
 """
@@ -238,11 +239,12 @@ def _host_fields(
             fields[option] = environ[_variable(option)]
             sources[option] = _variable(option)
     if "username" in fields and "password" not in fields and "oauth2_token" not in fields:
-        if not prompt or not sys.stdin.isatty():
-            raise CommandLineError(
-                "password: --user needs POOLEDMAIL_PASSWORD or POOLEDMAIL_OAUTH2_TOKEN "
-                "(or a terminal to ask on)"
-            )
+        needs = "password: --user needs POOLEDMAIL_PASSWORD or POOLEDMAIL_OAUTH2_TOKEN"
+        if not prompt:
+            # `send` reads the message from stdin: there is nothing to ask on, terminal or not.
+            raise CommandLineError(f"{needs} (send reads the message from stdin, so it cannot ask)")
+        if not sys.stdin.isatty():
+            raise CommandLineError(f"{needs} (or a terminal to ask on)")
         fields["password"] = getpass.getpass(f"password for {fields['username']}: ")
         sources["password"] = "the prompt"
     return fields, sources

@@ -400,6 +400,37 @@ def test_a_wrong_option_exits_2_naming_the_option_and_its_source(
     assert out == ""
 
 
+def test_probe_reads_the_variables_of_every_option_and_demo_none(
+    capsys: pytest.CaptureFixture[str], sink: LocalSMTPServer
+) -> None:
+    # docs/guide/operations.md: probe has two option flags but reads every POOLEDMAIL_<OPTION>;
+    # demo reads none of them.
+    wrong = {"POOLEDMAIL_MAX_SIZE": "many"}
+    code, out, err = run(capsys, "probe", f"127.0.0.1:{sink.port}", "--tls", "none", env=wrong)
+    assert code == 2
+    assert "max_size: must be an integer (POOLEDMAIL_MAX_SIZE)" in err
+    assert out == ""
+    code, out, _ = run(capsys, "demo", "--messages", "3", env=wrong)
+    assert code == 0
+    assert "server received  3" in out
+
+
+def test_send_with_a_user_and_no_password_says_it_cannot_ask(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `send` reads the message from stdin, so even at a terminal it asks for no password: the
+    # error must not send the user to a terminal that would not help.
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"body")))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    argv = ["send", "--host", "127.0.0.1", "--from", "a@example.com", "--to", "b@example.com"]
+    code, out, err = run(capsys, *argv, "--user", "alice")
+    assert code == 2
+    assert "password: --user needs POOLEDMAIL_PASSWORD or POOLEDMAIL_OAUTH2_TOKEN" in err
+    assert "send reads the message from stdin" in err
+    assert "terminal" not in err
+    assert out == ""
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "origin"),
     [
