@@ -483,20 +483,47 @@ async def test_never_sending_twice_records_each_outcome() -> None:
     vanishing = FakeSMTPServer(Script(data_end=DISCONNECT))
     greylisting = FakeSMTPServer(Script(mail="451 4.7.1 greylisted"))
     refusing = FakeSMTPServer(Script(rcpt="550 5.1.1 no such user"))
+    locked = FakeSMTPServer(
+        Script(
+            extensions=("PIPELINING", "AUTH PLAIN"),
+            auth="535 5.7.8 Authentication credentials invalid",
+        )
+    )
     good = FakeSMTPServer(Script())
-    servers = (vanishing, greylisting, refusing, good)
+    servers = (vanishing, greylisting, refusing, locked, good)
     outcomes: list[str] = []
-    async with vanishing.running(), greylisting.running(), refusing.running(), good.running():
+    async with (
+        vanishing.running(),
+        greylisting.running(),
+        refusing.running(),
+        locked.running(),
+        good.running(),
+    ):
         for server in servers:
             ledger: dict[str, str] = {}
-            async with SMTPPool(local(server.port)) as pool:
+            config = local(server.port)
+            if server is locked:
+                config = PoolConfig(
+                    [
+                        Host(
+                            "127.0.0.1",
+                            server.port,
+                            tls="none",
+                            username="app",
+                            password="wrong",
+                            allow_plaintext_auth=True,
+                        )
+                    ],
+                    max_retries=0,
+                )
+            async with SMTPPool(config) as pool:
                 await send_once(pool, message(), ledger)
             (outcome,) = ledger.values()
             outcomes.append(outcome)
-    assert outcomes == ["unknown", "retry later", "refused", "sent"]
+    assert outcomes == ["unknown", "retry later", "refused", "held: fix the credentials", "sent"]
     # Judged by what each server stored: only the vanishing one may have it, the good one has it.
     assert vanishing.received == 1
-    assert greylisting.messages == refusing.messages == []
+    assert greylisting.messages == refusing.messages == locked.messages == []
     assert len(good.messages) == 1
 
 
