@@ -279,3 +279,26 @@ async def test_nothing_is_logged_for_a_healthy_pool_above_debug(
             for n in range(3):
                 await pool.send_raw(body(n), sender="a@x.org", recipients=["b@x.org"])
     assert [r for r in caplog.records if r.name.startswith("pooledmail")] == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_runner_failure_while_the_block_leaves_with_its_own_error_is_logged(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The block's own exception leaves `async with` as itself, so a failure of the pool's
+    # background work met on the way out (a bug) would be lost without this record.
+    caplog.set_level(logging.DEBUG, logger="pooledmail")
+
+    async def broken_shut_down(self: SMTPPool) -> None:
+        raise RuntimeError("the shutdown broke")
+
+    monkeypatch.setattr(SMTPPool, "_shut_down", broken_shut_down)
+    config = PoolConfig([Host("127.0.0.1", 9, tls="none")], min_size=0)
+    with pytest.raises(ValueError, match="the block's own"):
+        async with SMTPPool(config):
+            raise ValueError("the block's own")
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.name == "pooledmail"
+    assert record.getMessage() == "the pool's runner failed"
+    assert record.exc_info is not None
+    assert "the shutdown broke" in logging.Formatter().format(record)
