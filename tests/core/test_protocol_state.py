@@ -372,3 +372,18 @@ def test_last_in_group_names_the_rfc2920_verbs() -> None:
     assert {Verb.EHLO, Verb.DATA, Verb.NOOP, Verb.QUIT} <= LAST_IN_GROUP
     assert Verb.RCPT not in LAST_IN_GROUP
     assert Verb.MAIL not in LAST_IN_GROUP
+
+
+def test_quit_may_follow_mail_in_a_flight_but_not_data() -> None:
+    # protocol.md, "QUIT": with PIPELINING, QUIT is refused only while the reply awaited last
+    # is to a command that must end a flight (DATA here; RFC 2920 §3.1).
+    session = ready()
+    session.send(Mail("a@example.com"))
+    assert session.quit() == b"QUIT\r\n"
+    assert session.state is S.CLOSING
+    session = ready()
+    for command in (Mail("a@example.com"), Rcpt("b@example.net"), Data()):
+        session.send(command)
+    with pytest.raises(LocalProtocolError, match="QUIT cannot follow DATA"):
+        session.quit()
+    assert session.state is S.ERROR
