@@ -73,7 +73,7 @@ async def test_a_sustained_outage_sees_one_attempt_per_cooldown_period(
     # The law is judged on attempts that were made: several, over an outage this long.
     assert len(attempts) >= 2
     assert cooldown_law(attempts, config, burst_window=SLACK, demand=True, slack=SLACK) == []
-    # Twenty minutes, cap 60 s: a handful while the cooldown grows, then one a minute at most.
+    # Twenty minutes, cap 60 s: a handful while the cooldown grows, then one every 48 to 60 s.
     assert len(attempts) <= config.max_size + 7 + 1200 / ((1 - config.cooldown_jitter) * 60)
     during = [s for s in sends if down <= s.start < up]
     assert all(s.failed or s.end > up for s in during)
