@@ -24,8 +24,7 @@ import anyio
 from pooledmail_anyio import FailureKind, SendFailed, SharedBudget, SMTPPool
 from pooledmail_anyio._budget import keys
 from tests.polling import until
-from tests.servers._process import MissingBinary
-from tests.servers.fixtures import unavailable
+from tests.servers.fixtures import redis_instance
 from tests.servers.redis import RedisServer
 
 from .links import budgeted_config
@@ -50,16 +49,8 @@ WATCHDOG = 10.0
 @pytest.fixture
 def frozen_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, resumed and stopped whatever the test did to it."""
-    try:
-        server = RedisServer()
-    except MissingBinary as missing:
-        unavailable(str(missing))
-    try:
-        server.start()
+    with redis_instance() as server:
         yield server
-    finally:
-        server.resume()
-        server.close()
 
 
 class Freezer:

@@ -18,8 +18,7 @@ import pytest
 
 import anyio
 from pooledmail_anyio import SharedBudget, SMTPPool
-from tests.servers._process import MissingBinary
-from tests.servers.fixtures import unavailable
+from tests.servers.fixtures import redis_instance
 from tests.servers.redis import RedisServer
 
 from .links import budgeted_config, send_or_failure
@@ -32,15 +31,8 @@ SENDS = 3
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(["--requirepass", SECRET])
-    except MissingBinary as missing:
-        unavailable(str(missing))
-    try:
-        server.start()
+    with redis_instance(["--requirepass", SECRET]) as server:
         yield server
-    finally:
-        server.close()
 
 
 def message(number: int) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
@@ -93,14 +93,22 @@ def smtp_sink() -> Generator[Callable[..., SmtpSink], None, None]:
             sink.close()
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """One private redis-server per module, without persistence."""
+@contextlib.contextmanager
+def redis_instance(arguments: Sequence[str] = ()) -> Iterator[RedisServer]:
+    """A started private redis-server (`arguments`: extra `--name value` options), without
+    persistence; closed on exit (resumed first if the test paused it)."""
     try:
-        server = RedisServer()
+        server = RedisServer(arguments)
     except MissingBinary as missing:
         unavailable(str(missing))
     with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server per module."""
+    with redis_instance() as server:
         yield server
 
 
