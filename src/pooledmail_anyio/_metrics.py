@@ -66,6 +66,7 @@ INSTRUMENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pooledmail.sends.not_accepted": ("Counter", "{message}", (POOL, HOST, KIND)),
     "pooledmail.sends.ambiguous": ("Counter", "{message}", (POOL, HOST)),
     "pooledmail.retries": ("Counter", "{retry}", (POOL, HOST, KIND)),
+    "pooledmail.recipients.refused": ("Counter", "{recipient}", (POOL, HOST, KIND)),
 }
 
 _STATES = ("connecting", "idle", "probing", "leased", "closing")
@@ -131,6 +132,10 @@ class _Instruments:
             "Sends whose outcome is unknown: UNKNOWN_AFTER_DATA, or cancelled after the terminator",
         )
         self.retries = counter("pooledmail.retries", "Attempts after the first")
+        self.recipients_refused = counter(
+            "pooledmail.recipients.refused",
+            "Recipients the server refused in sends it accepted for others, by kind",
+        )
         self.recording = _recording(self.sends)
         observe(
             meter.create_observable_up_down_counter,
@@ -413,6 +418,12 @@ class PoolMetrics:
             },
         )
         instruments.ambiguous.add(1, self._host(host))
+
+    def recipients_refused(self, host: str, transient: int, permanent: int) -> None:
+        counter = self._instruments.recipients_refused
+        for kind, count in ((FailureKind.TRANSIENT, transient), (FailureKind.PERMANENT, permanent)):
+            if count:
+                counter.add(count, {POOL: self.name, HOST: host, KIND: kind.value})
 
     def retried(self, host: str | None, kind: FailureKind) -> None:
         self._instruments.retries.add(1, {**self._host(host), KIND: kind.value})

@@ -31,7 +31,7 @@ from pooledmail_core import FailureKind
 
 if TYPE_CHECKING:
     from ._metrics import PoolMetrics
-    from ._results import SendFailed
+    from ._results import SendFailed, SendResult
 
 __all__ = ["Observer", "connection_log", "host_log", "send_log"]
 
@@ -226,6 +226,45 @@ class Observer:
             where,
             failure.attempts,
             reason,
+            extra=extra,
+        )
+
+    def send_partly_refused(self, result: SendResult, recipients: Sequence[str]) -> None:
+        """An accepted send that the server refused for some recipients (RFC 5321 §3.3: each
+        RCPT is answered alone): always logged at WARNING, as a failed send would be noticed."""
+        refused = result.refused
+        transient = sum(1 for _, reply in refused if reply.is_transient)
+        if self.metrics is not None:
+            self.metrics.recipients_refused(result.host, transient, len(refused) - transient)
+        if not send_log.isEnabledFor(logging.WARNING):
+            return
+        # Each distinct reply once, in order: a server refusing 50 recipients beyond its limit
+        # says the same thing 50 times.
+        replies = "; ".join(dict.fromkeys(str(reply) for _, reply in refused))
+        reason = self._mask(replies, recipients)
+        extra: dict[str, object] = {
+            "pool": self.name,
+            "host": result.host,
+            "message_id": result.message_id,
+            "attempt": result.attempts,
+            "accepted": len(result.accepted),
+            "refused": len(refused),
+            "transient": transient,
+            "reason": reason,
+        }
+        if self.log_recipients:
+            extra["recipients"] = tuple(recipient for recipient, _ in refused)
+        text = "send of %s was accepted at %s for %d recipient(s) and refused for %d: %s"
+        if transient:
+            text += "; %d refused for now (4xx): send it to them again"
+        send_log.warning(
+            text,
+            result.message_id,
+            result.host,
+            len(result.accepted),
+            len(refused),
+            reason,
+            *((transient,) if transient else ()),
             extra=extra,
         )
 

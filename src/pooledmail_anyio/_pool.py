@@ -208,6 +208,7 @@ class SMTPPool:
         self._retries = 0
         self._cancelled_after_terminator = 0
         self._stale_discarded = 0
+        self._partly_refused = 0
         # Where the pool reports what happens (logs, and metrics with pooledmail[otel]).
         self._observer = Observer(
             name or "default",
@@ -785,6 +786,10 @@ class SMTPPool:
                 )
                 if type(outcome) is SendResult:
                     self._accepted += 1
+                    if outcome.refused:
+                        # Accepted, but not for everyone: easy to miss in a return value.
+                        self._partly_refused += 1
+                        self._observer.send_partly_refused(outcome, prepared.envelope.recipients)
                     if self._metered:
                         self._observer.send_accepted(outcome.host, clock() - started)
                     return outcome
@@ -1116,6 +1121,7 @@ class SMTPPool:
             retries=self._retries,
             cancelled_after_terminator=self._cancelled_after_terminator,
             stale_discarded=self._stale_discarded,
+            partly_refused=self._partly_refused,
         )
 
 

@@ -123,7 +123,9 @@ class SendStatistics:
     terminator was handed to the server and before its final reply: those messages may have been
     delivered (each is logged at WARNING with its Message-ID and host); `stale_discarded` counts
     idle connections found closed or out of step before they were lent, which cost no send
-    anything.
+    anything; `partly_refused` counts accepted sends (counted in `accepted` too) that the server
+    refused for some of their recipients: the message did not go to those (each is logged at
+    WARNING, and `SendResult.refused` lists them).
     """
 
     accepted: int
@@ -131,3 +133,4 @@ class SendStatistics:
     retries: int
     cancelled_after_terminator: int
     stale_discarded: int
+    partly_refused: int = 0

@@ -10,12 +10,14 @@ import re
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import trustme
 from anyio.streams.tls import TLSStream
 
 import anyio
@@ -26,6 +28,8 @@ from pooledmail_anyio._ports import free_port
 from pooledmail_anyio.testing import LocalSMTPServer
 from tests.anyio.fakesmtp import DISCONNECT, FakeSMTPServer, Script
 from tests.anyio.tokenserver import TokenServer
+from tests.servers import PostfixServer
+from tests.servers.fixtures import postfix_instance
 
 from .test_recipes import PAGES as RECIPE_PAGES
 
@@ -47,6 +51,7 @@ RUN_HERE = {
     "use-case-one-relay",
     "use-case-backup",
     "use-case-never-twice",
+    "failures-refused-recipients",
     "use-case-tests",
     "protocol-setup-loop",
     "scaling-office365",
@@ -525,6 +530,54 @@ async def test_never_sending_twice_records_each_outcome() -> None:
     assert vanishing.received == 1
     assert greylisting.messages == refusing.messages == locked.messages == []
     assert len(good.messages) == 1
+
+
+@pytest.fixture(scope="module")
+def limited_postfix(ca: trustme.CA) -> Iterator[PostfixServer]:
+    """A private Postfix that takes at most 2 recipients a message: 452 4.5.3 to the others."""
+    with postfix_instance(ca, main_cf={"smtpd_recipient_limit": "2"}) as server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_sending_to_everyone_sends_again_to_the_recipients_refused_for_now(
+    limited_postfix: PostfixServer, client_tls: ssl.SSLContext
+) -> None:
+    send_to_everyone = run_snippet("failures-refused-recipients")["send_to_everyone"]
+    recipients = [f"rcpt{number}@example.net" for number in range(5)]
+    host = Host(
+        limited_postfix.host,
+        limited_postfix.port,
+        tls="starttls",
+        username=limited_postfix.username,
+        password=limited_postfix.password,
+    )
+    everyone, short = EmailMessage(), EmailMessage()
+    for message in (everyone, short):
+        message["From"] = "alice@example.com"
+        message["To"] = ", ".join(recipients)
+        message["Subject"] = "to five"
+        message.set_content("Hello, all five.")
+    async with SMTPPool(PoolConfig([host], max_size=1), ssl_context=client_tls) as pool:
+        fate = await send_to_everyone(pool, everyone)
+        # Two sends only: the fifth recipient is still refused for now.
+        fate_short = await send_to_everyone(pool, short, rounds=2)
+        statistics = pool.send_statistics()
+    assert fate == dict.fromkeys(recipients, "sent")
+    assert fate_short == {
+        **dict.fromkeys(recipients[:4], "sent"),
+        recipients[4]: "refused: 452 4.5.3 Error: too many recipients",
+    }
+    assert statistics.accepted == 5
+    # Each send that left someone out: two of each message's (the third of the first had none).
+    assert statistics.partly_refused == 4
+    # Judged by Postfix's queue (shared by both backends' runs): every send carried the same
+    # message (one Message-ID), and each recipient it reported sent is held once, no one else.
+    held: dict[str, list[str]] = {}
+    for record in limited_postfix.stored():
+        held.setdefault(str(record.message_id), []).extend(record.recipients)
+    assert sorted(held[everyone["Message-ID"]]) == recipients
+    assert sorted(held[short["Message-ID"]]) == recipients[:4]
 
 
 @pytest.mark.anyio
