@@ -161,7 +161,7 @@ CLOSE_REASONS = (
     "lease_lost",
 )
 # The reasons `release(healthy=False)` accepts.
-_BROKEN_REASONS = ("broken", "stale", "out_of_sync")
+_BROKEN_REASONS = ("broken", "stale", "out_of_sync", "pool_closed")
 
 
 _connected_at = attrgetter("connected_at")
@@ -413,7 +413,9 @@ class PoolMachine:
         carried `max_messages_per_connection` messages, in which case it is retired with QUIT.
         `messages` is how many messages the lease sent. `reason` says why an unhealthy slot is
         closed, for `closed_total`: "broken" (the exchange failed), "stale" (found closed or
-        unusable by the server before it was used) or "out_of_sync" (bytes left unread).
+        unusable by the server before it was used), "out_of_sync" (bytes left unread) or
+        "pool_closed" (the driver aborted it under its sender because the pool closed: nothing
+        broke on the server's side).
         """
         # (type(True) is bool, not int: a bool is refused too.)
         if type(messages) is not int or messages < 0:

@@ -1073,7 +1073,7 @@ def test_a_connection_abandoned_at_close_is_gone_without_cooling_its_host() -> N
 
 def test_an_unhealthy_release_is_counted_under_its_reason() -> None:
     m = machine()
-    for reason in ("stale", "out_of_sync", "broken"):
+    for reason in ("stale", "out_of_sync", "broken", "pool_closed"):
         _, actions = m.acquire(0.0, 15.0)
         (open_,) = actions
         assert isinstance(open_, OpenConnection)
@@ -1083,7 +1083,12 @@ def test_an_unhealthy_release_is_counted_under_its_reason() -> None:
             CloseSlot(grant.slot, graceful=False, reason=reason)
         ]
         m.slot_closed(grant.slot, 0.0)
-    assert m.statistics().closed_total == {"stale": 1, "out_of_sync": 1, "broken": 1}
+    assert m.statistics().closed_total == {
+        "stale": 1,
+        "out_of_sync": 1,
+        "broken": 1,
+        "pool_closed": 1,
+    }
 
 
 def test_release_refuses_an_unknown_reason() -> None:
