@@ -517,9 +517,12 @@ class SMTPPool:
         connection = self._connections[slot]
         ok = False
         scope = self._setup_scopes[slot] = anyio.CancelScope()
+        # Found closed by the server (or out of step) before any NOOP: stale, as at a lease.
+        found: str | None = None
         try:
             with scope:
-                if connection.unusable() is None:
+                found = connection.unusable()
+                if found is None:
                     probe = connection.session.noop()
                     await connection.run(probe, step_timeout=self._config.probe_timeout)
                     ok = probe.result.is_positive and connection.unusable() is None
@@ -530,6 +533,10 @@ class SMTPPool:
             now = self._clock()
             if ok:
                 self._perform(self._machine.probe_succeeded(slot, now))
+            elif found is not None:
+                if self._state == "open":
+                    self._stale_discarded += 1
+                self._perform(self._machine.probe_failed(slot, now, reason=found))
             else:
                 if self._state == "open":
                     self._observer.probe_failed(connection.key)

@@ -162,6 +162,8 @@ CLOSE_REASONS = (
 )
 # The reasons `release(healthy=False)` accepts.
 _BROKEN_REASONS = ("broken", "stale", "out_of_sync", "pool_closed")
+# The reasons `probe_failed` accepts.
+_PROBE_REASONS = ("probe_failed", "stale", "out_of_sync")
 
 
 _connected_at = attrgetter("connected_at")
@@ -452,16 +454,22 @@ class PoolMachine:
         self._settle(now, actions)
         return actions
 
-    def probe_failed(self, slot: int, now: float) -> list[Action]:
+    def probe_failed(self, slot: int, now: float, *, reason: str = "probe_failed") -> list[Action]:
         """The NOOP on `slot` failed (timeout, disconnect, 421): close it and serve from elsewhere.
+        `reason` is "stale" or "out_of_sync" when the driver found the connection closed by the
+        server, or holding bytes nobody asked for, before it sent the NOOP (for `closed_total`,
+        as `release` takes it).
 
         The host does not cool down: servers drop idle connections as a matter of course.
         """
+        if reason not in _PROBE_REASONS:
+            raise LocalProtocolError(f"reason must be one of {', '.join(_PROBE_REASONS)}")
         record = self._slot(slot, _PROBE_FAILED)
         now = self._advance(now)
         self._move(record, _PROBE_FAILED)
         # A probe cut short by close() says nothing about the connection.
-        reason = "pool_closed" if self._close_requested else "probe_failed"
+        if self._close_requested:
+            reason = "pool_closed"
         record.close_reason = reason
         actions: list[Action] = [CloseSlot(record.id, graceful=False, reason=reason)]
         self._settle(now, actions)

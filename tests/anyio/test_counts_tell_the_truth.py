@@ -629,3 +629,42 @@ async def test_a_connection_abandoned_at_close_is_in_created_total_but_was_never
     assert value(found, "pooledmail.connection.created") == 0
     assert value(found, "pooledmail.connection.closed") == 0
     assert [r for r in records if r.name == "pooledmail.connection"] == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_an_idle_connection_found_closed_before_its_probe_is_stale_not_a_failed_noop() -> (
+    None
+):
+    # keepalive_interval makes the next lease probe the idle connection first; the server has
+    # closed it meanwhile, so no NOOP is ever sent. Operators must read what happened: a stale
+    # connection discarded at no cost, not "failed its NOOP probe".
+    planned = PlannedServer()
+    workload = Workload(planned)
+    metrics = Metrics()
+    try:
+        with recording() as records:
+            async with planned.server.running():
+                options = {"keepalive_interval": 0.01}
+                pool = SMTPPool(
+                    config(planned.server.port, **options),
+                    name="audited",
+                    meter_provider=metrics.provider,
+                )
+                async with pool:
+                    await workload.send(pool, "okbye")
+                    (idle,) = pool._connections.values()
+                    await until(lambda: idle.unusable() == "stale", what="the close seen")
+                    await anyio.sleep(0.02)  # idle past keepalive_interval: the lease probes
+                    await workload.send(pool, "ok")
+                assert await settled(planned.server)
+            found = metrics.collect()
+        audit(workload, pool, records, found)
+    finally:
+        metrics.provider.shutdown()
+    assert len(workload.results()) == 2
+    assert not any("NOOP" in c for conn in planned.server.connections for c in conn.commands)
+    assert pool.statistics().closed_total.get("stale") == 1
+    assert "probe_failed" not in pool.statistics().closed_total
+    assert pool.send_statistics().stale_discarded == 1
+    assert value(found, "pooledmail.probe.failures") == 0
+    assert not [r for r in records if "NOOP probe" in r.getMessage()]
