@@ -518,9 +518,12 @@ class SMTPPool:
         connection = self._connections[slot]
         ok = False
         scope = self._setup_scopes[slot] = anyio.CancelScope()
+        # Found closed by the server (or out of step) before any NOOP: stale, as at a lease.
+        found: str | None = None
         try:
             with scope:
-                if connection.unusable() is None:
+                found = connection.unusable()
+                if found is None:
                     probe = connection.session.noop()
                     await connection.run(probe, step_timeout=self._config.probe_timeout)
                     ok = probe.result.is_positive and connection.unusable() is None
@@ -531,6 +534,10 @@ class SMTPPool:
             now = self._clock()
             if ok:
                 self._perform(self._machine.probe_succeeded(slot, now))
+            elif found is not None:
+                if self._state == "open":
+                    self._stale_discarded += 1
+                self._perform(self._machine.probe_failed(slot, now, reason=found))
             else:
                 if self._state == "open":
                     self._observer.probe_failed(connection.key)
@@ -561,7 +568,7 @@ class SMTPPool:
         self._perform(actions)
         if slot is not None:
             if self._metered:
-                self._note_grant(slot, now, waited=False)
+                self._leased_at[slot] = now
             return slot
         waiter = _Waiter()
         waiter_id, actions = self._machine.acquire(now, deadline)
@@ -582,15 +589,10 @@ class SMTPPool:
                 raise
         if waiter.slot is not None:
             if self._metered:
-                self._note_grant(waiter.slot, now, waited=waiter.event is not None)
+                self._leased_at[waiter.slot] = self._clock() if waiter.event is not None else now
             return waiter.slot
         assert waiter.kind is not None
         raise _AcquireFailed(self._acquire_failure(waiter.kind, waiter.error, deadline))
-
-    def _note_grant(self, slot: int, asked: float, *, waited: bool) -> None:
-        granted = self._clock() if waited else asked
-        self._leased_at[slot] = granted
-        self._observer.acquired(granted - asked)
 
     async def _lease(self, deadline: float, now: float) -> tuple[int, Connection]:
         """A slot and its connection, checked usable without a round trip.
@@ -600,11 +602,16 @@ class SMTPPool:
         attempt and no back-off. A server that closes connection after connection before they
         can be used ends this after `max_size + 1` of them.
         """
+        asked = now
         for _ in range(self._config.max_size + 1):
             slot = await self._acquire(deadline, now)
             connection = self._connections[slot]
             why = connection.unusable()
             if why is None:
+                if self._metered:
+                    # One wait per attempt, from its start: connections discarded on the way
+                    # are part of it (docs/guide/operations.md, `pooledmail.acquire.duration`).
+                    self._observer.acquired(self._leased_at.get(slot, asked) - asked)
                 return slot, connection
             self._stale_discarded += 1
             self._leased_at.pop(slot, None)
@@ -994,7 +1001,11 @@ class SMTPPool:
             healthy = healthy and refused.keep_connection
             return _Failure(refused, result.reply, None, host, f"server said {result.reply}")
         finally:
-            self._aborted_by_close.discard(slot)
+            if slot in self._aborted_by_close:
+                self._aborted_by_close.discard(slot)
+                if not healthy:
+                    # The close aborted it: the connection did not break, the pool ended it.
+                    reason = "pool_closed"
             now = self._clock()
             self._perform(
                 self._machine.release(slot, now, healthy=healthy, messages=messages, reason=reason)

@@ -161,7 +161,9 @@ CLOSE_REASONS = (
     "lease_lost",
 )
 # The reasons `release(healthy=False)` accepts.
-_BROKEN_REASONS = ("broken", "stale", "out_of_sync")
+_BROKEN_REASONS = ("broken", "stale", "out_of_sync", "pool_closed")
+# The reasons `probe_failed` accepts.
+_PROBE_REASONS = ("probe_failed", "stale", "out_of_sync")
 
 
 _connected_at = attrgetter("connected_at")
@@ -413,7 +415,9 @@ class PoolMachine:
         carried `max_messages_per_connection` messages, in which case it is retired with QUIT.
         `messages` is how many messages the lease sent. `reason` says why an unhealthy slot is
         closed, for `closed_total`: "broken" (the exchange failed), "stale" (found closed or
-        unusable by the server before it was used) or "out_of_sync" (bytes left unread).
+        unusable by the server before it was used), "out_of_sync" (bytes left unread) or
+        "pool_closed" (the driver aborted it under its sender because the pool closed: nothing
+        broke on the server's side).
         """
         # (type(True) is bool, not int: a bool is refused too.)
         if type(messages) is not int or messages < 0:
@@ -450,16 +454,22 @@ class PoolMachine:
         self._settle(now, actions)
         return actions
 
-    def probe_failed(self, slot: int, now: float) -> list[Action]:
+    def probe_failed(self, slot: int, now: float, *, reason: str = "probe_failed") -> list[Action]:
         """The NOOP on `slot` failed (timeout, disconnect, 421): close it and serve from elsewhere.
+        `reason` is "stale" or "out_of_sync" when the driver found the connection closed by the
+        server, or holding bytes nobody asked for, before it sent the NOOP (for `closed_total`,
+        as `release` takes it).
 
         The host does not cool down: servers drop idle connections as a matter of course.
         """
+        if reason not in _PROBE_REASONS:
+            raise LocalProtocolError(f"reason must be one of {', '.join(_PROBE_REASONS)}")
         record = self._slot(slot, _PROBE_FAILED)
         now = self._advance(now)
         self._move(record, _PROBE_FAILED)
         # A probe cut short by close() says nothing about the connection.
-        reason = "pool_closed" if self._close_requested else "probe_failed"
+        if self._close_requested:
+            reason = "pool_closed"
         record.close_reason = reason
         actions: list[Action] = [CloseSlot(record.id, graceful=False, reason=reason)]
         self._settle(now, actions)

@@ -151,9 +151,10 @@ class Script:
     greeting: str = "220 fake.test ESMTP"
     extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10000000")
     ehlo: str | None = None
-    mail: str = "250 2.1.0 ok"
+    # A callable gets the command line (MAIL's, RCPT's, "DATA") and returns the reply.
+    mail: Callable[[str], str] | str = "250 2.1.0 ok"
     rcpt: Callable[[str], str] | str = "250 2.1.5 ok"
-    data: str = "354 go ahead"
+    data: Callable[[str], str] | str = "354 go ahead"
     # Not None: DATA is answered with `data` even when no recipient was accepted (RFC 2920 §3.1
     # allows a pipelining server to), and the lone "." line the client then sends to end it gets
     # this reply; nothing is stored. None: such a DATA is refused.
@@ -738,7 +739,7 @@ class _Session:
             elif verb == "AUTH":
                 await self._respond("auth", script.auth)
             elif verb == "MAIL":
-                meant = await self._respond("mail", script.mail)
+                meant = await self._respond("mail", _reply_to(script.mail, line))
                 mail_ok = meant.startswith("250")
                 rcpts_ok, chunks, chunk_refusal, self._message_bytes = 0, b"", None, 0
             elif verb == "RCPT":
@@ -753,14 +754,14 @@ class _Session:
                     if script.data_without_recipients is None:
                         await self._respond("data", "554 5.5.1 no valid recipients")
                         continue
-                    meant = await self._respond("data", script.data)
+                    meant = await self._respond("data", _reply_to(script.data, line))
                     mail_ok = False
                     if meant.startswith("354"):
                         while await self._line() != ".":
                             pass  # data for nobody: read to its end, store nothing
                         await self._respond("", script.data_without_recipients)
                     continue
-                meant = await self._respond("data", script.data)
+                meant = await self._respond("data", _reply_to(script.data, line))
                 mail_ok, rcpts_ok = False, 0
                 if not meant.startswith("354"):
                     continue
@@ -815,6 +816,10 @@ class _Session:
                 return
             else:
                 await self._respond("", "500 5.5.1 unknown command")
+
+
+def _reply_to(reply: Callable[[str], str] | str, line: str) -> str:
+    return reply(line) if callable(reply) else reply
 
 
 def _wire(reply: str) -> bytes:

@@ -789,6 +789,28 @@ def test_next_deadline_is_a_waiters_deadline_when_no_idle_limit_comes_sooner() -
     assert m.next_deadline() == 100.0
 
 
+@pytest.mark.parametrize("reason", ["stale", "out_of_sync"])
+def test_a_probe_that_found_the_connection_unusable_is_counted_under_that_reason(
+    reason: str,
+) -> None:
+    m = machine(keepalive_interval=30.0)
+    slot = idle_slot(m, 0.0)
+    m.acquire(30.0, 60.0)
+    (close, _) = m.probe_failed(slot, 31.0, reason=reason)
+    assert close == CloseSlot(slot, graceful=False, reason=reason)
+    m.slot_closed(slot, 31.0)
+    assert m.statistics().closed_total == {reason: 1}
+
+
+def test_probe_failed_refuses_an_unknown_reason() -> None:
+    m = machine(keepalive_interval=30.0)
+    slot = idle_slot(m, 0.0)
+    m.acquire(30.0, 60.0)
+    with pytest.raises(LocalProtocolError, match="reason"):
+        m.probe_failed(slot, 31.0, reason="broken")
+    assert m.slot_state(slot) is SlotState.PROBING
+
+
 def test_failed_probe_closes_the_slot_and_serves_the_waiter_elsewhere() -> None:
     m = machine(keepalive_interval=30.0)
     slot = idle_slot(m, 0.0)
@@ -1073,7 +1095,7 @@ def test_a_connection_abandoned_at_close_is_gone_without_cooling_its_host() -> N
 
 def test_an_unhealthy_release_is_counted_under_its_reason() -> None:
     m = machine()
-    for reason in ("stale", "out_of_sync", "broken"):
+    for reason in ("stale", "out_of_sync", "broken", "pool_closed"):
         _, actions = m.acquire(0.0, 15.0)
         (open_,) = actions
         assert isinstance(open_, OpenConnection)
@@ -1083,7 +1105,12 @@ def test_an_unhealthy_release_is_counted_under_its_reason() -> None:
             CloseSlot(grant.slot, graceful=False, reason=reason)
         ]
         m.slot_closed(grant.slot, 0.0)
-    assert m.statistics().closed_total == {"stale": 1, "out_of_sync": 1, "broken": 1}
+    assert m.statistics().closed_total == {
+        "stale": 1,
+        "out_of_sync": 1,
+        "broken": 1,
+        "pool_closed": 1,
+    }
 
 
 def test_release_refuses_an_unknown_reason() -> None:
