@@ -274,11 +274,12 @@ async def test_every_instrument_has_the_documented_type_unit_and_attributes(
     metrics: Metrics,
 ) -> None:
     # One run that touches every instrument: a refused host, a retry, a permanent refusal, a
-    # failed probe, a cancellation after the terminator.
+    # send refused for one of its recipients, a failed probe, a cancellation after the
+    # terminator.
     script = Script(
         rcpt=lambda line: "451 4.3.0 later" if "later@" in line else "250 ok",
         noop="421 4.4.2 bye",
-        data_end=lambda n: STALL if n == 1 else "250 ok",
+        data_end=lambda n: STALL if n == 2 else "250 ok",
     )
     server = FakeSMTPServer(script)
     async with server.running():
@@ -290,13 +291,17 @@ async def test_every_instrument_has_the_documented_type_unit_and_attributes(
         )
         async with SMTPPool(config, meter_provider=metrics.provider) as pool:
             await send(pool)
+            partly = await pool.send_raw(
+                BODY, sender="a@example.com", recipients=["b@example.com", "later@example.com"]
+            )
+            assert [recipient for recipient, _ in partly.refused] == ["later@example.com"]
             with pytest.raises(SendFailed):
                 await send(pool, "later@example.com")
             await anyio.sleep(0.05)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send, pool)
-                # The refused send never reached DATA: this one's terminator is the second.
-                await until(lambda: server.received == 2, what="the third send's terminator")
+                # The refused send never reached DATA: this one's terminator is the third.
+                await until(lambda: server.received == 3, what="the fourth send's terminator")
                 tg.cancel_scope.cancel()
             found = metrics.collect()
     kinds = {
