@@ -128,6 +128,7 @@ class _Protocol(asyncio.BufferedProtocol):
     __slots__ = (
         "buffered",
         "chunks",
+        "drained",
         "eof",
         "exception",
         "lost",
@@ -170,6 +171,10 @@ class _Protocol(asyncio.BufferedProtocol):
         self.write_waiter: asyncio.Future[None] | None = None
         self.reading_paused = False
         self.writing_paused = False
+        # Set by resume_writing(): the transport's buffer emptied into the kernel, so every byte
+        # of the waiting send() was handed over (the low-water mark is 0). connection_lost()
+        # also ends a pause, with the buffer thrown away: it leaves this False.
+        self.drained = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -235,6 +240,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.drained = True
         self._wake_writer()
 
     def _wake_reader(self) -> None:
@@ -357,6 +363,7 @@ class AsyncioSocketStream(DeadlineSocketStream):
         if protocol.write_waiter is not None:
             raise anyio.BusyResourceError("writing to")
         self.handed_over_when_interrupted = False
+        protocol.drained = False
         transport = self._transport
         transport.write(item)
         if transport.is_closing():
@@ -368,25 +375,31 @@ class AsyncioSocketStream(DeadlineSocketStream):
             waiter = protocol.write_waiter = self._loop.create_future()
             if self.deadline < self._watchdog_at:
                 self._guard()
+            # Between resume_writing() (or connection_lost()) completing the waiter and this
+            # task resuming, other callbacks and tasks run: a close, the read that meets a
+            # reset, a cancellation. Only `drained` says what the kernel took: the transport's
+            # buffer is empty both when it drained and when a reset or a close threw it away.
             try:
                 await waiter
             except BaseException:
-                # Timed out or cancelled with bytes still in the transport's buffer. Left there,
-                # they would keep leaving while the loop runs, after the caller was told the
-                # write failed: the terminator of a message could reach the server after the
-                # driver decided it never left. Abort, so that "send() did not return" always
-                # means "not every byte was handed over, and no more will be".
-                if self._transport.get_write_buffer_size():
-                    self._transport.abort()
-                elif not protocol.lost:
-                    # The kernel took the last byte, and resume_writing() completed the waiter,
-                    # but a cancellation due in the same loop iteration reached this task first.
+                if protocol.drained:
+                    # The kernel took the last byte, but a cancellation or the deadline reached
+                    # this task first: the bytes are sent, whatever happens to the stream now.
                     self.handed_over_when_interrupted = True
+                elif self._transport.get_write_buffer_size():
+                    # Timed out or cancelled with bytes still in the transport's buffer. Left
+                    # there, they would keep leaving while the loop runs, after the caller was
+                    # told the write failed: the terminator of a message could reach the server
+                    # after the driver decided it never left. Abort, so that "send() did not
+                    # return" always means "not every byte was handed over, and no more will
+                    # be". (An empty buffer that did not drain was thrown away: nothing left.)
+                    self._transport.abort()
                 raise
             finally:
                 protocol.write_waiter = None
-            if self._closed or protocol.lost:
-                # Aborted (by us or by a reset) before the kernel took every byte.
+            if not protocol.drained:
+                # Aborted (by us or by a reset) before the kernel took every byte. Once it took
+                # them, a close that came after does not unsend them: send() returns.
                 raise self._broken()
 
     def unusable(self) -> str | None:

@@ -173,6 +173,9 @@ class Script:
     # Bytes sent instead of the greeting, as they are (a hostile or broken server).
     raw_greeting: bytes | None = None
     tls_context: ssl.SSLContext | None = None
+    # TLS from the first byte (implicit TLS, RFC 8314 §3.3) with `tls_context`, instead of
+    # STARTTLS.
+    implicit_tls: bool = False
     # Raw bytes written right after the final reply to message n (0-based, whole server), in the
     # same write: a reply nobody asked for, as a desynchronised or hostile server sends.
     extra_after: Callable[[int], bytes] | None = None
@@ -247,6 +250,25 @@ class FakeSMTPServer:
     @property
     def messages(self) -> list[bytes]:
         return [m for c in self.connections for m in c.messages]
+
+    def reset(self, index: int) -> None:
+        """Reset connection `index` now (SO_LINGER 0, no FIN, nothing more read): what it had
+        not read is lost, and the client's next write fails."""
+        session = self.sessions[index]
+        session.reset_now = True
+        session.scope.cancel()
+
+    def pause(self, index: int) -> None:
+        """Connection `index` stops reading (flow control stops the client once the buffers
+        are full) until `resume(index)`; it then reads on and answers as before, as a server
+        that was only slow does."""
+        self.sessions[index].gate = anyio.Event()
+
+    def resume(self, index: int) -> None:
+        gate = self.sessions[index].gate
+        self.sessions[index].gate = None
+        if gate is not None:
+            gate.set()
 
     def cut(self) -> None:
         """Drop every session at once, as a server that goes down does: no more replies, a FIN,
@@ -327,7 +349,9 @@ class FakeSMTPServer:
             ):
                 await session.run()
         finally:
-            if session.scope.cancel_called and not session.graceful:
+            if session.reset_now:
+                session._arm_reset()
+            elif session.scope.cancel_called and not session.graceful:
                 with anyio.move_on_after(1, shield=True):
                     await session.hang_up()
             record.ended = True
@@ -357,6 +381,10 @@ class _Session:
         self.server = server
         self.buffer = bytearray()
         self.scope = anyio.CancelScope()  # cancelled by FakeSMTPServer.cut()
+        # Set by FakeSMTPServer.reset(): the session ends with a reset instead of hanging up.
+        self.reset_now = False
+        # Set by FakeSMTPServer.pause(): no read until it is set.
+        self.gate: anyio.Event | None = None
         # Whether the connection ended the way a server ends it on purpose (QUIT, refusal).
         self.graceful = False
         self._replies = 0  # replies given (or due) so far: the index into `script.acts`
@@ -533,6 +561,8 @@ class _Session:
         await anyio.sleep_forever()
 
     async def _read(self) -> None:
+        while self.gate is not None:
+            await self.gate.wait()
         try:
             chunk = await self.stream.receive(65536)
         except anyio.EndOfStream:
@@ -690,6 +720,11 @@ class _Session:
 
     async def _run(self) -> None:
         script = self.script
+        if script.implicit_tls:
+            assert script.tls_context is not None
+            self.stream = await TLSStream.wrap(
+                self.stream, server_side=True, ssl_context=script.tls_context
+            )
         if script.raw_greeting is not None:
             await self.stream.send(script.raw_greeting)
             await self._read_on()
