@@ -44,6 +44,11 @@ _INFO = logging.INFO
 _UNKNOWN = FailureKind.UNKNOWN_AFTER_DATA
 
 
+def _named(message_id: str | None, prefix: str = "") -> str:
+    """How a record's text names a message: by its Message-ID (raw bytes may have none)."""
+    return "a message without Message-ID" if message_id is None else prefix + message_id
+
+
 def _load_metrics(name: str, meter_provider: Any, pool: Any) -> PoolMetrics | None:
     try:
         from ._metrics import PoolMetrics
@@ -220,7 +225,7 @@ class Observer:
         send_log.log(
             level,
             text,
-            failure.message_id,
+            _named(failure.message_id),
             kind.name,
             failure.stage.name,
             where,
@@ -259,7 +264,7 @@ class Observer:
             text += "; %d refused for now (4xx): send it to them again"
         send_log.warning(
             text,
-            result.message_id,
+            _named(result.message_id),
             result.host,
             len(result.accepted),
             len(refused),
@@ -286,7 +291,7 @@ class Observer:
             masked = self._mask(reason, recipients)
             send_log.debug(
                 "retrying %s in %.2f s after %s during %s (attempt %d): %s",
-                message_id,
+                _named(message_id),
                 delay,
                 kind.name,
                 stage.name,
@@ -309,9 +314,9 @@ class Observer:
             self.metrics.cancelled_after_terminator(host, stage)
         send_log.warning(
             "send cancelled after the message was handed to %s and before its final reply: "
-            "it may have been delivered (Message-ID %s)",
+            "it may have been delivered (%s)",
             host,
-            message_id,
+            _named(message_id, "Message-ID "),
             extra={
                 "pool": self.name,
                 "host": host,

@@ -120,6 +120,7 @@ async def test_a_send_refused_for_some_recipients_succeeds_and_is_reported(
     assert record.message_id is None  # type: ignore[attr-defined]  # raw bytes without one
     text = logging.Formatter().format(record)
     # Each distinct reply once; the one that quoted an address has it masked unless asked for.
+    assert text.startswith("send of a message without Message-ID was accepted at 127.0.0.1:")
     assert text.count("452 4.5.3 Error: too many recipients") == 1
     assert "2 refused for now (4xx)" in text
     assert "secret-body-2c4e" not in text + repr(record.__dict__)
