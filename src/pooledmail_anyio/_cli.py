@@ -72,6 +72,10 @@ EXIT_CODES: Mapping[FailureKind, int] = {
 }
 # The demo's own verdict: the embedded server did not receive every message.
 EXIT_DEMO_MISMATCH = 19
+# `send`: accepted for some recipients and refused for others. Not 0, so that a script notices;
+# not a failure kind's, because sending the whole message again would deliver it twice to those
+# that have it.
+EXIT_PARTLY_REFUSED = 22
 
 
 def _own_version() -> str:
@@ -408,9 +412,11 @@ def _send_command(args: argparse.Namespace, env: Mapping[str, str], output: Outp
         return EXIT_USAGE
     output.line(f"accepted by {result.host}: {result.reply}")
     output.line(f"message-id {result.message_id}")
+    if not result.refused:
+        return EXIT_OK
     for recipient, reply in result.refused:
         output.line(f"refused {recipient}: {reply}")
-    return EXIT_OK
+    return EXIT_PARTLY_REFUSED
 
 
 # -- check ------------------------------------------------------------------------------------

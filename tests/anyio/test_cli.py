@@ -242,6 +242,40 @@ def test_send_exits_with_the_failure_kind_and_the_server_agrees(
     assert received == stored
 
 
+def test_send_partly_refused_exits_22_and_names_each_refused_recipient(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # Exit 0 would tell a script that everyone got it; a failure's status would invite sending
+    # the whole message again, twice to b@.
+    script = Script(rcpt=lambda line: "550 5.1.1 no such user" if "c@" in line else "250 ok")
+    with fault_server(script) as server:
+        code, out, err = run(
+            capsys,
+            "--backend",
+            backend,
+            "send",
+            "--host",
+            f"127.0.0.1:{server.port}",
+            "--tls",
+            "none",
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.com",
+            "--to",
+            "c@example.com",
+            "--raw",
+            stdin=b"Subject: raw\r\n\r\nraw body\r\n",
+            monkeypatch=monkeypatch,
+        )
+        stored = len(server.messages)
+    assert code == 22
+    assert out.startswith(f"accepted by 127.0.0.1:{server.port}: 250")
+    assert out.splitlines()[-1] == "refused c@example.com: 550 5.1.1 no such user"
+    assert stored == 1  # the server has it, for b@ alone
+    assert "Traceback" not in err
+
+
 # -- check ------------------------------------------------------------------------------------
 
 
