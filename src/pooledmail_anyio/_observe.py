@@ -234,9 +234,15 @@ class Observer:
             extra=extra,
         )
 
-    def send_partly_refused(self, result: SendResult, recipients: Sequence[str]) -> None:
+    def send_partly_refused(
+        self, result: SendResult, recipients: Sequence[str], *, earlier_unknown: str | None
+    ) -> None:
         """An accepted send that the server refused for some recipients (RFC 5321 §3.3: each
-        RCPT is answered alone): always logged at WARNING, as a failed send would be noticed."""
+        RCPT is answered alone): always logged at WARNING, as a failed send would be noticed.
+
+        `earlier_unknown` is the host of an earlier attempt that ended UNKNOWN_AFTER_DATA
+        (retried under retry_unknown=True): it may have delivered the message to the recipients
+        this attempt was refused for, so the record says so instead of "send it to them again"."""
         refused = result.refused
         transient = sum(1 for _, reply in refused if reply.is_transient)
         if self.metrics is not None:
@@ -256,22 +262,26 @@ class Observer:
             "refused": len(refused),
             "transient": transient,
             "reason": reason,
+            "earlier_unknown": earlier_unknown is not None,
         }
         if self.log_recipients:
             extra["recipients"] = tuple(recipient for recipient, _ in refused)
         text = "send of %s was accepted at %s for %d recipient(s) and refused for %d: %s"
-        if transient:
-            text += "; %d refused for now (4xx): send it to them again"
-        send_log.warning(
-            text,
+        arguments: list[object] = [
             _named(result.message_id),
             result.host,
             len(result.accepted),
             len(refused),
             reason,
-            *((transient,) if transient else ()),
-            extra=extra,
-        )
+        ]
+        if earlier_unknown is not None:
+            # Refused by this attempt, not necessarily undelivered: never advise a resend.
+            text += "; an earlier attempt ended UNKNOWN_AFTER_DATA at %s: they may have it"
+            arguments.append(earlier_unknown)
+        elif transient:
+            text += "; %d refused for now (4xx): send it to them again"
+            arguments.append(transient)
+        send_log.warning(text, *arguments, extra=extra)
 
     def retrying(
         self,

@@ -796,7 +796,11 @@ class SMTPPool:
                     if outcome.refused:
                         # Accepted, but not for everyone: easy to miss in a return value.
                         self._partly_refused += 1
-                        self._observer.send_partly_refused(outcome, prepared.envelope.recipients)
+                        self._observer.send_partly_refused(
+                            outcome,
+                            prepared.envelope.recipients,
+                            earlier_unknown=None if unknown is None else unknown.host or "",
+                        )
                     if self._metered:
                         self._observer.send_accepted(outcome.host, clock() - started)
                     return outcome

@@ -15,10 +15,11 @@ __all__ = ["SendFailed", "SendResult", "SendStatistics"]
 class SendResult:
     """A message the server accepted (its final reply was 2xx) for at least one recipient.
 
-    `refused` lists recipients the server refused with their replies; the message was not sent to
-    them. `reply` is the final reply after the message terminator. `message_id` is the message's
-    Message-ID header (the one pooledmail added, if it had none), or None when raw bytes without
-    one were sent.
+    `refused` lists recipients the server refused with their replies; this transaction did not
+    send the message to them (but an earlier attempt that ended UNKNOWN_AFTER_DATA, retried under
+    `retry_unknown=True`, may have: the WARNING record says so). `reply` is the final reply after
+    the message terminator. `message_id` is the message's Message-ID header (the one pooledmail
+    added, if it had none), or None when raw bytes without one were sent.
     """
 
     host: str
@@ -124,8 +125,8 @@ class SendStatistics:
     delivered (each is logged at WARNING with its Message-ID and host); `stale_discarded` counts
     idle connections found closed or out of step before they were lent, which cost no send
     anything; `partly_refused` counts accepted sends (counted in `accepted` too) that the server
-    refused for some of their recipients: the message did not go to those (each is logged at
-    WARNING, and `SendResult.refused` lists them).
+    refused for some of their recipients: the accepted transaction did not take it for those (each
+    is logged at WARNING, and `SendResult.refused` lists them).
     """
 
     accepted: int

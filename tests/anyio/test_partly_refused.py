@@ -131,3 +131,44 @@ async def test_a_send_refused_for_some_recipients_succeeds_and_is_reported(
         assert UNKNOWN not in text + repr(record.__dict__)
         assert "550 5.1.1 <<recipient>>: Recipient address rejected" in text
         assert not hasattr(record, "recipients")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_recipient_refused_after_an_unknown_attempt_may_have_the_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Attempt 1: both recipients accepted, the message stored, the connection dropped before the
+    # final reply (UNKNOWN_AFTER_DATA, retried because the caller opted in). Attempt 2 is refused
+    # for b for now. b has the message from attempt 1: the record must not say it went only to a,
+    # nor tell the operator to send it to b again.
+    from .fakesmtp import FakeSMTPServer, Fault, Script
+
+    def script(n: int) -> Script:
+        if n == 0:
+            return Script(fault=Fault("disconnect", "data_end"))
+        return Script(
+            rcpt=lambda line: "452 4.5.3 too many recipients" if "<b@" in line else "250 ok"
+        )
+
+    caplog.set_level(logging.DEBUG, logger="pooledmail")
+    server = FakeSMTPServer(script)
+    options: dict[str, Any] = {"max_retries": 1, "retry_base_delay": 0.01}
+    async with server.running():
+        config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], **options)
+        async with SMTPPool(config) as pool:
+            result = await pool.send_raw(
+                BODY,
+                sender="s@example.com",
+                recipients=["a@example.net", "b@example.net"],
+                retry_unknown=True,
+            )
+    first = server.connections[0]
+    assert len(first.messages) == 1  # attempt 1 was stored
+    assert sum(command.startswith("RCPT") for command in first.commands) == 2
+    assert [recipient for recipient, _ in result.refused] == ["b@example.net"]
+    (record,) = [r for r in caplog.records if "refused for" in r.getMessage()]
+    text = record.getMessage()
+    assert "send it to them again" not in text
+    assert f"ended UNKNOWN_AFTER_DATA at 127.0.0.1:{server.port}" in text
+    assert "may have it" in text
+    assert record.earlier_unknown is True  # type: ignore[attr-defined]
