@@ -344,7 +344,10 @@ class Observer:
         Servers quote the recipient in their refusals (`550 5.1.1 <b@example.com>: ...`)."""
         if self.log_recipients or not recipients:
             return text
-        pattern = "|".join(re.escape(address) for address in recipients if address)
+        # Longest first: the alternation takes the first that matches, and an address that is
+        # a prefix of another ("b@example.co", "b@example.com") would leave the rest in view.
+        addresses = sorted({address for address in recipients if address}, key=len, reverse=True)
+        pattern = "|".join(re.escape(address) for address in addresses)
         if not pattern:
             return text
         return re.sub(pattern, "<recipient>", text, flags=re.IGNORECASE)

@@ -172,3 +172,30 @@ async def test_a_recipient_refused_after_an_unknown_attempt_may_have_the_message
     assert f"ended UNKNOWN_AFTER_DATA at 127.0.0.1:{server.port}" in text
     assert "may have it" in text
     assert record.earlier_unknown is True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_refused_address_is_masked_whole_when_another_is_its_prefix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "b@example.co" is a prefix of "b@example.com": masked first, it left "<recipient>m" of the
+    # longer one in the record. The server quotes the refused one in its own case, with and
+    # without angle brackets, twice in one reply.
+    from .fakesmtp import FakeSMTPServer, Script
+
+    refusal = "550 5.1.1 <B@Example.COM>: no such user (b@example.com)"
+    server = FakeSMTPServer(
+        lambda n: Script(rcpt=lambda line: refusal if ".com>" in line else "250 ok")
+    )
+    caplog.set_level(logging.DEBUG, logger="pooledmail")
+    async with server.running():
+        config = PoolConfig([Host("127.0.0.1", server.port, tls="none")], max_retries=0)
+        async with SMTPPool(config) as pool:
+            result = await pool.send_raw(
+                BODY, sender="s@example.com", recipients=["b@example.co", "b@example.com"]
+            )
+    assert result.accepted == ("b@example.co",)
+    (record,) = [r for r in caplog.records if "refused for" in r.getMessage()]
+    text = logging.Formatter().format(record)
+    assert "550 5.1.1 <<recipient>>: no such user (<recipient>)" in text
+    assert "example" not in text.partition(": 550")[2]
