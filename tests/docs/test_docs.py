@@ -581,6 +581,58 @@ async def test_sending_to_everyone_sends_again_to_the_recipients_refused_for_now
 
 
 @pytest.mark.anyio
+async def test_every_round_of_sending_to_everyone_is_the_same_message_without_bcc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The pool's clock moves a minute between sends: a send that writes its own Date would give
+    # the later round another Date than the first, so it would not be the same message.
+    import datetime
+    import types
+    from email import message_from_bytes
+    from email.policy import SMTP
+
+    from pooledmail_anyio import _pool
+    from tests.anyio.test_partly_refused import LimitingHandler
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    minutes = iter(range(60))
+
+    class Moving(datetime.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return start + datetime.timedelta(minutes=next(minutes))
+
+    monkeypatch.setattr(_pool, "datetime", types.SimpleNamespace(datetime=Moving))
+    send_to_everyone = run_snippet("failures-refused-recipients")["send_to_everyone"]
+    from aiosmtpd.controller import Controller
+
+    handler = LimitingHandler()  # 2 recipients a transaction, 452 to the others
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        message = EmailMessage()
+        message["From"] = "alice@example.com"
+        message["To"] = "one@example.net, two@example.net"
+        message["Bcc"] = "hidden@example.net"  # the third: refused for now by the first round
+        message["Subject"] = "to three"
+        message.set_content("Hello.")
+        config = PoolConfig([Host("127.0.0.1", controller.port, tls="none")], max_size=1)
+        async with SMTPPool(config) as pool:
+            fate = await send_to_everyone(pool, message)
+    finally:
+        controller.stop()
+    everyone = ["one@example.net", "two@example.net", "hidden@example.net"]
+    assert fate == dict.fromkeys(everyone, "sent")
+    # Judged by what the server stored: two transactions, each recipient once, one message.
+    assert [recipient for e in handler.envelopes for recipient in e.rcpt_tos] == everyone
+    stored = [message_from_bytes(e.original_content, policy=SMTP) for e in handler.envelopes]
+    assert len({(m["Message-ID"], m["Date"]) for m in stored}) == 1
+    assert all(m["Bcc"] is None for m in stored)
+    # What the docs say the recipe does to the caller's message: the first send's Message-ID.
+    assert message["Message-ID"] == stored[0]["Message-ID"]
+
+
+@pytest.mark.anyio
 async def test_the_example_test_of_your_own_code_passes() -> None:
     await run_snippet("use-case-tests")["test_the_welcome_mail_goes_to_the_new_user"]()
 
