@@ -305,7 +305,9 @@ class FleetLink:
                         retry_policy=NoRetryPolicy(),
                         # The user part is percent-decoded, as in any URL (RFC 3986 §2.1): a
                         # password with '@', ':', '/' or '#' can only be written there encoded.
-                        # (coredis decodes the query always, the user part only when asked.)
+                        # (coredis decodes the query always, the user part only when asked;
+                        # asked, it decodes the host and the path too: a unix:// socket path
+                        # is written quoted, docs/guide/scaling.md.)
                         decode_components=True,
                         # Given ssl_context (even None), coredis reads no ssl_* option of the
                         # URL and no file (pool/_base.py, _parse_url), and wraps a connection

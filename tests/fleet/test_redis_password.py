@@ -10,9 +10,12 @@ stored, and the budget against the most sessions it saw at once.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -63,4 +66,29 @@ async def test_a_percent_encoded_password_in_the_user_part_logs_in(
     assert failures == [None] * SENDS
     assert stored == Counter(f"<m{number}@password.test>" for number in range(SENDS))
     assert server.most_sessions == 1  # the budget held: Redis was reached, logged in, and used
+    assert statistics["store_failures"] == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_percent_encoded_socket_path_is_decoded(anyio_backend: str) -> None:
+    # The socket path of unix:// is percent-decoded as the user part is: a directory with a
+    # space cannot be written otherwise (whitespace is refused), and a '%' in it is written %25
+    # ("%41" as itself would now mean "A"). docs/guide/scaling.md, "The Redis URL".
+    directory = Path(tempfile.mkdtemp(prefix="redis %41 ", dir="/tmp"))
+    socket_path = directory / "r.sock"
+    try:
+        with redis_instance(["--unixsocket", str(socket_path), "--unixsocketperm", "700"]):
+            url = f"unix://{urllib.parse.quote(str(socket_path))}?db=0"
+            name = f"socket-{anyio_backend}"
+            budget = SharedBudget(name, redis_url=url, max_connections=1, store_timeout=2.0)
+            with RecordingServer() as server:
+                async with SMTPPool(budgeted_config(server.port, budget)) as pool:
+                    failure = await send_or_failure(pool, message(0), "a@password.test")
+                    statistics = pool.budget_statistics()[name]
+                stored = [item.message_id for item in server.stored()]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert failure is None
+    assert stored == ["<m0@password.test>"]
+    assert statistics["store_calls"] > 0
     assert statistics["store_failures"] == 0
