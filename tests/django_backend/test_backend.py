@@ -254,6 +254,32 @@ def test_fail_silently_counts_only_what_was_sent(pointed_at: Point) -> None:
     assert stored == ["ok 1", "ok 2", "partial", "ok 1"]
 
 
+def test_a_message_some_recipients_refused_counts_as_sent_and_is_logged(
+    pointed_at: Point, caplog: pytest.LogCaptureFixture
+) -> None:
+    # django.md: sent (Django's count), logged at WARNING with the address masked, and counted in
+    # the pool's send_statistics().partly_refused.
+    def rcpt(line: str) -> str:
+        if "nobody" in line:
+            return "550 5.1.1 <nobody@example.com>: no such user"
+        return "250 2.1.5 ok"
+
+    with fault_server(Script(rcpt=rcpt)) as server:
+        with pointed_at(server.port), caplog.at_level("WARNING", logger="pooledmail.send"):
+            connection = get_connection()
+            partial = EmailMessage(
+                "partial", "Body.", "alice@example.com", ["dan@example.com", "nobody@example.com"]
+            )
+            assert connection.send_messages([partial]) == 1
+            statistics = connection.pool.send_statistics()
+        stored = [subject_of(content) for content in server.messages]
+    assert stored == ["partial"]
+    assert statistics.partly_refused == 1
+    (record,) = [r for r in caplog.records if "refused for" in r.getMessage()]
+    assert "550 5.1.1 <<recipient>>: no such user" in record.getMessage()
+    assert "nobody@" not in record.getMessage()
+
+
 def test_unknown_after_data_reaches_django_code_as_such(pointed_at: Point) -> None:
     with fault_server(Script(data_end=DISCONNECT)) as server:
         with pointed_at(server.port), pytest.raises(SMTPSendFailed) as caught:
