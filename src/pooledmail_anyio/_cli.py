@@ -411,7 +411,9 @@ def _send_command(args: argparse.Namespace, env: Mapping[str, str], output: Outp
         output.error(f"error: {exc}")
         return EXIT_USAGE
     output.line(f"accepted by {result.host}: {result.reply}")
-    output.line(f"message-id {result.message_id}")
+    # --raw bytes may have no Message-ID: say so in words, as the log records do.
+    message_id = result.message_id or "none (the message has no Message-ID)"
+    output.line(f"message-id {message_id}")
     if not result.refused:
         return EXIT_OK
     for recipient, reply in result.refused:

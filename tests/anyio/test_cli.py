@@ -272,6 +272,8 @@ def test_send_partly_refused_exits_22_and_names_each_refused_recipient(
     assert code == 22
     assert out.startswith(f"accepted by 127.0.0.1:{server.port}: 250")
     assert out.splitlines()[-1] == "refused c@example.com: 550 5.1.1 no such user"
+    # Raw bytes without a Message-ID: said in words, as the log records do, not as "None".
+    assert out.splitlines()[1] == "message-id none (the message has no Message-ID)"
     assert stored == 1  # the server has it, for b@ alone
     assert "Traceback" not in err
 
