@@ -12,9 +12,10 @@ one is installed. The binary looks up its compiled-in user (Debian's is `Debian-
 reads a configuration, so that user must exist (`.ci/run` creates it). Must run as root: the
 daemon drops to that user for each SMTP session, and the spool is that user's.
 
-Where the mail goes, and why: `queue_only` keeps every accepted message in the spool, and no
-queue runner is ever started (the daemon runs without `-q`, and `queue_run_max = 0`), so nothing
-is ever delivered. Should a delivery be attempted anyway, the only router defers every address, so
+Where the mail goes, and why: `queue_only` keeps every accepted message in the spool (no delivery
+process is started on arrival), and no queue runner is ever started (the daemon runs without `-q`,
+and its start-up log line, which must say "no queue runs", is checked), so nothing is ever
+delivered. Should a delivery be attempted anyway, the only router defers every address, so
 the message would stay queued, never leave the machine. Exim writes a message's spool files (the
 `-D` body, then the `-H` envelope and headers, renamed into place) before it logs the arrival and
 sends the final 250, so `stored()` (which reads the `-H` files of `spool/input/`) sees exactly what
@@ -50,6 +51,7 @@ from ._process import (
     LOOPBACK,
     MissingBinary,
     PrivateServer,
+    ServerStartError,
     find_binary,
     is_listening,
     kill_and_reap,
@@ -262,6 +264,9 @@ class EximServer(PrivateServer):
             diagnose=self._diagnose,
             alive=lambda: daemon.poll() is None,
         )
+        started = [line for line in tail(self.log_file, 5).splitlines() if "daemon started" in line]
+        if not started or "no queue runs" not in started[-1]:
+            raise ServerStartError(f"exim would run the queue: {started}\n{self._diagnose()}")
         self.start_seconds.append(time.monotonic() - began)
 
     def stop(self) -> None:
@@ -395,9 +400,8 @@ class EximServer(PrivateServer):
             "disable_ipv6": "true",
             # A port taken meanwhile must fail the start at once, not after retries.
             "daemon_startup_retries": "0",
-            # Keep every message; never start a queue runner, never deliver.
+            # Keep every message: no delivery on arrival (and no -q: no queue runner either).
             "queue_only": "true",
-            "queue_run_max": "0",
             # A test server answers at once: no reverse DNS, no ident callback.
             "host_lookup": "",
             "rfc1413_hosts": "",
