@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from ._process import MissingBinary, live_servers
+from .exim import EximServer
 from .postfix import PostfixServer
 from .redis import RedisServer
 from .smtp_sink import SmtpSink
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REQUIRE_SERVERS",
+    "exim",
+    "exim_instance",
     "postfix",
     "postfix_instance",
     "redis_server",
@@ -69,6 +72,32 @@ def postfix(ca: trustme.CA) -> Iterator[PostfixServer]:
     `ca` is the trustme CA of the requesting directory (tests/anyio/conftest.py); clients trust it.
     """
     with postfix_instance(ca) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def exim_instance(ca: trustme.CA, **options: object) -> Iterator[EximServer]:
+    """A started EximServer with a certificate for 127.0.0.1 from `ca`; closed on exit.
+    `options` are EximServer's (`recipients_max=`, `message_size_limit=`, `options=`...)."""
+    if os.geteuid() != 0:
+        unavailable("a private Exim must be started as root")
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    try:
+        server = EximServer(
+            certificate_chain_pem=b"".join(pem.bytes() for pem in leaf.cert_chain_pems),
+            private_key_pem=leaf.private_key_pem.bytes(),
+            **options,  # type: ignore[arg-type]
+        )
+    except MissingBinary as missing:
+        unavailable(str(missing))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def exim(ca: trustme.CA) -> Iterator[EximServer]:
+    """One private Exim per module: STARTTLS, then AUTH (user `alice`) before any recipient."""
+    with exim_instance(ca) as server:
         yield server
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import ssl
 from collections.abc import Callable
 
 import pytest
 import trustme
 
 from tests.servers import RedisServer, SmtpSink
-from tests.servers.fixtures import REQUIRE_SERVERS, postfix_instance, unavailable
+from tests.servers._process import process_exists
+from tests.servers.fixtures import REQUIRE_SERVERS, exim_instance, postfix_instance, unavailable
 
 
 def redis_ping(server: RedisServer) -> bytes:
@@ -83,3 +85,44 @@ def test_a_missing_server_skips_unless_servers_are_required(
     monkeypatch.setenv(REQUIRE_SERVERS, "1")
     with pytest.raises(pytest.fail.Exception, match="no-such-server"):
         unavailable("no-such-server not found")
+
+
+def test_exim_records_a_message_in_its_spool_before_it_answers() -> None:
+    ca = trustme.CA()
+    with exim_instance(ca, recipients_max=2) as server:
+        client_tls = ssl.create_default_context()
+        ca.configure_trust(client_tls)
+        with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+            client.ehlo()
+            # AUTH is offered only over TLS; CHUNKING and PIPELINING always.
+            assert not client.has_extn("auth")
+            assert client.has_extn("chunking")
+            assert client.has_extn("pipelining")
+            client.starttls(context=client_tls)
+            client.ehlo()
+            assert client.has_extn("auth")
+            client.login(server.username, server.password)
+            refused = client.sendmail(
+                "alice@example.com",
+                ["bob@example.com", "carol@example.com", "dave@example.com"],
+                b"Message-ID: <one@exim.test>\r\nSubject: x\r\n\r\n.dot line\r\n",
+            )
+            # Read right after the 250: the spool files are already complete.
+            (stored,) = server.stored()
+        assert refused == {"dave@example.com": (452, b"too many recipients")}
+        assert stored.message_id == "<one@exim.test>"
+        assert stored.sender == "alice@example.com"
+        assert stored.recipients == ("bob@example.com", "carol@example.com")
+        assert stored.auth_id == server.username
+        assert stored.body == b".dot line\n"
+        assert server.queue() == {stored.queue_id: (stored.sender, stored.recipients)}
+        # A client still connected when the server closes: its session process must go too.
+        lingering = socket.create_connection((server.host, server.port), timeout=10)
+        assert lingering.recv(100).startswith(b"220 ")
+        pids = server.instance_pids()
+        assert len(pids) == 2  # the daemon and the session
+        directory = server.directory
+    lingering.close()
+    # Closed: no process of the instance is left, and its directory is gone.
+    assert not any(process_exists(pid) for pid in pids)
+    assert not directory.exists()
