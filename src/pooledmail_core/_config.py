@@ -598,6 +598,15 @@ class SharedBudget:
                 raise ConfigError("redis_url", "has no socket path (unix:///path/to/redis.sock)")
         elif not parts.hostname:
             raise ConfigError("redis_url", "has no host")
+        # The client percent-decodes the host and the socket path (the driver asks it to, for
+        # the user part): one that decodes to a control character can name no host and no file,
+        # and would fail only at the pool's first store call.
+        where = parts.path if parts.scheme == "unix" else parts.hostname
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in urllib.parse.unquote(where or "")):
+            raise ConfigError(
+                "redis_url",
+                "has a host or socket path that decodes to a control character (%00 to %1F, %7F)",
+            )
         _check_redis_options(parts)
         if max_connections is not None:
             max_connections = _check_int("max_connections", max_connections, minimum=1)

@@ -44,6 +44,11 @@ def test_a_password_in_the_query_is_not_in_any_repr(url: str) -> None:
         # No socket path.
         "unix://",
         "unix://:hunter2@?db=1",
+        # A host or socket path the client decodes to a control character: no host, no file.
+        "redis://:hunter2@redis%00.internal:6379/0",
+        "rediss://:hunter2@redis%0A.internal:6380/0",
+        "unix://:hunter2@/run/redis%7F.sock",
+        "unix:///run/re%1Fdis.sock?password=hunter2",
     ],
 )
 def test_a_redis_url_the_client_cannot_read_fails_at_construction(url: str) -> None:
