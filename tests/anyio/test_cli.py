@@ -20,7 +20,7 @@ from pooledmail_anyio.testing import LocalSMTPServer
 from pooledmail_core import FailureKind
 from tests.sync.servers import fault_server
 
-from .fakesmtp import DISCONNECT, Fault, Script
+from .fakesmtp import DISCONNECT, FakeSMTPServer, Fault, Script
 
 PASSWORD = "s3cret-pw"  # what tests/anyio/conftest.py's authenticator accepts for alice
 
@@ -198,6 +198,35 @@ def test_send_delivers_stdin_to_the_embedded_server(
     assert sink.recipients == 2
 
 
+def send_raw_to(
+    server: FakeSMTPServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    *recipients: str,
+) -> tuple[int, str, str]:
+    """`pooledmail send --raw` of a message without a Message-ID to `recipients`, no retry."""
+    to = [word for recipient in recipients for word in ("--to", recipient)]
+    return run(
+        capsys,
+        "--backend",
+        backend,
+        "send",
+        "--host",
+        f"127.0.0.1:{server.port}",
+        "--tls",
+        "none",
+        "--max-retries",
+        "0",
+        "--from",
+        "a@example.com",
+        *to,
+        "--raw",
+        stdin=b"Subject: raw\r\n\r\nraw body\r\n",
+        monkeypatch=monkeypatch,
+    )
+
+
 @pytest.mark.parametrize(
     ("script", "kind", "stored"),
     [
@@ -215,25 +244,7 @@ def test_send_exits_with_the_failure_kind_and_the_server_agrees(
     backend: str,
 ) -> None:
     with fault_server(script) as server:
-        code, out, err = run(
-            capsys,
-            "--backend",
-            backend,
-            "send",
-            "--host",
-            f"127.0.0.1:{server.port}",
-            "--tls",
-            "none",
-            "--max-retries",
-            "0",
-            "--from",
-            "a@example.com",
-            "--to",
-            "b@example.com",
-            "--raw",
-            stdin=b"Subject: raw\r\n\r\nraw body\r\n",
-            monkeypatch=monkeypatch,
-        )
+        code, out, err = send_raw_to(server, capsys, monkeypatch, backend, "b@example.com")
         received = server.received
     assert code == EXIT_CODES[kind]
     assert err.startswith(f"pooledmail: {kind.name} during ")
@@ -249,24 +260,8 @@ def test_send_partly_refused_exits_22_and_names_each_refused_recipient(
     # the whole message again, twice to b@.
     script = Script(rcpt=lambda line: "550 5.1.1 no such user" if "c@" in line else "250 ok")
     with fault_server(script) as server:
-        code, out, err = run(
-            capsys,
-            "--backend",
-            backend,
-            "send",
-            "--host",
-            f"127.0.0.1:{server.port}",
-            "--tls",
-            "none",
-            "--from",
-            "a@example.com",
-            "--to",
-            "b@example.com",
-            "--to",
-            "c@example.com",
-            "--raw",
-            stdin=b"Subject: raw\r\n\r\nraw body\r\n",
-            monkeypatch=monkeypatch,
+        code, out, err = send_raw_to(
+            server, capsys, monkeypatch, backend, "b@example.com", "c@example.com"
         )
         stored = len(server.messages)
     assert code == 22
