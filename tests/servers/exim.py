@@ -66,6 +66,8 @@ __all__ = ["EXIM_CACHE", "EximBinary", "EximServer", "SpooledMessage", "exim_bin
 EXIM_CACHE = Path("/var/cache/pooledmail/exim4")
 _PACKAGE = "exim4-daemon-light"
 _START_ATTEMPTS = 3
+# The ACLs a test may add (`acls=`), by the name of the `acl_smtp_` option that runs them.
+_EXTRA_ACLS = ("mail", "predata", "data")
 # The configuration writes these in one string; a name or password with a character the
 # expansion language gives a meaning to would need escaping, so only plain ones are allowed.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9._-]+")
@@ -163,6 +165,18 @@ class EximServer(PrivateServer):
     Every session must STARTTLS before AUTH is offered, and AUTH before a recipient is accepted.
     `message_size_limit` is advertised in SIZE and enforced; `recipients_max` (0: no limit) makes
     Exim answer 452 to each RCPT beyond it; `options` are further main-section settings.
+
+    For fault tests: `chunking=False` stops Exim advertising CHUNKING, so clients send DATA;
+    `pipelining=False` stops it advertising PIPELINING, so a client waits for each reply (Exim
+    holds the replies to a pipelined flight in its output buffer while an ACL delays).
+    `acls` adds ACLs by the `acl_smtp_` name they are run for (`"mail"`, `"predata"`, `"data"`):
+    each value is the ACL's statements, one per line (Exim's syntax), for example
+    `{"data": "warn logwrite = at-data\\n  delay = 30s\\n  accept"}` to log a marker and hold
+    the final reply, or `"deny message = refused"` to refuse the message after its data. The
+    `data` ACL runs for DATA and for the last BDAT chunk alike, after the whole message arrived
+    and before its `-H` file is written; `predata` only for the DATA command, before its 354.
+    The main log carries each line's process id (`[pid]`), so a marker names the session
+    process that wrote it; `session_pids()` lists the session processes.
     """
 
     name = "exim"
@@ -177,11 +191,17 @@ class EximServer(PrivateServer):
         message_size_limit: int = 10_240_000,
         recipients_max: int = 0,
         options: Mapping[str, str] | None = None,
+        chunking: bool = True,
+        pipelining: bool = True,
+        acls: Mapping[str, str] | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         for what, value in (("username", username), ("password", password)):
             if not _PLAIN_WORD.fullmatch(value):
                 raise ValueError(f"{what} must match {_PLAIN_WORD.pattern}")
+        unknown = set(acls or {}) - set(_EXTRA_ACLS)
+        if unknown:
+            raise ValueError(f"acls: unknown ACL {sorted(unknown)}; one of {_EXTRA_ACLS}")
         self.binary = exim_binary()
         self.username = username
         self.password = password
@@ -194,6 +214,9 @@ class EximServer(PrivateServer):
         self._certificate_chain_pem = certificate_chain_pem
         self._private_key_pem = private_key_pem
         self._options = dict(options or {})
+        self.chunking = chunking
+        self.pipelining = pipelining
+        self._acls = dict(acls or {})
         self._directory: Path | None = None
         self._daemon: subprocess.Popen[bytes] | None = None
 
@@ -367,6 +390,11 @@ class EximServer(PrivateServer):
                 pids.append(int(entry.name))
         return pids
 
+    def session_pids(self) -> list[int]:
+        """This instance's SMTP session processes: every process of it but the daemon."""
+        daemon = self._daemon
+        return [pid for pid in self.instance_pids() if daemon is None or pid != daemon.pid]
+
     def _write_files(self) -> None:
         root = self.directory
         user = pwd.getpwnam(self.binary.user)
@@ -407,18 +435,29 @@ class EximServer(PrivateServer):
             "rfc1413_hosts": "",
             "message_size_limit": str(self.message_size_limit),
             "recipients_max": str(self.recipients_max),
-            "pipelining_advertise_hosts": "*",
-            "chunking_advertise_hosts": "*",
+            "pipelining_advertise_hosts": "*" if self.pipelining else "",
+            "chunking_advertise_hosts": "*" if self.chunking else "",
             "tls_advertise_hosts": "*",
             "tls_certificate": str(root / "tls" / "chain.pem"),
             "tls_privatekey": str(root / "tls" / "key.pem"),
             "acl_smtp_rcpt": "acl_check_rcpt",
             # <= lines with the session's TLS, AUTH and the SMTP command that ended DATA/BDAT.
-            "log_selector": "+smtp_confirmation +tls_cipher +received_recipients +smtp_connection",
+            # +pid: each line names the process that wrote it (a session's, for fault tests).
+            "log_selector": (
+                "+smtp_confirmation +tls_cipher +received_recipients +smtp_connection +pid"
+            ),
         }
+        for name in self._acls:
+            main[f"acl_smtp_{name}"] = f"acl_check_{name}"
         main.update(self._options)
         text = "".join(f"{name} = {value}\n" for name, value in main.items())
-        text += _SECTIONS.replace("@USER@", self.username).replace("@PASSWORD@", self.password)
+        sections = _SECTIONS.replace("@USER@", self.username).replace("@PASSWORD@", self.password)
+        extra = "".join(
+            f"\nacl_check_{name}:\n"
+            + "".join(f"  {line.strip()}\n" for line in statements.splitlines() if line.strip())
+            for name, statements in self._acls.items()
+        )
+        text += sections.replace("\nbegin routers\n", extra + "\nbegin routers\n", 1)
         self.config_file.write_text(text)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import trustme
 
-from tests.servers import RedisServer, SmtpSink
+from tests.servers import EximServer, RedisServer, SmtpSink
 from tests.servers._process import process_exists
 from tests.servers.fixtures import REQUIRE_SERVERS, exim_instance, postfix_instance, unavailable
 
@@ -126,3 +126,29 @@ def test_exim_records_a_message_in_its_spool_before_it_answers() -> None:
     # Closed: no process of the instance is left, and its directory is gone.
     assert not any(process_exists(pid) for pid in pids)
     assert not directory.exists()
+
+
+def test_exim_fault_options_withdraw_extensions_and_run_the_acls_given() -> None:
+    ca = trustme.CA()
+    with pytest.raises(ValueError, match="acls: unknown ACL"):
+        EximServer(certificate_chain_pem=b"", private_key_pem=b"", acls={"rcpt": "accept"})
+    acls = {"data": "deny message = refused by the data ACL"}
+    with exim_instance(ca, chunking=False, pipelining=False, acls=acls) as server:
+        client_tls = ssl.create_default_context()
+        ca.configure_trust(client_tls)
+        with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+            client.starttls(context=client_tls)
+            client.ehlo()
+            assert not client.has_extn("chunking")
+            assert not client.has_extn("pipelining")
+            client.login(server.username, server.password)
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(
+                    "alice@example.com", ["bob@example.com"], b"Subject: x\r\n\r\nx\r\n"
+                )
+            # The session process is the daemon's child, and the main log names it.
+            (session,) = server.session_pids()
+            assert f"[{session}] " in server.log_text()
+        assert refused.value.smtp_code == 550
+        assert b"refused by the data ACL" in refused.value.smtp_error
+        assert server.stored() == []
