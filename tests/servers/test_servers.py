@@ -11,6 +11,7 @@ import pytest
 import trustme
 
 from tests.servers import EximServer, RedisServer, SmtpSink
+from tests.polling import eventually
 from tests.servers._process import process_exists
 from tests.servers.fixtures import REQUIRE_SERVERS, exim_instance, postfix_instance, unavailable
 
@@ -146,9 +147,10 @@ def test_exim_fault_options_withdraw_extensions_and_run_the_acls_given() -> None
                 client.sendmail(
                     "alice@example.com", ["bob@example.com"], b"Subject: x\r\n\r\nx\r\n"
                 )
-            # The session process is the daemon's child, and the main log names it.
+            # The session process is the daemon's child, and the main log names it on the line
+            # it writes about the refusal (just after its reply).
             (session,) = server.session_pids()
-            assert f"[{session}] " in server.log_text()
+            assert eventually(lambda: f"[{session}] " in server.log_text())
         assert refused.value.smtp_code == 550
         assert b"refused by the data ACL" in refused.value.smtp_error
         assert server.stored() == []
