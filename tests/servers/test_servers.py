@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 import trustme
 
-from tests.servers import EximServer, RedisServer, SmtpSink
 from tests.polling import eventually
+from tests.servers import EximServer, RedisServer, SmtpSink
 from tests.servers._process import process_exists
 from tests.servers.fixtures import REQUIRE_SERVERS, exim_instance, postfix_instance, unavailable
 
