@@ -185,9 +185,9 @@ class Connection:
         never lent.
 
         `transport=False` looks only at the parser and the TLS layer, not at the byte stream
-        below them (the asyncio stream's queue, or the trio socket through a `poll` system
-        call): the pool asks so right after an exchange, since the check before the
-        connection's next use looks there anyway, and later, so it sees more.
+        below them (the asyncio stream's queue, then on either backend the socket through a
+        `poll` system call): the pool asks so right after an exchange, since the check before
+        the connection's next use looks there anyway, and later, so it sees more.
         """
         if self.session.has_unread:
             return "out_of_sync"

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import select
 import socket
 import threading
 from abc import abstractmethod
@@ -61,6 +62,11 @@ import anyio.lowlevel
 
 import anyio
 from pooledmail_core import Limits
+
+# What `AsyncioSocketStream.unusable()` asks the kernel about: bytes or an end of stream (POLLIN;
+# POLLRDHUP for a FIN); an error or a hang-up is always reported.
+_POLL_FLAGS = select.POLLIN | getattr(select, "POLLRDHUP", 0)
+_POLL_ENDED = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 __all__ = [
     "AsyncioSocketStream",
@@ -279,6 +285,8 @@ class AsyncioSocketStream(DeadlineSocketStream):
         self._loop = asyncio.get_running_loop()
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = math.inf
+        # Made by the first `unusable()` that gets as far as the kernel.
+        self._poll: select.poll | None = None
 
     def _guard(self) -> None:
         """Make sure the watchdog fires no later than `deadline` (called as a wait starts)."""
@@ -403,17 +411,34 @@ class AsyncioSocketStream(DeadlineSocketStream):
                 raise self._broken()
 
     def unusable(self) -> str | None:
-        """Whether anything arrived unasked or the connection ended, judged from what the
-        transport already delivered (the protocol keeps reading while idle, so this needs no
-        system call; when a flood paused it at its read limit, the bytes it holds already say
-        "out_of_sync"): "out_of_sync" for unread bytes, "stale" for an end of stream, a reset
-        or a close, None when it looks usable."""
+        """Whether anything arrived unasked or the connection ended: "out_of_sync" for unread
+        bytes, "stale" for an end of stream, a reset or a close, None when it looks usable.
+
+        First from what the transport already delivered (the protocol keeps reading while idle;
+        when a flood paused it at its read limit, the bytes it holds already say "out_of_sync"),
+        then, when that shows nothing, from the kernel without blocking (one `poll` system call,
+        as on trio): the event loop delivers what arrived only on its next pass, and a session
+        its server closed a moment ago (its FIN in the kernel, not yet in the protocol) would
+        otherwise be lent, and a pipelined BDAT flight written into it whole, the message then
+        UNKNOWN_AFTER_DATA although the server never had it. Found against a real Exim whose
+        session process was killed while the connection was idle
+        (tests/anyio/test_exim_faults.py)."""
         protocol = self._protocol
         if protocol.chunks:
             return "out_of_sync"
         if protocol.eof or protocol.lost or self._closed:
             return "stale"
-        return None
+        poll = self._poll
+        if poll is None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is None:
+                return None
+            poll = self._poll = select.poll()
+            poll.register(sock.fileno(), _POLL_FLAGS)
+        ready = poll.poll(0)
+        if not ready:
+            return None
+        return "stale" if ready[0][1] & _POLL_ENDED else "out_of_sync"
 
     async def send_eof(self) -> None:
         if not self._closed and not self._protocol.lost:

@@ -410,3 +410,25 @@ async def test_refusal_by_the_data_acl_is_final_and_nothing_is_stored(
             assert copies(exim, after_id) == 1
             assert pool.statistics().created_total == 1
             assert len(set(pids_logging(exim, since, "pooledmail-mail"))) == 1
+
+
+async def test_an_idle_session_whose_exim_process_died_is_never_lent(
+    exim: EximServer, client_tls: ssl.SSLContext
+) -> None:
+    with anyio.fail_after(_TEST_BOUND):
+        async with pool_for(exim, client_tls) as pool:
+            since = exim.log_position()
+            first_id, first = raw_message()
+            assert isinstance(await send_capturing(pool, first, "first@example.net"), SendResult)
+            (pid,) = pids_logging(exim, since, "pooledmail-mail")
+            # The session is idle in the pool; its Exim process dies (the kernel closes its end).
+            kill(pid)
+            await wait_for(lambda: pid not in exim.session_pids(), f"session {pid} gone", exim)
+            # The pool sees the closed session before it lends it: the sender never meets it.
+            message_id, data = raw_message()
+            outcome = await send_capturing(pool, data, "second@example.net")
+            assert isinstance(outcome, SendResult), outcome
+            assert outcome.attempts == 1
+            assert copies(exim, first_id) == copies(exim, message_id) == 1
+            assert pool.statistics().created_total == 2
+            assert len(set(pids_logging(exim, since, "pooledmail-mail"))) == 2
