@@ -303,6 +303,15 @@ def socket_queues(port: int) -> int:
     return queued
 
 
+def client_sockets_closed_by_the_server(port: int) -> bool:
+    """Whether a client socket connected to `port` received the server's FIN (CLOSE_WAIT)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "08":
+            return True
+    return False
+
+
 async def test_kill_in_the_middle_of_a_large_body_is_transient_and_nothing_is_stored(
     exim: EximServer, client_tls: ssl.SSLContext
 ) -> None:
@@ -421,9 +430,11 @@ async def test_an_idle_session_whose_exim_process_died_is_never_lent(
             first_id, first = raw_message()
             assert isinstance(await send_capturing(pool, first, "first@example.net"), SendResult)
             (pid,) = pids_logging(exim, since, "pooledmail-mail")
-            # The session is idle in the pool; its Exim process dies (the kernel closes its end).
+            # The session is idle in the pool; its Exim process dies, and the kernel closes its
+            # end: awaited until the client's socket has the FIN (CLOSE_WAIT). The process
+            # leaving /proc is no sign: its memory goes before its files are closed.
             kill(pid)
-            await wait_for(lambda: pid not in exim.session_pids(), f"session {pid} gone", exim)
+            await wait_for(lambda: client_sockets_closed_by_the_server(exim.port), "FIN", exim)
             # The pool sees the closed session before it lends it: the sender never meets it.
             message_id, data = raw_message()
             outcome = await send_capturing(pool, data, "second@example.net")
