@@ -13,51 +13,17 @@ from __future__ import annotations
 import re
 import ssl
 from collections import Counter
-from email.message import EmailMessage
-from email.utils import make_msgid
 
 import pytest
 import trustme
 
-import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
+from pooledmail_anyio import FailureKind, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
 from tests.servers import EximServer, SpooledMessage
 from tests.servers.fixtures import exim_instance
 
+from .mta import make_message, send_all, send_capturing, starttls_host
+
 pytestmark = pytest.mark.anyio
-
-Outcome = SendResult | SendFailed
-
-
-def starttls_host(exim: EximServer, **options: object) -> Host:
-    settings: dict[str, object] = {
-        "tls": "starttls",
-        "username": exim.username,
-        "password": exim.password,
-        **options,
-    }
-    return Host(exim.host, exim.port, **settings)  # type: ignore[arg-type]
-
-
-def make_message(
-    *,
-    to: str | list[str] = "bob@example.com",
-    body: str = "Hello.\n",
-) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "alice@example.com"
-    message["To"] = to if isinstance(to, str) else ", ".join(to)
-    message["Subject"] = "pooledmail against Exim"
-    message["Message-ID"] = make_msgid(domain="pooledmail.test")
-    message.set_content(body)
-    return message
-
-
-async def send_capturing(pool: SMTPPool, message: EmailMessage) -> Outcome:
-    try:
-        return await pool.send(message)
-    except SendFailed as failure:
-        return failure
 
 
 def records_of(exim: EximServer, message_id: str) -> list[SpooledMessage]:
@@ -108,19 +74,9 @@ async def test_messages_from_concurrent_senders_are_stored_once_each_through_bda
         make_message(to=f"rcpt{number}@example.net", body=f"Message {number}.\n.dot line\n")
         for number in range(100)
     ]
-    outcomes: dict[str, Outcome] = {}
-    pending = list(reversed(messages))
-
-    async def sender() -> None:
-        while pending:
-            message = pending.pop()
-            outcomes[message["Message-ID"]] = await send_capturing(pool, message)
-
     config = PoolConfig([starttls_host(exim)], max_size=4)
     async with SMTPPool(config, ssl_context=client_tls) as pool:
-        async with anyio.create_task_group() as tg:
-            for _ in range(6):
-                tg.start_soon(sender)
+        outcomes = await send_all(pool, messages, senders=6)
         stats = pool.statistics()
 
     assert len(outcomes) == 100

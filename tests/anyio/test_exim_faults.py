@@ -30,9 +30,11 @@ import pytest
 import trustme
 
 import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
+from pooledmail_anyio import FailureKind, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
 from tests.servers import EximServer
 from tests.servers.fixtures import exim_instance
+
+from .mta import starttls_host
 
 pytestmark = pytest.mark.anyio
 
@@ -77,12 +79,6 @@ def exim(request: pytest.FixtureRequest, ca: trustme.CA) -> Iterator[EximServer]
         ca, chunking=request.param, acls=_ACLS, message_size_limit=4 * _LARGE_BODY
     ) as server:
         yield server
-
-
-def starttls_host(exim: EximServer) -> Host:
-    return Host(
-        exim.host, exim.port, tls="starttls", username=exim.username, password=exim.password
-    )
 
 
 def pool_for(exim: EximServer, client_tls: ssl.SSLContext, **options: float) -> SMTPPool:

@@ -11,67 +11,18 @@ from __future__ import annotations
 import ssl
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from email.message import EmailMessage
-from email.utils import make_msgid
 
 import pytest
 import trustme
 
 import anyio
-from pooledmail_anyio import FailureKind, Host, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
+from pooledmail_anyio import FailureKind, PoolConfig, SendFailed, SendResult, SMTPPool, Stage
 from tests.servers import PostfixServer, SessionSummary, StoredMessage
 from tests.servers.fixtures import postfix_instance
 
+from .mta import Outcome, make_message, send_all, send_capturing, starttls_host
+
 pytestmark = pytest.mark.anyio
-
-Outcome = SendResult | SendFailed
-
-
-def starttls_host(postfix: PostfixServer, **options: object) -> Host:
-    settings: dict[str, object] = {
-        "tls": "starttls",
-        "username": postfix.username,
-        "password": postfix.password,
-        **options,
-    }
-    return Host(postfix.host, postfix.port, **settings)  # type: ignore[arg-type]
-
-
-def make_message(
-    *, sender: str = "alice@example.com", to: str = "bob@example.com", body: str = "Hello.\n"
-) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = "pooledmail against Postfix"
-    message["Message-ID"] = make_msgid(domain="pooledmail.test")
-    message.set_content(body)
-    return message
-
-
-async def send_capturing(pool: SMTPPool, message: EmailMessage) -> Outcome:
-    try:
-        return await pool.send(message)
-    except SendFailed as failure:
-        return failure
-
-
-async def send_all(
-    pool: SMTPPool, messages: list[EmailMessage], senders: int
-) -> dict[str, Outcome]:
-    """Every message, sent by `senders` concurrent tasks; each outcome by Message-ID."""
-    outcomes: dict[str, Outcome] = {}
-    queue = list(reversed(messages))
-
-    async def sender() -> None:
-        while queue:
-            message = queue.pop()
-            outcomes[message["Message-ID"]] = await send_capturing(pool, message)
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(senders):
-            tg.start_soon(sender)
-    return outcomes
 
 
 def copies_by_message_id(stored: Iterable[StoredMessage]) -> Counter[str | None]:

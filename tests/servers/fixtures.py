@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import pytest
 
@@ -47,14 +47,18 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(f"{reason}; .ci/run installs it ({REQUIRE_SERVERS}=1 makes this a failure)")
 
 
+_MTA = TypeVar("_MTA", PostfixServer, EximServer)
+
+
 @contextlib.contextmanager
-def postfix_instance(ca: trustme.CA, **options: object) -> Iterator[PostfixServer]:
-    """A started PostfixServer with a certificate for 127.0.0.1 from `ca`; closed on exit."""
+def _mta_instance(kind: type[_MTA], ca: trustme.CA, options: dict[str, object]) -> Iterator[_MTA]:
+    """A started private MTA of `kind` with a certificate for 127.0.0.1 from `ca`; closed on
+    exit. Both need root (their daemons drop to their own users)."""
     if os.geteuid() != 0:
-        unavailable("a private Postfix instance must be started as root")
+        unavailable(f"a private {kind.name} must be started as root")
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     try:
-        server = PostfixServer(
+        server = kind(
             certificate_chain_pem=b"".join(pem.bytes() for pem in leaf.cert_chain_pems),
             private_key_pem=leaf.private_key_pem.bytes(),
             **options,  # type: ignore[arg-type]
@@ -62,6 +66,13 @@ def postfix_instance(ca: trustme.CA, **options: object) -> Iterator[PostfixServe
     except MissingBinary as missing:
         unavailable(str(missing))
     with server:
+        yield server
+
+
+@contextlib.contextmanager
+def postfix_instance(ca: trustme.CA, **options: object) -> Iterator[PostfixServer]:
+    """A started PostfixServer with a certificate for 127.0.0.1 from `ca`; closed on exit."""
+    with _mta_instance(PostfixServer, ca, options) as server:
         yield server
 
 
@@ -79,18 +90,7 @@ def postfix(ca: trustme.CA) -> Iterator[PostfixServer]:
 def exim_instance(ca: trustme.CA, **options: object) -> Iterator[EximServer]:
     """A started EximServer with a certificate for 127.0.0.1 from `ca`; closed on exit.
     `options` are EximServer's (`recipients_max=`, `message_size_limit=`, `options=`...)."""
-    if os.geteuid() != 0:
-        unavailable("a private Exim must be started as root")
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    try:
-        server = EximServer(
-            certificate_chain_pem=b"".join(pem.bytes() for pem in leaf.cert_chain_pems),
-            private_key_pem=leaf.private_key_pem.bytes(),
-            **options,  # type: ignore[arg-type]
-        )
-    except MissingBinary as missing:
-        unavailable(str(missing))
-    with server:
+    with _mta_instance(EximServer, ca, options) as server:
         yield server
 
 
