@@ -194,24 +194,32 @@ def lockstep_exim(ca: trustme.CA) -> Iterator[EximServer]:
         yield server
 
 
-async def test_kill_after_the_mail_and_rcpt_replies_is_transient_and_nothing_is_stored(
-    lockstep_exim: EximServer, client_tls: ssl.SSLContext
+async def assert_a_kill_before_354_is_transient_at(
+    stage: Stage, exim: EximServer, client_tls: ssl.SSLContext
 ) -> None:
-    exim = lockstep_exim
+    """Exim's session process, held by its predata ACL before the 354, is killed: the send is
+    TRANSIENT at `stage`, definitely not accepted, nothing is in the spool, and the next send is
+    stored once on a fresh connection."""
     with anyio.fail_after(_TEST_BOUND):
         async with pool_for(exim, client_tls) as pool:
             message_id, data = raw_message()
             outcome, pid = await run_until_killed(
                 pool, exim, data, "hold-354@example.net", "pooledmail-hold-354"
             )
-            # MAIL and RCPT were each answered 250 before DATA went; DATA never got its 354, so
-            # no byte of the message left the client.
             assert isinstance(outcome, SendFailed), outcome
             assert outcome.kind is FailureKind.TRANSIENT
-            assert outcome.stage is Stage.DATA
+            assert outcome.stage is stage
             assert outcome.definitely_not_accepted
             assert_verdict_agrees_with_the_spool(outcome, exim, message_id)
             await assert_next_send_is_stored_once_on_a_fresh_connection(pool, exim, pid)
+
+
+async def test_kill_after_the_mail_and_rcpt_replies_is_transient_and_nothing_is_stored(
+    lockstep_exim: EximServer, client_tls: ssl.SSLContext
+) -> None:
+    # MAIL and RCPT were each answered 250 before DATA went; DATA never got its 354, so no byte
+    # of the message left the client.
+    await assert_a_kill_before_354_is_transient_at(Stage.DATA, lockstep_exim, client_tls)
 
 
 # BDAT has no 354: there, the whole message leaves with MAIL and RCPT.
@@ -219,20 +227,9 @@ async def test_kill_after_the_mail_and_rcpt_replies_is_transient_and_nothing_is_
 async def test_kill_while_exim_holds_a_pipelined_flight_before_354_is_transient(
     exim: EximServer, client_tls: ssl.SSLContext
 ) -> None:
-    with anyio.fail_after(_TEST_BOUND):
-        async with pool_for(exim, client_tls) as pool:
-            message_id, data = raw_message()
-            outcome, pid = await run_until_killed(
-                pool, exim, data, "hold-354@example.net", "pooledmail-hold-354"
-            )
-            # Exim keeps the replies to MAIL and RCPT in its output buffer while the predata
-            # ACL delays: the client saw none of them, and sent no data.
-            assert isinstance(outcome, SendFailed), outcome
-            assert outcome.kind is FailureKind.TRANSIENT
-            assert outcome.stage is Stage.MAIL
-            assert outcome.definitely_not_accepted
-            assert_verdict_agrees_with_the_spool(outcome, exim, message_id)
-            await assert_next_send_is_stored_once_on_a_fresh_connection(pool, exim, pid)
+    # Exim keeps the replies to MAIL and RCPT in its output buffer while the predata ACL
+    # delays: the client saw none of them, and sent no data.
+    await assert_a_kill_before_354_is_transient_at(Stage.MAIL, exim, client_tls)
 
 
 # A small message takes the core's fused path (one write for the whole BDAT flight, or for the
